@@ -1,0 +1,19 @@
+//! The vocabulary shared by every kzscaler component.
+//!
+//! ```text
+//!   filter (wasm) ──snapshot/activate/activity (wire)──▶ controller
+//!        │                                                  │
+//!        └── reads cluster names (cluster)      reads annotations (names, duration)
+//!   webhook ── writes labels and annotations (names)
+//! ```
+//!
+//! It depends on nothing heavier than `serde`, so the Wasm filter can use it.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod duration;
+pub mod names;
+pub mod wire;
+
+pub use cluster::{ClusterName, ClusterNameError};
+pub use duration::{DurationError, format_duration, parse_duration};

@@ -1,0 +1,35 @@
+//! User-facing label and annotation names. They are part of kzscaler's interface: keep them stable.
+
+/// Namespace label that opts a namespace in.
+pub const INJECTION_LABEL: &str = "kzscaler.io/injection";
+/// The value of [`INJECTION_LABEL`] that opts a namespace in.
+pub const INJECTION_ENABLED: &str = "enabled";
+/// Pod (or pod-template) label that opts one workload out, with the value `"false"`.
+pub const INJECT_LABEL: &str = "kzscaler.io/inject";
+/// Label the webhook puts on injected pods; the namespace's WasmPlugin selects it.
+pub const FILTER_LABEL: &str = "kzscaler.io/filter";
+/// Annotation the webhook puts on injected pods: `<namespace>/<wasmplugin name>`.
+pub const WASMPLUGIN_ANNOTATION: &str = "kzscaler.io/wasmplugin";
+
+/// Deployment annotation: `"true"` lets the Deployment sleep and be woken.
+pub const SCALE_TO_ZERO: &str = "kzscaler.io/scale-to-zero";
+/// Deployment annotation: idle time before sleeping (Go-style duration).
+pub const IDLE_TIMEOUT: &str = "kzscaler.io/idle-timeout";
+/// Deployment annotation: longest a request is held while waking (Go-style duration).
+pub const WAKE_TIMEOUT: &str = "kzscaler.io/wake-timeout";
+/// Deployment annotation: replicas on wake.
+pub const WAKE_REPLICAS: &str = "kzscaler.io/wake-replicas";
+/// Deployment annotation: comma list of path prefixes that never count as activity.
+pub const IGNORE_PATHS: &str = "kzscaler.io/ignore-paths";
+/// Deployment annotation: `"true"` pins the Deployment awake.
+pub const PAUSED: &str = "kzscaler.io/paused";
+
+/// Default for [`IDLE_TIMEOUT`], in seconds.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
+/// Default for [`WAKE_TIMEOUT`], in seconds.
+pub const DEFAULT_WAKE_TIMEOUT_SECS: u64 = 60;
+
+/// The namespace kzscaler itself runs in; never selected by the webhook.
+pub const SYSTEM_NAMESPACE: &str = "kzscaler-system";
+/// Label the endpointslice controller puts on a Service's EndpointSlices.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

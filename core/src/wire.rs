@@ -1,0 +1,157 @@
+//! The filter ↔ controller HTTP API (version 1). Both sides use these types, so they cannot drift.
+//!
+//! ```text
+//! GET  /v1/snapshot   (If-None-Match: "<version>")  → 200 Snapshot | 304
+//! POST /v1/activate   ActivateRequest               → 200 ActivateResponse (state says ready or not)
+//! POST /v1/activity   ActivityReport                → 204
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// The API version prefix of every path.
+pub const API_PREFIX: &str = "/v1";
+/// Path of the snapshot.
+pub const SNAPSHOT_PATH: &str = "/v1/snapshot";
+/// Path of activate.
+pub const ACTIVATE_PATH: &str = "/v1/activate";
+/// Path of activity reports.
+pub const ACTIVITY_PATH: &str = "/v1/activity";
+
+/// What a destination is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Has ready replicas; requests pass untouched.
+    Awake,
+    /// About to sleep: activity now cancels the sleep.
+    Draining,
+    /// Scaled to 0: a request must activate it.
+    Asleep,
+    /// Scaled up, no ready endpoint yet: requests are held.
+    Waking,
+}
+
+impl State {
+    /// Whether a request to a destination in this state must be held and activate called.
+    pub fn must_hold(self) -> bool {
+        matches!(self, State::Asleep | State::Waking)
+    }
+}
+
+/// One managed destination (a Service port whose Service selects a managed Deployment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// The outbound cluster name, `outbound|<port>||<svc>.<ns>.svc.<domain>`: the filter's key.
+    pub cluster: String,
+    /// Namespace of the Service and Deployment.
+    pub namespace: String,
+    /// The Service.
+    pub service: String,
+    /// The Deployment it selects.
+    pub deployment: String,
+    /// What it is doing now.
+    pub state: State,
+    /// Longest time a request may be held while it wakes, in milliseconds.
+    pub wake_timeout_ms: u64,
+}
+
+/// Every managed destination, with a version that changes whenever the content does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Changes whenever `destinations` does; sent as the ETag.
+    pub version: u64,
+    /// Sorted by cluster name.
+    pub destinations: Vec<Destination>,
+}
+
+/// A filter asks the controller to wake the Deployment behind a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivateRequest {
+    /// The outbound cluster name of the held request.
+    pub cluster: String,
+    /// How long the caller will wait, in milliseconds; the controller answers before then.
+    pub deadline_ms: u64,
+}
+
+/// The controller's answer to [`ActivateRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivateResponse {
+    /// The destination's state when answering: `awake` means a ready endpoint exists.
+    pub state: State,
+    /// Why it is not awake, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Requests counted by one filter since its last report; sent only when non-zero.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityReport {
+    /// Per outbound cluster: requests started since the last report.
+    #[serde(default)]
+    pub outbound: Vec<ClusterCount>,
+    /// Requests served by the reporting pod, and in flight now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<InboundCount>,
+}
+
+/// Requests to one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCount {
+    /// The outbound cluster name.
+    pub cluster: String,
+    /// Requests since the last report.
+    pub requests: u64,
+}
+
+/// Inbound requests of one pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundCount {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// The pod.
+    pub pod: String,
+    /// Requests served since the last report.
+    pub served: u64,
+    /// Requests in flight now (long streams keep a service awake).
+    pub in_flight: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_json_is_stable() {
+        let snap = Snapshot {
+            version: 7,
+            destinations: vec![Destination {
+                cluster: "outbound|80||web.shop.svc.cluster.local".into(),
+                namespace: "shop".into(),
+                service: "web".into(),
+                deployment: "web".into(),
+                state: State::Asleep,
+                wake_timeout_ms: 60_000,
+            }],
+        };
+        let json = serde_json::to_string(&snap).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":7,"destinations":[{"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":60000}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), snap);
+    }
+
+    #[test]
+    fn only_asleep_and_waking_hold() {
+        assert!(State::Asleep.must_hold());
+        assert!(State::Waking.must_hold());
+        assert!(!State::Awake.must_hold());
+        assert!(!State::Draining.must_hold());
+    }
+
+    #[test]
+    fn unknown_state_is_an_error() {
+        let err = serde_json::from_str::<State>(r#""sleeping""#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+    }
+}

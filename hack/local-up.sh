@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Starts the local test bed on 127.0.0.1: etcd, kube-apiserver (RBAC, admission webhooks, audit
+# log), kube-controller-manager, kube-scheduler, kwok with a Ready fake node, the Istio CRDs, and
+# the mesh simulator with its Envoy. Idempotent: what already runs is left alone.
+# Writes .local/env (KUBECONFIG, PATH, KZSCALER_ENVOY, KZSCALER_STATE_DIR, ...) for `source`.
+set -euo pipefail
+# shellcheck source=hack/lib/common.sh
+source "$(dirname "$0")/lib/common.sh"
+# shellcheck source=hack/lib/testbed.sh
+source "$(dirname "$0")/lib/testbed.sh"
+
+case "${1:-}" in
+  -h | --help)
+    cat <<USAGE
+Usage: hack/local-up.sh [--help]
+
+Starts the local test bed (building it first if needed, see hack/build-testbed.sh) and writes
+$REPO_ROOT/.local/env. Then:  source .local/env && kubectl get nodes
+Stop it with hack/local-down.sh. State and logs: \$KZSCALER_STATE_DIR (now: $KZSCALER_STATE_DIR)
+
+Ports on 127.0.0.1 (override with the variables):
+  etcd               KZSCALER_ETCD_PORT=$ETCD_PORT (peer $ETCD_PEER_PORT)
+  kube-apiserver     KZSCALER_APISERVER_PORT=$APISERVER_PORT
+  controller-manager KZSCALER_KCM_PORT=$KCM_PORT
+  scheduler          KZSCALER_SCHEDULER_PORT=$SCHEDULER_PORT
+  Envoy listener     KZSCALER_ENVOY_PORT=$ENVOY_PORT (admin KZSCALER_ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT)
+USAGE
+    exit 0
+    ;;
+  "") ;;
+  *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+esac
+
+"$REPO_ROOT/hack/build-testbed.sh"
+mkdir -p "$KZSCALER_STATE_DIR"/{logs,pids,pki,etcd,meshsim}
+export PATH="$KZSCALER_BIN_DIR:$PATH"
+
+# === certificates and credentials (made once per state dir) ===
+PKI=$KZSCALER_STATE_DIR/pki
+if [ ! -s "$PKI/apiserver.crt" ]; then
+  step "certificates: CA, API server serving cert, service-account key"
+  log=$KZSCALER_STATE_DIR/logs/pki.log
+  {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -keyout "$PKI/ca.key" -out "$PKI/ca.crt" -subj "/CN=kzscaler-testbed-ca" &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$PKI/apiserver.key" -out "$PKI/apiserver.csr" -subj "/CN=kube-apiserver" &&
+      printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n' >"$PKI/san.ext" &&
+      openssl x509 -req -in "$PKI/apiserver.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+        -days 3650 -extfile "$PKI/san.ext" -out "$PKI/apiserver.crt" &&
+      openssl genrsa -out "$PKI/sa.key" 2048 &&
+      openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
+  } >"$log" 2>&1 || fail "certificates" "$log" "openssl failed"
+  printf '%s,admin,admin,system:masters\n' "$(openssl rand -hex 24)" >"$PKI/tokens.csv"
+  ok "certificates in $PKI"
+fi
+ADMIN_TOKEN=$(cut -d, -f1 "$PKI/tokens.csv")
+KUBECONFIG_FILE=$KZSCALER_STATE_DIR/kubeconfig
+cat >"$KUBECONFIG_FILE" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $PKI/ca.crt
+users:
+- name: admin
+  user:
+    token: $ADMIN_TOKEN
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: admin}
+current-context: testbed
+KC
+chmod 600 "$KUBECONFIG_FILE"
+export KUBECONFIG=$KUBECONFIG_FILE
+
+cat >"$KZSCALER_STATE_DIR/audit-policy.yaml" <<'AP'
+# Every write at Metadata level, so tests can count API calls (e.g. deployments/scale PATCHes).
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  verbs: [get, list, watch]
+- level: None
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+- level: Metadata
+AP
+
+# === etcd ===
+start_component etcd "$ETCD_PORT $ETCD_PEER_PORT" etcd_ready 30 \
+  etcd --name testbed --data-dir "$KZSCALER_STATE_DIR/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "testbed=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --log-level warn
+
+# === kube-apiserver ===
+start_component kube-apiserver "$APISERVER_PORT" apiserver_ready 90 \
+  kube-apiserver --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+  --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+  --client-ca-file "$PKI/ca.crt" --token-auth-file "$PKI/tokens.csv" \
+  --authorization-mode Node,RBAC --allow-privileged \
+  --service-account-issuer https://kubernetes.default.svc.cluster.local \
+  --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+  --service-cluster-ip-range 10.96.0.0/16 --endpoint-reconciler-type none \
+  --audit-policy-file "$KZSCALER_STATE_DIR/audit-policy.yaml" \
+  --audit-log-path "$KZSCALER_STATE_DIR/logs/audit.log" --audit-log-format json --audit-log-maxsize 0
+
+# === controller-manager and scheduler ===
+start_component kube-controller-manager "$KCM_PORT" "https_healthz $KCM_PORT" 60 \
+  kube-controller-manager --kubeconfig "$KUBECONFIG" \
+  --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" \
+  --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --leader-elect=false \
+  --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+  --use-service-account-credentials=false --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10
+start_component kube-scheduler "$SCHEDULER_PORT" "https_healthz $SCHEDULER_PORT" 60 \
+  kube-scheduler --kubeconfig "$KUBECONFIG" \
+  --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" \
+  --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false
+
+# === kwok and its fake node ===
+stages=$KWOK_DIR/stage
+cat "$stages/node/fast/node-initialize.yaml" <(echo ---) \
+  "$stages/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" <(echo ---) \
+  "$stages/pod/fast/pod-ready.yaml" <(echo ---) "$stages/pod/fast/pod-complete.yaml" <(echo ---) \
+  "$stages/pod/fast/pod-delete.yaml" >"$KZSCALER_STATE_DIR/kwok-stages.yaml"
+start_component kwok "" true 10 \
+  kwok --kubeconfig "$KUBECONFIG" --config "$KZSCALER_STATE_DIR/kwok-stages.yaml" \
+  --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+  --cidr 10.244.0.0/16 --node-ip 10.240.0.1 --node-lease-duration-seconds 40
+step "kwok: fake node kwok-node-0"
+kubectl apply -f - >"$KZSCALER_STATE_DIR/logs/node.log" 2>&1 <<'NODE' || fail "kwok node" "$KZSCALER_STATE_DIR/logs/node.log" "kubectl apply of the fake node failed"
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-0
+  annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
+  labels: {type: kwok, kubernetes.io/hostname: kwok-node-0, kubernetes.io/os: linux, kubernetes.io/arch: amd64}
+status:
+  allocatable: {cpu: "64", memory: 256Gi, pods: "1000"}
+  capacity: {cpu: "64", memory: 256Gi, pods: "1000"}
+NODE
+kubectl wait --for=condition=Ready node/kwok-node-0 --timeout=60s >>"$KZSCALER_STATE_DIR/logs/node.log" 2>&1 ||
+  fail "kwok" "$KZSCALER_STATE_DIR/logs/kwok.log" "node kwok-node-0 did not become Ready within 60s"
+ok "node kwok-node-0 Ready"
+
+# === Istio CRDs ===
+step "Istio CRDs ($ISTIO_API_VERSION)"
+log=$KZSCALER_STATE_DIR/logs/istio-crds.log
+kubectl apply --server-side --force-conflicts -f "$ISTIO_DIR/crds.yaml" >"$log" 2>&1 || fail "istio CRDs" "$log" "kubectl apply failed"
+kubectl wait --for condition=established --timeout=60s crd/wasmplugins.extensions.istio.io >>"$log" 2>&1 ||
+  fail "istio CRDs" "$log" "CRD wasmplugins.extensions.istio.io not established"
+ok "Istio CRDs established"
+
+# === mesh simulator and its Envoy ===
+step "mesh simulator: cargo build -p kzscaler-e2e --bin kzscaler-meshsim"
+log=$KZSCALER_STATE_DIR/logs/meshsim-build.log
+(cd "$REPO_ROOT" && cargo build -p kzscaler-e2e --bin kzscaler-meshsim) >"$log" 2>&1 || fail "meshsim build" "$log" "cargo build failed"
+ln -sfn "$REPO_ROOT/target/debug/kzscaler-meshsim" "$KZSCALER_BIN_DIR/kzscaler-meshsim"
+start_component meshsim "$ENVOY_PORT $ENVOY_ADMIN_PORT" envoy_ready 60 \
+  kzscaler-meshsim --dir "$KZSCALER_STATE_DIR/meshsim" --envoy "$KZSCALER_BIN_DIR/envoy" \
+  --listen "127.0.0.1:$ENVOY_PORT" --admin "127.0.0.1:$ENVOY_ADMIN_PORT" --envoy-pid-file "$PIDS/envoy.pid"
+# Envoy's own log, under logs/ beside the others.
+ln -sfn "$KZSCALER_STATE_DIR/meshsim/envoy.log" "$KZSCALER_STATE_DIR/logs/envoy.log"
+
+# === .local/env ===
+cat >"$REPO_ROOT/.local/env" <<ENV
+# Written by hack/local-up.sh: source it to use the test bed.
+export KUBECONFIG="$KUBECONFIG_FILE"
+export PATH="$KZSCALER_BIN_DIR:\$PATH"
+export KZSCALER_STATE_DIR="$KZSCALER_STATE_DIR"
+export KZSCALER_ENVOY="127.0.0.1:$ENVOY_PORT"
+export KZSCALER_ENVOY_ADMIN="127.0.0.1:$ENVOY_ADMIN_PORT"
+export KZSCALER_APISERVER="https://127.0.0.1:$APISERVER_PORT"
+export KZSCALER_AUDIT_LOG="$KZSCALER_STATE_DIR/logs/audit.log"
+ENV
+ok "test bed up. Use it with: source .local/env"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, the Wasm build, unit tests, then the end-to-end tests
+# on a real test bed (started here if it is not running, and stopped again if this script
+# started it). This is the README's test command and what CI runs.
+set -euo pipefail
+# shellcheck source=hack/lib/common.sh
+source "$(dirname "$0")/lib/common.sh"
+# shellcheck source=hack/lib/testbed.sh
+source "$(dirname "$0")/lib/testbed.sh"
+
+case "${1:-}" in
+  -h | --help)
+    cat <<USAGE
+Usage: hack/test.sh [--help]
+
+Runs, in order: cargo fmt --check, cargo clippy -D warnings (native and wasm32-wasip1), the
+filter's .wasm build, unit tests, hack/local-up.sh, and the e2e tests (e2e/tests/*).
+A test bed that already runs is reused and left running; one started here is stopped at the end
+(set KZSCALER_KEEP_TESTBED=1 to keep it). Extra cargo test arguments: KZSCALER_E2E_ARGS.
+USAGE
+    exit 0
+    ;;
+esac
+cd "$REPO_ROOT"
+start=$(date +%s)
+
+step "rust toolchain (rust-toolchain.toml) and the wasm32-wasip1 target"
+log=$KZSCALER_CACHE_DIR/logs/rustup.log
+mkdir -p "$(dirname "$log")"
+rustup show active-toolchain >"$log" 2>&1 || fail "rustup" "$log" "cannot install the pinned toolchain"
+rustup target add wasm32-wasip1 >>"$log" 2>&1 || fail "rustup" "$log" "rustup target add wasm32-wasip1 failed"
+ok "$(rustc --version)"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy (native)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo clippy (filter, wasm32-wasip1)"
+cargo clippy -p kzscaler-filter --target wasm32-wasip1 --locked -- -D warnings
+step "filter: cargo build --target wasm32-wasip1 --profile wasm"
+cargo build -p kzscaler-filter --target wasm32-wasip1 --profile wasm --locked
+ok "$(ls -l target/wasm32-wasip1/wasm/kzscaler_filter.wasm | awk '{print $5" bytes: "$9}')"
+
+step "unit tests"
+cargo test --workspace --locked --exclude kzscaler-e2e
+cargo test -p kzscaler-e2e --locked --lib --bins
+
+started_here=false
+if ! pid_of kube-apiserver >/dev/null; then
+  started_here=true
+fi
+cleanup() {
+  if $started_here && [ "${KZSCALER_KEEP_TESTBED:-0}" != 1 ]; then
+    "$REPO_ROOT/hack/local-down.sh" || true
+  fi
+}
+trap cleanup EXIT
+step "test bed"
+"$REPO_ROOT/hack/local-up.sh"
+
+step "end-to-end tests (real API server, kwok, Envoy)"
+# shellcheck disable=SC2086
+cargo test -p kzscaler-e2e --locked --test '*' ${KZSCALER_E2E_ARGS:-}
+ok "all tests passed in $(($(date +%s) - start))s"
