@@ -58,9 +58,8 @@ if [ -x "$ETCD_DIR/etcd" ]; then
   ok "etcd $ETCD_VERSION (cached)"
 else
   step "etcd $ETCD_VERSION: building"
+  # The wrapper module's last path element is "etcd", so that is the binary's name.
   build_go_wrapper etcd "$REPO_ROOT/hack/testbed/etcd" "$ETCD_DIR" "-s -w" .
-  mv "$ETCD_DIR/etcd" "$ETCD_DIR/etcd.tmp" 2>/dev/null || true
-  [ -f "$ETCD_DIR/etcd.tmp" ] && mv "$ETCD_DIR/etcd.tmp" "$ETCD_DIR/etcd"
   ok "etcd $ETCD_VERSION"
 fi
 

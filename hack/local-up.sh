@@ -160,6 +160,11 @@ step "mesh simulator: cargo build -p kzscaler-e2e --bin kzscaler-meshsim"
 log=$KZSCALER_STATE_DIR/logs/meshsim-build.log
 (cd "$REPO_ROOT" && cargo build -p kzscaler-e2e --bin kzscaler-meshsim) >"$log" 2>&1 || fail "meshsim build" "$log" "cargo build failed"
 ln -sfn "$REPO_ROOT/target/debug/kzscaler-meshsim" "$KZSCALER_BIN_DIR/kzscaler-meshsim"
+if pid_of meshsim >/dev/null && [ "$REPO_ROOT/target/debug/kzscaler-meshsim" -nt "$PIDS/meshsim.pid" ]; then
+  step "meshsim: its binary was rebuilt; restarting it"
+  stop_component meshsim
+  stop_component envoy
+fi
 start_component meshsim "$ENVOY_PORT $ENVOY_ADMIN_PORT" envoy_ready 60 \
   kzscaler-meshsim --dir "$KZSCALER_STATE_DIR/meshsim" --envoy "$KZSCALER_BIN_DIR/envoy" \
   --listen "127.0.0.1:$ENVOY_PORT" --admin "127.0.0.1:$ENVOY_ADMIN_PORT" --envoy-pid-file "$PIDS/envoy.pid"

@@ -17,7 +17,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args[0] != "check-annotations" {
-        eprintln!("error: unknown command {:?}: expected check-annotations", args[0]);
+        eprintln!(
+            "error: unknown command {:?}: expected check-annotations",
+            args[0]
+        );
         return ExitCode::from(2);
     }
     let mut annotations = BTreeMap::new();

@@ -50,7 +50,11 @@ impl ManagedSpec {
             Some(v) => match kzscaler_core::parse_duration(v) {
                 Ok(d) if !d.is_zero() => Ok(d),
                 Ok(_) => Err(bad(key, v, "a duration above zero, e.g. \"10m\"")),
-                Err(e) => Err(bad(key, v, &format!("a Go duration, e.g. \"10m\" ({})", e.reason))),
+                Err(e) => Err(bad(
+                    key,
+                    v,
+                    &format!("a Go duration, e.g. \"10m\" ({})", e.reason),
+                )),
             },
         };
         let idle_timeout = duration(names::IDLE_TIMEOUT, names::DEFAULT_IDLE_TIMEOUT_SECS)?;

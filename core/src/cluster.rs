@@ -145,7 +145,10 @@ mod tests {
             "outbound|80||web.shop.svc.cluster.local|extra",
         ] {
             assert!(
-                matches!(ClusterName::parse(name), Err(ClusterNameError::NotOutbound(_))),
+                matches!(
+                    ClusterName::parse(name),
+                    Err(ClusterNameError::NotOutbound(_))
+                ),
                 "{name} should not parse"
             );
         }
@@ -169,7 +172,12 @@ mod tests {
 
     #[test]
     fn rejects_hosts_that_are_not_services() {
-        for host in ["example.com", "web.shop", "web.shop.svc", ".shop.svc.cluster.local"] {
+        for host in [
+            "example.com",
+            "web.shop",
+            "web.shop.svc",
+            ".shop.svc.cluster.local",
+        ] {
             let name = format!("outbound|443||{host}");
             assert!(matches!(
                 ClusterName::parse(&name),

@@ -25,7 +25,11 @@ pub struct TempNamespace {
 
 impl TempNamespace {
     /// Creates `e2e-<prefix>-<random>` with extra labels.
-    pub async fn create(bed: &TestBed, prefix: &str, labels: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub async fn create(
+        bed: &TestBed,
+        prefix: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut all = serde_json::Map::new();
         all.insert(E2E_LABEL.into(), json!("true"));
         for (k, v) in labels {
@@ -39,7 +43,10 @@ impl TempNamespace {
             .await?;
         let name = created.metadata.name.unwrap_or_default();
         eprintln!("[e2e] namespace {name}");
-        Ok(Self { name, bed: bed.clone() })
+        Ok(Self {
+            name,
+            bed: bed.clone(),
+        })
     }
 
     /// A namespaced API in this namespace.
@@ -109,7 +116,11 @@ impl TempNamespace {
             for s in l {
                 let ports = s.spec.and_then(|s| s.ports).unwrap_or_default();
                 let ports: Vec<_> = ports.iter().map(|p| (p.name.clone(), p.port)).collect();
-                let _ = writeln!(out, "service {} ports={ports:?}", s.metadata.name.unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "service {} ports={ports:?}",
+                    s.metadata.name.unwrap_or_default()
+                );
             }
         }
         if let Ok(l) = self.api::<EndpointSlice>().list(&lp).await {
@@ -118,9 +129,18 @@ impl TempNamespace {
                     .endpoints
                     .iter()
                     .flatten()
-                    .map(|e| (e.addresses.clone(), e.conditions.as_ref().and_then(|c| c.ready)))
+                    .map(|e| {
+                        (
+                            e.addresses.clone(),
+                            e.conditions.as_ref().and_then(|c| c.ready),
+                        )
+                    })
                     .collect();
-                let _ = writeln!(out, "endpointslice {} endpoints={eps:?}", s.metadata.name.unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "endpointslice {} endpoints={eps:?}",
+                    s.metadata.name.unwrap_or_default()
+                );
             }
         }
         if let Ok(l) = self.api::<Event>().list(&lp).await {

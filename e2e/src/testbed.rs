@@ -46,6 +46,27 @@ pub struct Reply {
     pub body: String,
 }
 
+/// The test bed's Envoy (`.local/bin/envoy`, linked by `hack/build-testbed.sh`).
+pub fn envoy_binary() -> anyhow::Result<PathBuf> {
+    let path = repo_root().join(".local/bin/envoy");
+    if !path.is_file() {
+        bail!("{} not found: run hack/build-testbed.sh", path.display());
+    }
+    Ok(path)
+}
+
+/// The filter module built by `cargo build -p kzscaler-filter --target wasm32-wasip1 --profile wasm`.
+pub fn filter_module() -> anyhow::Result<PathBuf> {
+    let path = repo_root().join("target/wasm32-wasip1/wasm/kzscaler_filter.wasm");
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it with cargo build -p kzscaler-filter --target wasm32-wasip1 --profile wasm (hack/test.sh does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -121,7 +142,12 @@ impl TestBed {
             Ok(t) => {
                 let all: Vec<&str> = t.lines().collect();
                 let from = all.len().saturating_sub(lines);
-                format!("--- {} (last {} lines)\n{}\n", path.display(), lines, all[from..].join("\n"))
+                format!(
+                    "--- {} (last {} lines)\n{}\n",
+                    path.display(),
+                    lines,
+                    all[from..].join("\n")
+                )
             }
             Err(e) => format!("--- {}: {e}\n", path.display()),
         }
@@ -134,7 +160,9 @@ impl TestBed {
             .body(Full::new(Bytes::new()))?;
         let resp = tokio::time::timeout(timeout, self.http.request(req))
             .await
-            .with_context(|| format!("GET {path} (Host: {host}) through Envoy: no answer within {timeout:?}"))?
+            .with_context(|| {
+                format!("GET {path} (Host: {host}) through Envoy: no answer within {timeout:?}")
+            })?
             .with_context(|| format!("GET {path} (Host: {host}) through Envoy {}", self.envoy))?;
         let status = resp.status().as_u16();
         let headers = resp

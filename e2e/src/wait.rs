@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 /// How often conditions are checked.
 pub const POLL: Duration = Duration::from_millis(100);
 
-
 /// Polls `check` until it returns `Ok(Some(v))`. Errors from `check` are remembered and
 /// retried (the thing may not exist yet). On timeout: an error naming `what`, the time and the
 /// last error.

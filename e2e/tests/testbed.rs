@@ -48,8 +48,12 @@ async fn scale(ns: &TempNamespace, name: &str, replicas: i32) -> anyhow::Result<
 async fn deployment_pods_become_ready_and_endpointslice_turns_ready() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
     let ns = TempNamespace::create(&bed, "ready", &[]).await?;
-    ns.api::<Service>().create(&PostParams::default(), &service("web", "web", 80, "http")).await?;
-    ns.api::<Deployment>().create(&PostParams::default(), &deployment("web", 2)).await?;
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service("web", "web", 80, "http"))
+        .await?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deployment("web", 2))
+        .await?;
 
     let pods = ns
         .wait_for("2 pods Running and Ready on a kwok node", WAIT, || async {
@@ -60,24 +64,38 @@ async fn deployment_pods_become_ready_and_endpointslice_turns_ready() -> anyhow:
                 .filter(|p| {
                     let st = p.status.as_ref();
                     st.and_then(|s| s.phase.as_deref()) == Some("Running")
-                        && st
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                        && st.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
                 })
                 .collect();
             Ok((ready.len() == 2).then_some(ready))
         })
         .await?;
     for p in &pods {
-        assert!(p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some(), "kwok gives pods an IP");
-        let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-        assert!(node.starts_with("kwok-"), "scheduled onto a kwok node, got {node:?}");
+        assert!(
+            p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some(),
+            "kwok gives pods an IP"
+        );
+        let node = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        assert!(
+            node.starts_with("kwok-"),
+            "scheduled onto a kwok node, got {node:?}"
+        );
     }
     let n = ns
-        .wait_for("the EndpointSlice to list 2 ready endpoints", WAIT, || async {
-            let n = ready_endpoints(&ns, "web").await?;
-            Ok((n == 2).then_some(n))
-        })
+        .wait_for(
+            "the EndpointSlice to list 2 ready endpoints",
+            WAIT,
+            || async {
+                let n = ready_endpoints(&ns, "web").await?;
+                Ok((n == 2).then_some(n))
+            },
+        )
         .await?;
     assert_eq!(n, 2);
     ns.cleanup().await
@@ -87,23 +105,39 @@ async fn deployment_pods_become_ready_and_endpointslice_turns_ready() -> anyhow:
 async fn scaling_to_zero_removes_the_endpoints() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
     let ns = TempNamespace::create(&bed, "zero", &[]).await?;
-    ns.api::<Service>().create(&PostParams::default(), &service("web", "web", 80, "http")).await?;
-    ns.api::<Deployment>().create(&PostParams::default(), &deployment("web", 1)).await?;
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service("web", "web", 80, "http"))
+        .await?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deployment("web", 1))
+        .await?;
     ns.wait_for("1 ready endpoint", WAIT, || async {
         Ok((ready_endpoints(&ns, "web").await? == 1).then_some(()))
     })
     .await?;
 
     scale(&ns, "web", 0).await?;
-    ns.wait_for("no endpoints and no pods after scaling to 0", WAIT, || async {
-        let slices = ns
-            .api::<EndpointSlice>()
-            .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
-            .await?;
-        let any = slices.iter().map(|s| s.endpoints.as_ref().map_or(0, Vec::len)).sum::<usize>();
-        let pods = ns.api::<Pod>().list(&ListParams::default()).await?.items.len();
-        Ok((any == 0 && pods == 0).then_some(()))
-    })
+    ns.wait_for(
+        "no endpoints and no pods after scaling to 0",
+        WAIT,
+        || async {
+            let slices = ns
+                .api::<EndpointSlice>()
+                .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                .await?;
+            let any = slices
+                .iter()
+                .map(|s| s.endpoints.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+            let pods = ns
+                .api::<Pod>()
+                .list(&ListParams::default())
+                .await?
+                .items
+                .len();
+            Ok((any == 0 && pods == 0).then_some(()))
+        },
+    )
     .await?;
     ns.cleanup().await
 }
@@ -113,8 +147,12 @@ async fn envoy_answers_503_then_200_then_503_as_replicas_come_and_go() -> anyhow
     let bed = TestBed::connect().await?;
     let ns = TempNamespace::create(&bed, "envoy", &[]).await?;
     let host = format!("web.{}", ns.name);
-    ns.api::<Service>().create(&PostParams::default(), &service("web", "web", 80, "http")).await?;
-    ns.api::<Deployment>().create(&PostParams::default(), &deployment("web", 0)).await?;
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service("web", "web", 80, "http"))
+        .await?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deployment("web", 0))
+        .await?;
 
     // At 0 replicas the route exists but has no endpoint: Envoy's own 503.
     let reply = ns
@@ -123,7 +161,11 @@ async fn envoy_answers_503_then_200_then_503_as_replicas_come_and_go() -> anyhow
             Ok((r.status == 503).then_some(r))
         })
         .await?;
-    assert!(reply.body.contains("no healthy upstream"), "Envoy's local 503, got {:?}", reply.body);
+    assert!(
+        reply.body.contains("no healthy upstream"),
+        "Envoy's local 503, got {:?}",
+        reply.body
+    );
 
     scale(&ns, "web", 1).await?;
     let reply = ns
@@ -138,7 +180,10 @@ async fn envoy_answers_503_then_200_then_503_as_replicas_come_and_go() -> anyhow
     assert_eq!(identity["service"], "web");
     assert_eq!(identity["path"], "/hello");
     let pod_name = identity["pod"].as_str().unwrap_or_default().to_owned();
-    assert!(pod_name.starts_with("web-"), "answered by a pod of the Deployment: {pod_name}");
+    assert!(
+        pod_name.starts_with("web-"),
+        "answered by a pod of the Deployment: {pod_name}"
+    );
     assert_eq!(reply.headers.get("x-backend-pod"), Some(&pod_name));
 
     // Every Istio host form reaches the same backend.
@@ -188,13 +233,21 @@ async fn start_test_webhook(calls: Arc<AtomicUsize>) -> anyhow::Result<(u16, Str
             let acceptor = acceptor.clone();
             let calls = calls.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let calls = calls.clone();
                     async move {
                         calls.fetch_add(1, Ordering::SeqCst);
-                        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        let review: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let review: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
                         let uid = review["request"]["uid"].clone();
                         let deny = review["request"]["name"] == "deny-me";
                         let response = json!({
@@ -202,7 +255,9 @@ async fn start_test_webhook(calls: Arc<AtomicUsize>) -> anyhow::Result<(u16, Str
                             "response": {"uid": uid, "allowed": !deny,
                                          "status": {"code": 403, "message": "denied by the e2e test webhook"}}
                         });
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from(response.to_string()))))
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            bytes::Bytes::from(response.to_string()),
+                        )))
                     }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -240,21 +295,39 @@ async fn api_server_calls_a_webhook_registered_by_url() -> anyhow::Result<()> {
         };
         // The API server picks up a new configuration within a moment: retry until it denies.
         let message = ns
-            .wait_for("the webhook to deny ConfigMap deny-me", Duration::from_secs(30), || async {
-                match ns.api::<ConfigMap>().create(&PostParams::default(), &cm("deny-me")?).await {
-                    Ok(_) => {
-                        ns.api::<ConfigMap>().delete("deny-me", &DeleteParams::default()).await?;
-                        Ok(None)
+            .wait_for(
+                "the webhook to deny ConfigMap deny-me",
+                Duration::from_secs(30),
+                || async {
+                    match ns
+                        .api::<ConfigMap>()
+                        .create(&PostParams::default(), &cm("deny-me")?)
+                        .await
+                    {
+                        Ok(_) => {
+                            ns.api::<ConfigMap>()
+                                .delete("deny-me", &DeleteParams::default())
+                                .await?;
+                            Ok(None)
+                        }
+                        Err(kube::Error::Api(s)) => Ok(Some(s.message)),
+                        Err(e) => Err(e.into()),
                     }
-                    Err(kube::Error::Api(s)) => Ok(Some(s.message)),
-                    Err(e) => Err(e.into()),
-                }
-            })
+                },
+            )
             .await?;
-        assert!(message.contains("denied by the e2e test webhook"), "{message}");
+        assert!(
+            message.contains("denied by the e2e test webhook"),
+            "{message}"
+        );
         let before = calls.load(Ordering::SeqCst);
-        ns.api::<ConfigMap>().create(&PostParams::default(), &cm("allowed")?).await?;
-        assert!(calls.load(Ordering::SeqCst) > before, "the allowed create went through the webhook too");
+        ns.api::<ConfigMap>()
+            .create(&PostParams::default(), &cm("allowed")?)
+            .await?;
+        assert!(
+            calls.load(Ordering::SeqCst) > before,
+            "the allowed create went through the webhook too"
+        );
         anyhow::Ok(())
     }
     .await;

@@ -12,7 +12,7 @@ ENVOY_ADMIN_PORT=${KZSCALER_ENVOY_ADMIN_PORT:-15000}
 
 PIDS=$KZSCALER_STATE_DIR/pids
 # Start order; local-down stops in reverse. envoy is meshsim's child, listed for cleanup.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok meshsim envoy)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok envoy meshsim)
 
 pid_of() { # NAME: the pid if the process recorded for NAME is alive
   local f=$PIDS/$1.pid pid

@@ -46,7 +46,10 @@ fn add_entry(
     }
     if map.is_none() {
         // A pointer into a missing map fails: create the map first.
-        ops.push(add(format!("/metadata/{field}"), Value::Object(Default::default())));
+        ops.push(add(
+            format!("/metadata/{field}"),
+            Value::Object(Default::default()),
+        ));
     }
     ops.push(add(
         format!("/metadata/{field}/{}", escape_pointer(key)),

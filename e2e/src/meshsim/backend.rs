@@ -224,6 +224,10 @@ mod tests {
         assert_eq!(&framed[..5], &[0, 0, 0, 0, 5]);
         assert_eq!(unframe(framed), Some(Bytes::from_static(b"hello")));
         assert_eq!(unframe(Bytes::from_static(&[0, 0, 0, 0, 9, 1])), None);
-        assert_eq!(unframe(Bytes::from_static(&[1, 0, 0, 0, 0])), None, "compressed is refused");
+        assert_eq!(
+            unframe(Bytes::from_static(&[1, 0, 0, 0, 0])),
+            None,
+            "compressed is refused"
+        );
     }
 }

@@ -54,7 +54,13 @@ impl Files {
     pub fn eds(&self, cluster: &str) -> PathBuf {
         let safe: String = cluster
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.dir.join("eds").join(format!("{safe}.json"))
     }
@@ -181,16 +187,23 @@ pub fn rds(mesh: &Mesh) -> Value {
 }
 
 /// The EDS file of a cluster: its endpoints at the local ports of their backends.
-pub fn eds(cluster: &Cluster, port_of: impl Fn(&super::model::EndpointKey) -> Option<u16>) -> Value {
+pub fn eds(
+    cluster: &Cluster,
+    port_of: impl Fn(&super::model::EndpointKey) -> Option<u16>,
+) -> Value {
     let lb: Vec<Value> = cluster
         .endpoints
         .iter()
-        .filter_map(|e| port_of(e))
+        .filter_map(port_of)
         .map(|port| {
             json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}})
         })
         .collect();
-    let endpoints = if lb.is_empty() { json!([]) } else { json!([{"lb_endpoints": lb}]) };
+    let endpoints = if lb.is_empty() {
+        json!([])
+    } else {
+        json!([{"lb_endpoints": lb}])
+    };
     json!({"version_info": "0", "resources": [{
         "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
         "cluster_name": cluster.name,
@@ -221,7 +234,9 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn files() -> Files {
-        Files { dir: "/state/meshsim".into() }
+        Files {
+            dir: "/state/meshsim".into(),
+        }
     }
 
     #[test]
@@ -251,7 +266,10 @@ mod tests {
         let v = eds(&cluster, |e| (e.pod == "a").then_some(4242));
         let lb = &v["resources"][0]["endpoints"][0]["lb_endpoints"];
         assert_eq!(lb.as_array().map(Vec::len), Some(1));
-        assert_eq!(lb[0]["endpoint"]["address"]["socket_address"]["port_value"], 4242);
+        assert_eq!(
+            lb[0]["endpoint"]["address"]["socket_address"]["port_value"],
+            4242
+        );
         let none = eds(&cluster, |_| None);
         assert_eq!(none["resources"][0]["endpoints"], json!([]));
     }
@@ -261,12 +279,15 @@ mod tests {
         let b = Bootstrap {
             listen: "127.0.0.1:15001".parse().unwrap(),
             admin: "127.0.0.1:15000".parse().unwrap(),
-            wasm: Some(WasmFilter { module: "/f.wasm".into(), config: "{}".into() }),
+            wasm: Some(WasmFilter {
+                module: "/f.wasm".into(),
+                config: "{}".into(),
+            }),
             static_clusters: vec![],
         };
         let v = bootstrap(&files(), &b);
-        let filters = &v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-            ["typed_config"]["http_filters"];
+        let filters = &v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"];
         assert_eq!(filters[0]["name"], "kzscaler");
         assert_eq!(filters[1]["name"], "envoy.filters.http.router");
         assert_eq!(

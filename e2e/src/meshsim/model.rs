@@ -102,10 +102,7 @@ impl Mesh {
                 .filter_map(|p| u16::try_from(p.port).ok().map(|n| (n, p)))
                 .collect();
             // Port-less domains go to one port: 80 if the Service has it, else the lowest.
-            let primary = ports
-                .iter()
-                .map(|(n, _)| *n)
-                .min_by_key(|n| (*n != 80, *n));
+            let primary = ports.iter().map(|(n, _)| *n).min_by_key(|n| (*n != 80, *n));
             let owns_bare = bare_owner.get(name.as_str()).map(|(_, o)| *o) == Some(ns.as_str());
             let cluster_ip = spec
                 .cluster_ip
@@ -124,10 +121,7 @@ impl Mesh {
                 .collect();
             for (port, sp) in &ports {
                 let cluster = outbound_cluster(name, ns, domain, *port);
-                let grpc = sp
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with("grpc"))
+                let grpc = sp.name.as_deref().is_some_and(|n| n.starts_with("grpc"))
                     || sp.app_protocol.as_deref() == Some("grpc");
                 let mut hosts = vec![
                     format!("{name}.{ns}"),
@@ -234,7 +228,13 @@ mod tests {
         .unwrap()
     }
 
-    fn slice(ns: &str, svc: &str, port_name: &str, port: i32, eps: serde_json::Value) -> EndpointSlice {
+    fn slice(
+        ns: &str,
+        svc: &str,
+        port_name: &str,
+        port: i32,
+        eps: serde_json::Value,
+    ) -> EndpointSlice {
         serde_json::from_value(json!({
             "metadata": {"name": format!("{svc}-abc"), "namespace": ns,
                          "labels": {"kubernetes.io/service-name": svc}},
@@ -247,7 +247,12 @@ mod tests {
 
     #[test]
     fn service_port_becomes_cluster_and_istio_domains() {
-        let svcs = [service("shop", "web", "2026-01-01T00:00:00Z", json!([{"port": 80}]))];
+        let svcs = [service(
+            "shop",
+            "web",
+            "2026-01-01T00:00:00Z",
+            json!([{"port": 80}]),
+        )];
         let mesh = Mesh::build(&svcs, &[], "cluster.local");
         let c = &mesh.clusters["outbound|80||web.shop.svc.cluster.local"];
         assert!(!c.http2);
@@ -263,7 +268,11 @@ mod tests {
             "web.shop.svc.cluster.local:80",
             "10.96.0.10",
         ] {
-            assert!(vh.domains.contains(&d.to_owned()), "missing {d}: {:?}", vh.domains);
+            assert!(
+                vh.domains.contains(&d.to_owned()),
+                "missing {d}: {:?}",
+                vh.domains
+            );
         }
     }
 
@@ -288,8 +297,20 @@ mod tests {
                     {"addresses": ["10.0.0.7"]}
                 ]),
             ),
-            slice("shop", "api", "other", 1, json!([{"addresses": ["10.0.0.9"]}])),
-            slice("elsewhere", "api", "grpc-api", 1, json!([{"addresses": ["10.0.0.8"]}])),
+            slice(
+                "shop",
+                "api",
+                "other",
+                1,
+                json!([{"addresses": ["10.0.0.9"]}]),
+            ),
+            slice(
+                "elsewhere",
+                "api",
+                "grpc-api",
+                1,
+                json!([{"addresses": ["10.0.0.8"]}]),
+            ),
         ];
         let mesh = Mesh::build(&svcs, &slices, "cluster.local");
         let c = &mesh.clusters["outbound|9090||api.shop.svc.cluster.local"];
@@ -301,7 +322,10 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![("10.0.0.7", "10.0.0.7", 50051, true), ("api-1", "10.0.0.5", 50051, true)]
+            vec![
+                ("10.0.0.7", "10.0.0.7", 50051, true),
+                ("api-1", "10.0.0.5", 50051, true)
+            ]
         );
     }
 
@@ -345,7 +369,10 @@ mod tests {
             .filter(|v| v.domains.contains(&"multi.shop".to_owned()))
             .map(|v| v.cluster.as_str())
             .collect();
-        assert_eq!(with_bare, vec!["outbound|8080||multi.shop.svc.cluster.local"]);
+        assert_eq!(
+            with_bare,
+            vec!["outbound|8080||multi.shop.svc.cluster.local"]
+        );
         assert_eq!(mesh.clusters.len(), 2);
     }
 }

@@ -42,7 +42,9 @@ pub struct Options {
 
 /// Runs until Envoy exits, a watch cannot start, or SIGTERM/SIGINT arrives.
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
-    let files = Files { dir: opts.dir.clone() };
+    let files = Files {
+        dir: opts.dir.clone(),
+    };
     std::fs::create_dir_all(files.dir.join("eds"))
         .with_context(|| format!("creating {}", files.dir.display()))?;
 
@@ -152,7 +154,13 @@ fn spawn_envoy(opts: &Options, files: &Files) -> anyhow::Result<tokio::process::
         .arg("-c")
         .arg(files.bootstrap())
         .args(["--concurrency", &opts.concurrency.to_string()])
-        .args(["--disable-hot-restart", "--log-level", "warn", "--component-log-level", "wasm:info"])
+        .args([
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+            "--component-log-level",
+            "wasm:info",
+        ])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
