@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the local test bed on 127.0.0.1: etcd, kube-apiserver (RBAC, admission webhooks, audit
 # log), kube-controller-manager, kube-scheduler, kwok with a Ready fake node, the Istio CRDs, and
-# the mesh simulator with its Envoy. Idempotent: what already runs is left alone.
+# kzscaler's controller, and the mesh simulator with its Envoy running the kzscaler filter.
+# Idempotent: what already runs is left alone.
 # Writes .local/env (KUBECONFIG, PATH, KZSCALER_ENVOY, KZSCALER_STATE_DIR, ...) for `source`.
 set -euo pipefail
 # shellcheck source=hack/lib/common.sh
@@ -24,6 +25,8 @@ Ports on 127.0.0.1 (override with the variables):
   controller-manager KZSCALER_KCM_PORT=$KCM_PORT
   scheduler          KZSCALER_SCHEDULER_PORT=$SCHEDULER_PORT
   Envoy listener     KZSCALER_ENVOY_PORT=$ENVOY_PORT (admin KZSCALER_ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT)
+  controller         KZSCALER_CONTROLLER_PORT=$CONTROLLER_PORT (filter API, /metrics)
+The filter's plugin configuration (JSON): KZSCALER_PLUGIN_CONFIG (default {"poll_period_ms": 200})
 USAGE
     exit 0
     ;;
@@ -155,19 +158,46 @@ kubectl wait --for condition=established --timeout=60s crd/wasmplugins.extension
   fail "istio CRDs" "$log" "CRD wasmplugins.extensions.istio.io not established"
 ok "Istio CRDs established"
 
-# === mesh simulator and its Envoy ===
-step "mesh simulator: cargo build -p kzscaler-e2e --bin kzscaler-meshsim"
-log=$KZSCALER_STATE_DIR/logs/meshsim-build.log
-(cd "$REPO_ROOT" && cargo build -p kzscaler-e2e --bin kzscaler-meshsim) >"$log" 2>&1 || fail "meshsim build" "$log" "cargo build failed"
-ln -sfn "$REPO_ROOT/target/debug/kzscaler-meshsim" "$KZSCALER_BIN_DIR/kzscaler-meshsim"
-if pid_of meshsim >/dev/null && [ "$REPO_ROOT/target/debug/kzscaler-meshsim" -nt "$PIDS/meshsim.pid" ]; then
-  step "meshsim: its binary was rebuilt; restarting it"
-  stop_component meshsim
-  stop_component envoy
-fi
+# === kzscaler: controller, filter, and the mesh simulator with its Envoy ===
+step "kzscaler: cargo build (controller, mesh simulator) and the filter (.wasm)"
+log=$KZSCALER_STATE_DIR/logs/build.log
+{
+  rustup target add wasm32-wasip1 &&
+    cargo build -p kzscaler-controller -p kzscaler-e2e --bins &&
+    cargo build -p kzscaler-filter --target wasm32-wasip1 --profile wasm
+} >"$log" 2>&1 || fail "kzscaler build" "$log" "cargo build failed"
+ok "built (log $log)"
+WASM=$REPO_ROOT/target/wasm32-wasip1/wasm/kzscaler_filter.wasm
+for b in kzscaler-controller kzscaler-meshsim; do
+  ln -sfn "$REPO_ROOT/target/debug/$b" "$KZSCALER_BIN_DIR/$b"
+done
+# A rebuilt binary or filter replaces the running one.
+restart_if_newer() { # NAME FILE...
+  local name=$1 f
+  shift
+  pid_of "$name" >/dev/null || return 0
+  for f in "$@"; do
+    if [ "$f" -nt "$PIDS/$name.pid" ]; then
+      step "$name: $(basename "$f") was rebuilt; restarting"
+      stop_component "$name"
+      [ "$name" = meshsim ] && stop_component envoy
+      return 0
+    fi
+  done
+}
+restart_if_newer controller "$REPO_ROOT/target/debug/kzscaler-controller"
+restart_if_newer meshsim "$REPO_ROOT/target/debug/kzscaler-meshsim" "$WASM"
+
+controller_ready() { curl -sf "http://127.0.0.1:$CONTROLLER_PORT/readyz" >/dev/null; }
+start_component controller "$CONTROLLER_PORT" controller_ready 60 \
+  env KUBECONFIG="$KUBECONFIG" kzscaler-controller --listen "127.0.0.1:$CONTROLLER_PORT"
+
+# The plugin configuration a WasmPlugin would carry; a short poll period suits tests and demos.
+PLUGIN_CONFIG=${KZSCALER_PLUGIN_CONFIG:-'{"poll_period_ms": 200}'}
 start_component meshsim "$ENVOY_PORT $ENVOY_ADMIN_PORT" envoy_ready 60 \
   kzscaler-meshsim --dir "$KZSCALER_STATE_DIR/meshsim" --envoy "$KZSCALER_BIN_DIR/envoy" \
-  --listen "127.0.0.1:$ENVOY_PORT" --admin "127.0.0.1:$ENVOY_ADMIN_PORT" --envoy-pid-file "$PIDS/envoy.pid"
+  --listen "127.0.0.1:$ENVOY_PORT" --admin "127.0.0.1:$ENVOY_ADMIN_PORT" --envoy-pid-file "$PIDS/envoy.pid" \
+  --controller "127.0.0.1:$CONTROLLER_PORT" --wasm "$WASM" --plugin-config "$PLUGIN_CONFIG"
 # Envoy's own log, under logs/ beside the others.
 ln -sfn "$KZSCALER_STATE_DIR/meshsim/envoy.log" "$KZSCALER_STATE_DIR/logs/envoy.log"
 
@@ -181,5 +211,6 @@ export KZSCALER_ENVOY="127.0.0.1:$ENVOY_PORT"
 export KZSCALER_ENVOY_ADMIN="127.0.0.1:$ENVOY_ADMIN_PORT"
 export KZSCALER_APISERVER="https://127.0.0.1:$APISERVER_PORT"
 export KZSCALER_AUDIT_LOG="$KZSCALER_STATE_DIR/logs/audit.log"
+export KZSCALER_CONTROLLER="127.0.0.1:$CONTROLLER_PORT"
 ENV
 ok "test bed up. Use it with: source .local/env"

@@ -23,6 +23,10 @@ pub struct TestBed {
     pub envoy: String,
     /// The test bed's state folder (logs are in `logs/`).
     pub state_dir: PathBuf,
+    /// host:port of the kzscaler controller's filter API, when it runs.
+    pub controller: Option<String>,
+    /// The kubeconfig file.
+    pub kubeconfig: PathBuf,
     http: HttpClient<HttpConnector, Full<Bytes>>,
 }
 
@@ -51,6 +55,18 @@ pub fn envoy_binary() -> anyhow::Result<PathBuf> {
     let path = repo_root().join(".local/bin/envoy");
     if !path.is_file() {
         bail!("{} not found: run hack/build-testbed.sh", path.display());
+    }
+    Ok(path)
+}
+
+/// The workspace's debug build of a binary (`cargo build` builds it; `hack/local-up.sh` does).
+pub fn debug_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = repo_root().join("target/debug").join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: run cargo build --bins (hack/local-up.sh does)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -131,6 +147,8 @@ impl TestBed {
             client,
             envoy,
             state_dir: PathBuf::from(state_dir),
+            controller: var("KZSCALER_CONTROLLER"),
+            kubeconfig: PathBuf::from(kubeconfig),
             http,
         })
     }
@@ -155,7 +173,18 @@ impl TestBed {
 
     /// GET `path` through Envoy with this `Host`, HTTP/1.1, within `timeout`.
     pub async fn get(&self, host: &str, path: &str, timeout: Duration) -> anyhow::Result<Reply> {
-        let req = http::Request::get(format!("http://{}{}", self.envoy, path))
+        self.get_from(&self.envoy, host, path, timeout).await
+    }
+
+    /// GET `http://<addr><path>` with this `Host`, within `timeout`.
+    pub async fn get_from(
+        &self,
+        addr: &str,
+        host: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Reply> {
+        let req = http::Request::get(format!("http://{addr}{path}"))
             .header("host", host)
             .body(Full::new(Bytes::new()))?;
         let resp = tokio::time::timeout(timeout, self.http.request(req))
@@ -163,7 +192,7 @@ impl TestBed {
             .with_context(|| {
                 format!("GET {path} (Host: {host}) through Envoy: no answer within {timeout:?}")
             })?
-            .with_context(|| format!("GET {path} (Host: {host}) through Envoy {}", self.envoy))?;
+            .with_context(|| format!("GET {path} (Host: {host}) from {addr}"))?;
         let status = resp.status().as_u16();
         let headers = resp
             .headers()

@@ -16,6 +16,8 @@ pub struct Config {
     pub call_timeout: Duration,
     /// Most requests held at once by one worker; past it, 503 at once.
     pub max_held_requests: u32,
+    /// Tick period while requests are held: how soon a held request notices its endpoint.
+    pub hold_tick: Duration,
 }
 
 /// Invalid configuration: names the field, the value and what was expected.
@@ -44,6 +46,7 @@ struct Raw {
     poll_period_ms: Option<u64>,
     call_timeout_ms: Option<u64>,
     max_held_requests: Option<u32>,
+    hold_tick_ms: Option<u64>,
 }
 
 /// The cluster a sidecar uses to reach the controller's Service.
@@ -117,6 +120,14 @@ impl Config {
                 "milliseconds from 10 to 60000",
             )?,
             max_held_requests,
+            hold_tick: ms_in(
+                "hold_tick_ms",
+                raw.hold_tick_ms,
+                5,
+                1,
+                1_000,
+                "milliseconds from 1 to 1000",
+            )?,
         })
     }
 }
@@ -138,7 +149,7 @@ mod tests {
     fn reads_every_field() {
         let c = Config::parse(
             br#"{"controller_cluster":"ctl","controller_authority":"ctl:1","poll_period_ms":250,
-                "call_timeout_ms":500,"max_held_requests":7}"#,
+                "call_timeout_ms":500,"max_held_requests":7,"hold_tick_ms":2}"#,
         )
         .unwrap();
         assert_eq!(c.controller_cluster, "ctl");
@@ -146,6 +157,7 @@ mod tests {
         assert_eq!(c.poll_period, Duration::from_millis(250));
         assert_eq!(c.call_timeout, Duration::from_millis(500));
         assert_eq!(c.max_held_requests, 7);
+        assert_eq!(c.hold_tick, Duration::from_millis(2));
     }
 
     #[test]

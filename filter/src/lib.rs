@@ -1,15 +1,21 @@
-//! kzscaler's proxy-wasm filter.
+//! kzscaler's proxy-wasm filter: holds requests to sleeping destinations in the caller's own
+//! sidecar while the controller wakes them.
 //!
 //! ```text
-//!  Envoy ──on_configure──▶ RootContext (config.rs: parse + validate once)
-//!        ──per request──▶ HttpContext (host.rs: the thin proxy_wasm layer)
+//!  Envoy ──on_configure──▶ Root (config.rs: parse + validate once)
+//!        ──on_tick──────▶ Root: poll the snapshot (table.rs) into shared data; drive held
+//!                          requests (hold.rs: activate, resume, or 503 at the deadline)
+//!        ──per request──▶ Request: table lookup by xds.cluster_name; hold if asleep
 //! ```
 //!
-//! For now the filter validates its configuration and lets every request through; holding
-//! requests comes with the wake issue. Logic lives in plain modules tested natively; only
+//! Logic lives in plain modules tested natively (`cargo test -p kzscaler-filter`); only
 //! `host.rs` touches `proxy_wasm`.
 #![forbid(unsafe_code)]
 #![deny(clippy::panic)]
 
 pub mod config;
+pub mod deadline;
+pub mod hold;
+pub mod table;
+
 mod host;

@@ -9,10 +9,11 @@ KCM_PORT=${KZSCALER_KCM_PORT:-16257}
 SCHEDULER_PORT=${KZSCALER_SCHEDULER_PORT:-16259}
 ENVOY_PORT=${KZSCALER_ENVOY_PORT:-15001}
 ENVOY_ADMIN_PORT=${KZSCALER_ENVOY_ADMIN_PORT:-15000}
+CONTROLLER_PORT=${KZSCALER_CONTROLLER_PORT:-18080}
 
 PIDS=$KZSCALER_STATE_DIR/pids
 # Start order; local-down stops in reverse. envoy is meshsim's child, listed for cleanup.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok envoy meshsim)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok controller envoy meshsim)
 
 pid_of() { # NAME: the pid if the process recorded for NAME is alive
   local f=$PIDS/$1.pid pid

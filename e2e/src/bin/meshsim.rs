@@ -40,6 +40,10 @@ struct Args {
     /// Write Envoy's pid to this file (the test bed stops Envoy by it).
     #[arg(long)]
     envoy_pid_file: Option<PathBuf>,
+    /// The kzscaler controller's filter API (host:port); Envoy reaches it through the cluster
+    /// outbound|8080||kzscaler-controller.kzscaler-system.svc.cluster.local, as a sidecar would.
+    #[arg(long)]
+    controller: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -78,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
             }),
             concurrency: args.concurrency,
             envoy_pid_file: args.envoy_pid_file,
+            controller: args.controller,
         },
     )
     .await

@@ -128,6 +128,20 @@ pub fn bootstrap(files: &Files, b: &Bootstrap) -> Value {
     })
 }
 
+/// A static cluster named like the one an Istio sidecar has for the controller's Service,
+/// pointing at a controller on this machine.
+pub fn controller_cluster(name: &str, addr: std::net::SocketAddr) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(addr)}}]}]
+        }
+    })
+}
+
 fn socket(a: std::net::SocketAddr) -> Value {
     json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}})
 }

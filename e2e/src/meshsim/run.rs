@@ -19,6 +19,10 @@ use super::backend::{self, Backend};
 use super::envoy::{self, Bootstrap, Files};
 use super::model::{EndpointKey, Mesh};
 
+/// The cluster name Istio gives the controller's Service port in a sidecar.
+pub const CONTROLLER_CLUSTER: &str =
+    "outbound|8080||kzscaler-controller.kzscaler-system.svc.cluster.local";
+
 /// How the simulator is set up.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -38,6 +42,9 @@ pub struct Options {
     pub concurrency: u32,
     /// Where to write Envoy's pid, so that the test bed can stop it even if the simulator dies.
     pub envoy_pid_file: Option<PathBuf>,
+    /// The kzscaler controller's filter API on this machine, reached through a cluster named
+    /// like the sidecar's cluster for the controller's Service.
+    pub controller: Option<SocketAddr>,
 }
 
 /// Runs until Envoy exits, a watch cannot start, or SIGTERM/SIGINT arrives.
@@ -73,7 +80,11 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             listen: opts.listen,
             admin: opts.admin,
             wasm: opts.wasm.clone(),
-            static_clusters: vec![],
+            static_clusters: opts
+                .controller
+                .map(|addr| envoy::controller_cluster(CONTROLLER_CLUSTER, addr))
+                .into_iter()
+                .collect(),
         },
     );
     envoy::write_if_changed(&files.bootstrap(), &boot)?;

@@ -1,0 +1,380 @@
+//! `activate`: wake the Deployment behind a destination, once, however many callers ask.
+//!
+//! ```text
+//!  caller 1 ─┐                        ┌─ first caller for an asleep Deployment:
+//!  caller 2 ─┼─ activate(cluster) ──▶ │  one WakeOp: PATCH deployments/scale, then watch
+//!  caller N ─┘        │               └─ the cache for pod ready and endpoint ready
+//!                     └── everyone waits on cache changes until a ready endpoint or the deadline
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kzscaler_core::wire::State;
+use tokio::sync::{RwLock, watch};
+
+use crate::cache::{Cache, Key};
+use crate::metrics::Metrics;
+
+/// What a wake does to the cluster. The real one talks to the API server (`run.rs`).
+pub trait Scaler: Send + Sync + 'static {
+    /// Sets `deployments/scale` of `key` to `replicas`.
+    fn scale(&self, key: &Key, replicas: u32) -> impl Future<Output = Result<(), String>> + Send;
+    /// Records a finished wake on the Deployment (annotation and Event).
+    fn record_wake(&self, key: &Key, wake: &WakeRecord) -> impl Future<Output = ()> + Send;
+}
+
+/// How long a wake took, phase by phase, from the first activate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WakeRecord {
+    /// Replicas asked for.
+    pub replicas: u32,
+    /// Until the scale PATCH returned.
+    pub scale_ms: u64,
+    /// Until the Deployment reported a ready replica.
+    pub pod_ready_ms: Option<u64>,
+    /// Until an EndpointSlice listed a ready endpoint.
+    pub endpoint_ready_ms: Option<u64>,
+}
+
+/// The answer to one activate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A ready endpoint exists.
+    Ready,
+    /// Not a managed destination.
+    NotManaged,
+    /// The deadline passed first; the state then.
+    TimedOut(State),
+    /// The scale call failed.
+    ScaleFailed(String),
+}
+
+/// Coalesces activations: at most one wake in flight per Deployment.
+#[derive(Debug)]
+pub struct Activator<S> {
+    cache: Arc<RwLock<Cache>>,
+    changes: watch::Receiver<u64>,
+    scaler: Arc<S>,
+    inflight: Mutex<HashMap<Key, Arc<WakeOp>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A wake in flight; a failure is published to everyone waiting on it.
+#[derive(Debug)]
+struct WakeOp {
+    failed: watch::Sender<Option<String>>,
+}
+
+impl<S: Scaler> Activator<S> {
+    /// `changes` ticks whenever the cache is updated.
+    pub fn new(
+        cache: Arc<RwLock<Cache>>,
+        changes: watch::Receiver<u64>,
+        scaler: Arc<S>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            cache,
+            changes,
+            scaler,
+            inflight: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// Wakes the destination's Deployment if it sleeps, and waits for a ready endpoint for at
+    /// most `deadline` (capped at the destination's wake timeout).
+    pub async fn activate(self: &Arc<Self>, cluster: &str, deadline: Duration) -> Outcome {
+        let start = Instant::now();
+        let mut changes = self.changes.clone();
+        let (key, deadline, op) = {
+            let cache = self.cache.read().await;
+            let Some((key, dest, managed)) = cache.destination(cluster) else {
+                return Outcome::NotManaged;
+            };
+            if managed.ready_endpoints > 0 {
+                return Outcome::Ready;
+            }
+            let deadline = deadline.min(Duration::from_millis(dest.wake_timeout_ms));
+            let op = self.ensure_waking(
+                key,
+                managed.desired,
+                managed.wake_replicas(),
+                managed.spec.wake_timeout,
+            );
+            (key.clone(), deadline, op)
+        };
+        let mut failed = op.map(|op| op.failed.subscribe());
+        loop {
+            if let Some(msg) = failed.as_ref().and_then(|f| f.borrow().clone()) {
+                return Outcome::ScaleFailed(msg);
+            }
+            {
+                let cache = self.cache.read().await;
+                match cache.destination(cluster) {
+                    None => return Outcome::NotManaged,
+                    Some((_, _, m)) if m.ready_endpoints > 0 => return Outcome::Ready,
+                    Some(_) => {}
+                }
+            }
+            let left = deadline.saturating_sub(start.elapsed());
+            let wake_failed = async {
+                match failed.as_mut() {
+                    // Err: the wake ended without failing; only cache changes matter now.
+                    Some(f) => {
+                        if f.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let cache_changed = async {
+                // Err: the cache is gone (shutting down); only the deadline is left.
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let woke = async {
+                tokio::select! {
+                    () = cache_changed => {}
+                    () = wake_failed => {}
+                }
+            };
+            if left.is_zero() || tokio::time::timeout(left, woke).await.is_err() {
+                let state = self
+                    .cache
+                    .read()
+                    .await
+                    .managed(&key)
+                    .map_or(State::Asleep, |m| m.state());
+                return Outcome::TimedOut(state);
+            }
+        }
+    }
+
+    /// Starts a wake unless one runs or the Deployment already has replicas. Returns the
+    /// wake in flight, if any.
+    fn ensure_waking(
+        self: &Arc<Self>,
+        key: &Key,
+        desired: i32,
+        replicas: u32,
+        wake_timeout: Duration,
+    ) -> Option<Arc<WakeOp>> {
+        let Ok(mut inflight) = self.inflight.lock() else {
+            return None;
+        };
+        if let Some(op) = inflight.get(key) {
+            return Some(op.clone());
+        }
+        if desired > 0 {
+            // Someone scaled it already (a person, an HPA, a wake that finished): just wait.
+            return None;
+        }
+        let op = Arc::new(WakeOp {
+            failed: watch::Sender::new(None),
+        });
+        inflight.insert(key.clone(), op.clone());
+        let this = self.clone();
+        let key = key.clone();
+        let task_op = op.clone();
+        tokio::spawn(async move {
+            this.run_wake(&key, replicas, wake_timeout, &task_op).await;
+            if let Ok(mut inflight) = this.inflight.lock() {
+                inflight.remove(&key);
+            }
+        });
+        Some(op)
+    }
+
+    /// One wake: PATCH the scale, then follow the cache until a ready endpoint (or the wake
+    /// timeout), recording each phase. Stays registered until the cache shows the new
+    /// replica count, so a late caller cannot PATCH a second time.
+    async fn run_wake(&self, key: &Key, replicas: u32, wake_timeout: Duration, op: &WakeOp) {
+        let start = Instant::now();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(deployment = %key, replicas, "waking: scaling up");
+        if let Err(e) = self.scaler.scale(key, replicas).await {
+            tracing::warn!(deployment = %key, error = %e, "wake failed: scale call refused");
+            self.metrics.wake_failed();
+            op.failed
+                .send_replace(Some(format!("scaling {key} to {replicas} failed: {e}")));
+            return;
+        }
+        let mut record = WakeRecord {
+            replicas,
+            scale_ms: ms(start.elapsed()),
+            pod_ready_ms: None,
+            endpoint_ready_ms: None,
+        };
+        let mut changes = self.changes.clone();
+        let limit = wake_timeout.max(Duration::from_secs(5));
+        loop {
+            {
+                let cache = self.cache.read().await;
+                if let Some(m) = cache.managed(key) {
+                    if record.pod_ready_ms.is_none() && m.ready_replicas > 0 {
+                        record.pod_ready_ms = Some(ms(start.elapsed()));
+                    }
+                    if m.ready_endpoints > 0 {
+                        record.endpoint_ready_ms = Some(ms(start.elapsed()));
+                        record.pod_ready_ms.get_or_insert(ms(start.elapsed()));
+                        break;
+                    }
+                } else {
+                    break; // no longer managed
+                }
+            }
+            let left = limit.saturating_sub(start.elapsed());
+            if left.is_zero() || tokio::time::timeout(left, changes.changed()).await.is_err() {
+                break;
+            }
+        }
+        self.metrics.wake_recorded(&record);
+        tracing::info!(deployment = %key, replicas, scale_ms = record.scale_ms,
+            pod_ready_ms = ?record.pod_ready_ms, endpoint_ready_ms = ?record.endpoint_ready_ms, "wake finished");
+        self.scaler.record_wake(key, &record).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Built;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts scale calls and, like the real cluster, makes the Deployment ready a moment later.
+    struct FakeCluster {
+        scales: AtomicUsize,
+        cache: Arc<RwLock<Cache>>,
+        tx: watch::Sender<u64>,
+        ready_after: Duration,
+        refuse: bool,
+    }
+
+    fn built(replicas: i32, ready: bool) -> Built {
+        use serde_json::json;
+        let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "web",
+                         "annotations": {"kzscaler.io/scale-to-zero": "true"}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}}},
+            "status": {"readyReplicas": if ready { replicas } else { 0 }}
+        }))
+        .unwrap();
+        let s: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        let e: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "web-x", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": if ready { json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": true}}]) } else { json!([]) }
+        }))
+        .unwrap();
+        Built::from_objects(
+            &[Arc::new(d)],
+            &[Arc::new(s)],
+            &[Arc::new(e)],
+            &[],
+            "cluster.local",
+        )
+    }
+
+    impl Scaler for FakeCluster {
+        async fn scale(&self, _key: &Key, replicas: u32) -> Result<(), String> {
+            self.scales.fetch_add(1, Ordering::SeqCst);
+            if self.refuse {
+                return Err("forbidden".into());
+            }
+            let n = i32::try_from(replicas).unwrap();
+            self.cache.write().await.update(built(n, false));
+            self.tx.send_modify(|v| *v += 1);
+            let (cache, tx, after) = (self.cache.clone(), self.tx.clone(), self.ready_after);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                cache.write().await.update(built(n, true));
+                tx.send_modify(|v| *v += 1);
+            });
+            Ok(())
+        }
+        async fn record_wake(&self, _key: &Key, _wake: &WakeRecord) {}
+    }
+
+    fn setup(
+        ready_after: Duration,
+        refuse: bool,
+    ) -> (Arc<Activator<FakeCluster>>, Arc<FakeCluster>) {
+        let cache = Arc::new(RwLock::new(Cache::default()));
+        let (tx, rx) = watch::channel(0);
+        let fake = Arc::new(FakeCluster {
+            scales: AtomicUsize::new(0),
+            cache: cache.clone(),
+            tx,
+            ready_after,
+            refuse,
+        });
+        if let Ok(mut c) = cache.try_write() {
+            c.update(built(0, false));
+        }
+        let act = Activator::new(cache, rx, fake.clone(), Arc::new(Metrics::default()));
+        (act, fake)
+    }
+
+    const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
+
+    #[tokio::test]
+    async fn thousand_concurrent_activations_scale_once() {
+        let (act, fake) = setup(Duration::from_millis(50), false);
+        let calls: Vec<_> = (0..1000)
+            .map(|_| {
+                let act = act.clone();
+                tokio::spawn(async move { act.activate(WEB, Duration::from_secs(5)).await })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap(), Outcome::Ready);
+        }
+        assert_eq!(fake.scales.load(Ordering::SeqCst), 1);
+        // Awake now: another activate answers at once, without scaling.
+        assert_eq!(
+            act.activate(WEB, Duration::from_secs(1)).await,
+            Outcome::Ready
+        );
+        assert_eq!(fake.scales.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn deadline_passing_first_says_so() {
+        let (act, _) = setup(Duration::from_secs(30), false);
+        let out = act.activate(WEB, Duration::from_millis(100)).await;
+        assert_eq!(out, Outcome::TimedOut(State::Waking));
+    }
+
+    #[tokio::test]
+    async fn refuses_unmanaged_destinations() {
+        let (act, fake) = setup(Duration::ZERO, false);
+        let out = act
+            .activate(
+                "outbound|80||db.shop.svc.cluster.local",
+                Duration::from_secs(1),
+            )
+            .await;
+        assert_eq!(out, Outcome::NotManaged);
+        assert_eq!(fake.scales.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_scale_is_reported() {
+        let (act, _) = setup(Duration::ZERO, true);
+        match act.activate(WEB, Duration::from_secs(1)).await {
+            Outcome::ScaleFailed(msg) => assert!(msg.contains("forbidden"), "{msg}"),
+            other => panic!("expected ScaleFailed, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The HTTP API for filters (version 1) and the health and metrics endpoints.
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `GET /v1/snapshot` | 200 [`Snapshot`] with `ETag: "<version>"`; 304 when `If-None-Match` matches |
+//! | `POST /v1/activate` [`ActivateRequest`] | 200 `{"state":"awake"}` once a ready endpoint exists; 504 `{"state":..,"message":..}` when the deadline passes first; 404 for a destination that is not managed; 502 when scaling failed; 400 for a bad body |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 once the first lists of every watched kind are in; 503 before |
+//! | `GET /metrics` | Prometheus text format |
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kzscaler_core::wire::{self, ActivateRequest, ActivateResponse, State};
+use tokio::sync::RwLock;
+
+use crate::activate::{Activator, Outcome, Scaler};
+use crate::cache::Cache;
+use crate::metrics::Metrics;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct Api<S> {
+    /// The replica cache.
+    pub cache: Arc<RwLock<Cache>>,
+    /// Activations.
+    pub activator: Arc<Activator<S>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set once the first lists are in.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The router.
+pub fn router<S: Scaler>(api: Arc<Api<S>>) -> Router {
+    Router::new()
+        .route(wire::SNAPSHOT_PATH, get(snapshot::<S>))
+        .route(wire::ACTIVATE_PATH, post(activate::<S>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .with_state(api)
+}
+
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn snapshot<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, headers: HeaderMap) -> Response {
+    let cache = api.cache.read().await;
+    let snap = cache.snapshot();
+    let etag = format!("\"{}\"", snap.version);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+    {
+        api.metrics.snapshot("304");
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+        return r;
+    }
+    api.metrics.snapshot("200");
+    let mut r = json_response(StatusCode::OK, snap);
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+fn message(status: StatusCode, state: Option<State>, msg: String) -> Response {
+    #[derive(serde::Serialize)]
+    struct Body {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        state: Option<State>,
+        message: String,
+    }
+    json_response(
+        status,
+        &Body {
+            state,
+            message: msg,
+        },
+    )
+}
+
+async fn activate<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) -> Response {
+    let req: ActivateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            api.metrics.activate("bad_request");
+            return message(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!(
+                    "activate body is not valid: {e} (expected {{\"cluster\": \"outbound|<port>||<svc>.<ns>.svc.cluster.local\", \"deadline_ms\": <number>}})"
+                ),
+            );
+        }
+    };
+    let outcome = api
+        .activator
+        .activate(&req.cluster, Duration::from_millis(req.deadline_ms))
+        .await;
+    match outcome {
+        Outcome::Ready => {
+            api.metrics.activate("ready");
+            json_response(
+                StatusCode::OK,
+                &ActivateResponse {
+                    state: State::Awake,
+                    message: None,
+                },
+            )
+        }
+        Outcome::NotManaged => {
+            api.metrics.activate("not_managed");
+            message(
+                StatusCode::NOT_FOUND,
+                None,
+                format!(
+                    "cluster {:?} is not a managed destination: no Service port of a Deployment annotated kzscaler.io/scale-to-zero=\"true\"",
+                    req.cluster
+                ),
+            )
+        }
+        Outcome::TimedOut(state) => {
+            api.metrics.activate("timeout");
+            message(
+                StatusCode::GATEWAY_TIMEOUT,
+                Some(state),
+                format!(
+                    "no ready endpoint for {} within {} ms",
+                    req.cluster, req.deadline_ms
+                ),
+            )
+        }
+        Outcome::ScaleFailed(msg) => {
+            api.metrics.activate("scale_failed");
+            message(StatusCode::BAD_GATEWAY, Some(State::Asleep), msg)
+        }
+    }
+}
+
+async fn readyz<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
+    if api.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first lists of Deployments, Services, EndpointSlices and HPAs\n",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        api.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activate::{Scaler, WakeRecord};
+    use crate::cache::{Built, Key};
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::json;
+    use tower::ServiceExt;
+
+    struct Refuse;
+    impl Scaler for Refuse {
+        async fn scale(&self, _: &Key, _: u32) -> Result<(), String> {
+            Err("deployments.apps \"web\" is forbidden".into())
+        }
+        async fn record_wake(&self, _: &Key, _: &WakeRecord) {}
+    }
+
+    fn app() -> Router {
+        let mut cache = Cache::default();
+        let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "web", "annotations": {"kzscaler.io/scale-to-zero": "true"}},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}}}
+        }))
+        .unwrap();
+        let s: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        cache.update(Built::from_objects(
+            &[Arc::new(d)],
+            &[Arc::new(s)],
+            &[],
+            &[],
+            "cluster.local",
+        ));
+        let cache = Arc::new(RwLock::new(cache));
+        let (_tx, rx) = tokio::sync::watch::channel(0);
+        let metrics = Arc::new(Metrics::default());
+        router(Arc::new(Api {
+            activator: Activator::new(cache.clone(), rx, Arc::new(Refuse), metrics.clone()),
+            cache,
+            metrics,
+            ready: Arc::new(AtomicBool::new(true)),
+        }))
+    }
+
+    async fn send(req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+        let resp = app().oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn snapshot_lists_managed_destinations_and_answers_304_when_unchanged() {
+        let (status, headers, body) =
+            send(Request::get("/v1/snapshot").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        let snap: wire::Snapshot = serde_json::from_str(&body).unwrap();
+        assert_eq!(snap.destinations.len(), 1);
+        assert_eq!(snap.destinations[0].state, State::Asleep);
+        let etag = headers[header::ETAG].to_str().unwrap().to_owned();
+        assert_eq!(etag, format!("\"{}\"", snap.version));
+        let (status, _, body) = send(
+            Request::get("/v1/snapshot")
+                .header(header::IF_NONE_MATCH, &etag)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
+    }
+
+    #[tokio::test]
+    async fn activate_refuses_unmanaged_and_malformed_requests() {
+        let post = |body: &str| {
+            Request::post("/v1/activate")
+                .body(Body::from(body.to_owned()))
+                .unwrap()
+        };
+        let (status, _, body) = send(post(
+            r#"{"cluster":"outbound|80||db.shop.svc.cluster.local","deadline_ms":100}"#,
+        ))
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("not a managed destination"), "{body}");
+        let (status, _, body) = send(post(r#"{"cluster": 7}"#)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("cluster"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn activate_reports_a_refused_scale() {
+        let (status, _, body) = send(
+            Request::post("/v1/activate")
+                .body(Body::from(
+                    r#"{"cluster":"outbound|80||web.shop.svc.cluster.local","deadline_ms":1000}"#,
+                ))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(body.contains("forbidden"), "{body}");
+    }
+}

@@ -1,0 +1,598 @@
+//! The replica cache: every managed destination (Service port → managed Deployment), its state
+//! and its counts, derived from the API objects by a pure function.
+//!
+//! ```text
+//!  reflector stores ──(any change)──▶ Built::from_objects ──▶ Cache::update
+//!   Deployments, Services,              (pure)                  version++ when the
+//!   EndpointSlices, HPAs                                         snapshot changed
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
+use kzscaler_core::cluster::outbound_cluster;
+use kzscaler_core::names::{self, SERVICE_NAME_LABEL};
+use kzscaler_core::wire::{Destination, Snapshot, State};
+
+use crate::spec::ManagedSpec;
+
+/// Annotation the controller writes before sleeping: the replica count to wake back to.
+pub const REPLICAS_BEFORE_SLEEP: &str = "kzscaler.io/replicas-before-sleep";
+
+/// A namespaced name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A managed Deployment as the cache sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Managed {
+    /// Its settings.
+    pub spec: ManagedSpec,
+    /// `spec.replicas`.
+    pub desired: i32,
+    /// `status.readyReplicas`.
+    pub ready_replicas: i32,
+    /// From [`REPLICAS_BEFORE_SLEEP`].
+    pub replicas_before_sleep: Option<u32>,
+    /// The minReplicas of an HPA targeting it.
+    pub hpa_min: Option<u32>,
+    /// Ready endpoints over all its Services.
+    pub ready_endpoints: usize,
+    /// For Events.
+    pub reference: ObjectReference,
+}
+
+impl Managed {
+    /// The replica count a wake scales to.
+    pub fn wake_replicas(&self) -> u32 {
+        crate::wake::wake_replicas(
+            self.hpa_min,
+            self.replicas_before_sleep,
+            self.spec.wake_replicas,
+        )
+    }
+
+    /// State from the counts alone: 0 replicas is asleep however it got there.
+    pub fn state(&self) -> State {
+        if self.desired == 0 {
+            State::Asleep
+        } else if self.ready_endpoints == 0 {
+            State::Waking
+        } else {
+            State::Awake
+        }
+    }
+}
+
+/// Something wrong with an object: skipped, reported as a warning Event.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// `Deployment` or `Service`.
+    pub kind: &'static str,
+    /// The object.
+    pub key: Key,
+    /// Short PascalCase reason.
+    pub reason: &'static str,
+    /// What is wrong, with the values.
+    pub message: String,
+}
+
+/// Everything derived from one set of objects.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Built {
+    /// Managed Deployments.
+    pub managed: BTreeMap<Key, Managed>,
+    /// Destinations by outbound cluster name, sorted.
+    pub destinations: BTreeMap<String, (Key, Destination)>,
+    /// Problems found, with the object reference to report them on.
+    pub problems: Vec<(Problem, ObjectReference)>,
+}
+
+fn key_of<K: Resource>(obj: &K) -> Option<Key> {
+    Some(Key {
+        namespace: obj.meta().namespace.clone()?,
+        name: obj.meta().name.clone()?,
+    })
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+impl Built {
+    /// Derives the managed destinations. Only Deployments annotated
+    /// `kzscaler.io/scale-to-zero` are looked at closely; bad annotations and Services
+    /// selecting several managed Deployments become problems, never errors.
+    pub fn from_objects(
+        deployments: &[Arc<Deployment>],
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        hpas: &[Arc<HorizontalPodAutoscaler>],
+        domain: &str,
+    ) -> Self {
+        let mut built = Built::default();
+        let mut pod_labels: BTreeMap<Key, BTreeMap<String, String>> = BTreeMap::new();
+        for d in deployments {
+            let Some(key) = key_of(d.as_ref()) else {
+                continue;
+            };
+            let annotations = d.metadata.annotations.clone().unwrap_or_default();
+            if !annotations.contains_key(names::SCALE_TO_ZERO) {
+                continue;
+            }
+            let reference = d.object_ref(&());
+            let spec = match ManagedSpec::from_annotations(&annotations) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    built.problems.push((
+                        Problem {
+                            kind: "Deployment",
+                            key,
+                            reason: "InvalidAnnotation",
+                            message: format!(
+                                "{e}; kzscaler ignores this Deployment until it is fixed"
+                            ),
+                        },
+                        reference,
+                    ));
+                    continue;
+                }
+            };
+            let replicas_before_sleep = match annotations.get(REPLICAS_BEFORE_SLEEP) {
+                None => None,
+                Some(v) => match v.trim().parse::<u32>() {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        built.problems.push((
+                            Problem {
+                                kind: "Deployment",
+                                key: key.clone(),
+                                reason: "InvalidAnnotation",
+                                message: format!(
+                                    "annotation {REPLICAS_BEFORE_SLEEP}: {v:?} is not valid: expected a whole number; ignored"
+                                ),
+                            },
+                            reference.clone(),
+                        ));
+                        None
+                    }
+                },
+            };
+            let spec_d = d.spec.as_ref();
+            pod_labels.insert(
+                key.clone(),
+                spec_d
+                    .and_then(|s| s.template.metadata.as_ref())
+                    .and_then(|m| m.labels.clone())
+                    .unwrap_or_default(),
+            );
+            built.managed.insert(
+                key,
+                Managed {
+                    spec,
+                    desired: spec_d.and_then(|s| s.replicas).unwrap_or(1),
+                    ready_replicas: d
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0),
+                    replicas_before_sleep,
+                    hpa_min: None,
+                    ready_endpoints: 0,
+                    reference,
+                },
+            );
+        }
+        for h in hpas {
+            let Some(ns) = h.metadata.namespace.as_ref() else {
+                continue;
+            };
+            let spec = &h.spec;
+            if spec.scale_target_ref.kind != "Deployment" {
+                continue;
+            }
+            let key = Key {
+                namespace: ns.clone(),
+                name: spec.scale_target_ref.name.clone(),
+            };
+            if let Some(m) = built.managed.get_mut(&key) {
+                m.hpa_min = spec
+                    .min_replicas
+                    .and_then(|n| u32::try_from(n).ok())
+                    .or(Some(1));
+            }
+        }
+        // Ready endpoints per Service.
+        let mut ready: BTreeMap<Key, usize> = BTreeMap::new();
+        for s in slices {
+            let (Some(ns), Some(svc)) = (
+                s.metadata.namespace.as_ref(),
+                s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+            ) else {
+                continue;
+            };
+            let n = s
+                .endpoints
+                .iter()
+                .flatten()
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                .count();
+            *ready
+                .entry(Key {
+                    namespace: ns.clone(),
+                    name: svc.clone(),
+                })
+                .or_default() += n;
+        }
+        for svc in services {
+            let Some(skey) = key_of(svc.as_ref()) else {
+                continue;
+            };
+            let Some(spec) = svc.spec.as_ref() else {
+                continue;
+            };
+            let Some(selector) = spec.selector.as_ref() else {
+                continue;
+            };
+            let matched: Vec<&Key> = pod_labels
+                .iter()
+                .filter(|(k, labels)| k.namespace == skey.namespace && selects(selector, labels))
+                .map(|(k, _)| k)
+                .collect();
+            let dkey = match matched.as_slice() {
+                [] => continue,
+                [one] => (*one).clone(),
+                many => {
+                    let names: Vec<&str> = many.iter().map(|k| k.name.as_str()).collect();
+                    built.problems.push((
+                        Problem {
+                            kind: "Service",
+                            key: skey.clone(),
+                            reason: "AmbiguousService",
+                            message: format!(
+                                "Service {} selects {} managed Deployments ({}); kzscaler ignores this Service",
+                                skey.name,
+                                many.len(),
+                                names.join(", ")
+                            ),
+                        },
+                        svc.object_ref(&()),
+                    ));
+                    continue;
+                }
+            };
+            let Some(m) = built.managed.get_mut(&dkey) else {
+                continue;
+            };
+            m.ready_endpoints += ready.get(&skey).copied().unwrap_or(0);
+            for port in spec.ports.iter().flatten() {
+                if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                    continue;
+                }
+                let Ok(p) = u16::try_from(port.port) else {
+                    continue;
+                };
+                let cluster = outbound_cluster(&skey.name, &skey.namespace, domain, p);
+                built.destinations.insert(
+                    cluster.clone(),
+                    (
+                        dkey.clone(),
+                        Destination {
+                            cluster,
+                            namespace: skey.namespace.clone(),
+                            service: skey.name.clone(),
+                            deployment: dkey.name.clone(),
+                            state: State::Awake, // set below, once endpoints are summed
+                            wake_timeout_ms: 0,
+                        },
+                    ),
+                );
+            }
+        }
+        for (dkey, dest) in built.destinations.values_mut() {
+            if let Some(m) = built.managed.get(dkey) {
+                dest.state = m.state();
+                dest.wake_timeout_ms = duration_ms(m.spec.wake_timeout);
+            }
+        }
+        built.problems.sort_by(|a, b| a.0.cmp(&b.0));
+        built
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The cache: the latest [`Built`] and a snapshot version that changes only when the
+/// destinations do.
+#[derive(Debug, Default)]
+pub struct Cache {
+    built: Built,
+    snapshot: Snapshot,
+}
+
+impl Cache {
+    /// Replaces the content; returns whether the snapshot changed.
+    pub fn update(&mut self, built: Built) -> bool {
+        let destinations: Vec<Destination> = built
+            .destinations
+            .values()
+            .map(|(_, d)| d.clone())
+            .collect();
+        let changed = destinations != self.snapshot.destinations;
+        if changed {
+            self.snapshot = Snapshot {
+                version: self.snapshot.version + 1,
+                destinations,
+            };
+        }
+        self.built = built;
+        changed
+    }
+
+    /// The snapshot filters poll.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The destination behind an outbound cluster name, with its Deployment.
+    pub fn destination(&self, cluster: &str) -> Option<(&Key, &Destination, &Managed)> {
+        let (key, dest) = self.built.destinations.get(cluster)?;
+        let managed = self.built.managed.get(key)?;
+        Some((key, dest, managed))
+    }
+
+    /// A managed Deployment.
+    pub fn managed(&self, key: &Key) -> Option<&Managed> {
+        self.built.managed.get(key)
+    }
+
+    /// All managed Deployments.
+    pub fn all_managed(&self) -> &BTreeMap<Key, Managed> {
+        &self.built.managed
+    }
+
+    /// Current problems.
+    pub fn problems(&self) -> &[(Problem, ObjectReference)] {
+        &self.built.problems
+    }
+
+    /// Problems not in `reported`; adds them to it and forgets fixed ones.
+    pub fn new_problems(
+        &self,
+        reported: &mut BTreeSet<Problem>,
+    ) -> Vec<(Problem, ObjectReference)> {
+        let now: BTreeSet<Problem> = self.built.problems.iter().map(|(p, _)| p.clone()).collect();
+        let fresh = self
+            .built
+            .problems
+            .iter()
+            .filter(|(p, _)| !reported.contains(p))
+            .cloned()
+            .collect();
+        *reported = now;
+        fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment(
+        ns: &str,
+        name: &str,
+        replicas: i32,
+        annotations: serde_json::Value,
+    ) -> Arc<Deployment> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": ns, "name": name, "annotations": annotations},
+                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": {"app": name, "tier": "web"}}}},
+                "status": {"readyReplicas": replicas}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn service(ns: &str, name: &str, selector: serde_json::Value, ports: &[i32]) -> Arc<Service> {
+        let ports: Vec<_> = ports.iter().map(|p| json!({"port": p})).collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": ns, "name": name},
+                "spec": {"selector": selector, "ports": ports}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn slice(ns: &str, svc: &str, ready: &[bool]) -> Arc<EndpointSlice> {
+        let eps: Vec<_> = ready
+            .iter()
+            .enumerate()
+            .map(|(i, r)| json!({"addresses": [format!("10.0.0.{i}")], "conditions": {"ready": r}}))
+            .collect();
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": ns, "name": format!("{svc}-x"),
+                             "labels": {"kubernetes.io/service-name": svc}},
+                "addressType": "IPv4", "endpoints": eps
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn managed() -> serde_json::Value {
+        json!({"kzscaler.io/scale-to-zero": "true", "kzscaler.io/wake-timeout": "30s"})
+    }
+
+    #[test]
+    fn managed_deployment_maps_to_every_port_of_its_services() {
+        let built = Built::from_objects(
+            &[deployment("shop", "web", 0, managed())],
+            &[
+                service("shop", "web", json!({"app": "web"}), &[80, 8080]),
+                service("shop", "web-admin", json!({"tier": "web"}), &[9000]),
+                service("other", "web", json!({"app": "web"}), &[80]),
+            ],
+            &[],
+            &[],
+            "cluster.local",
+        );
+        let clusters: Vec<&String> = built.destinations.keys().collect();
+        assert_eq!(
+            clusters,
+            vec![
+                "outbound|8080||web.shop.svc.cluster.local",
+                "outbound|80||web.shop.svc.cluster.local",
+                "outbound|9000||web-admin.shop.svc.cluster.local",
+            ]
+        );
+        let (_, d) = &built.destinations["outbound|80||web.shop.svc.cluster.local"];
+        assert_eq!(
+            (d.state, d.wake_timeout_ms, d.deployment.as_str()),
+            (State::Asleep, 30_000, "web")
+        );
+        assert!(built.problems.is_empty());
+    }
+
+    #[test]
+    fn unmanaged_deployments_are_not_destinations() {
+        let built = Built::from_objects(
+            &[deployment("shop", "web", 1, json!({}))],
+            &[service("shop", "web", json!({"app": "web"}), &[80])],
+            &[],
+            &[],
+            "cluster.local",
+        );
+        assert!(built.destinations.is_empty() && built.managed.is_empty());
+    }
+
+    #[test]
+    fn state_follows_replicas_and_ready_endpoints() {
+        let svc = [service("shop", "web", json!({"app": "web"}), &[80])];
+        let state = |replicas, ready: &[bool]| {
+            let b = Built::from_objects(
+                &[deployment("shop", "web", replicas, managed())],
+                &svc,
+                &[slice("shop", "web", ready)],
+                &[],
+                "cluster.local",
+            );
+            b.destinations.values().next().map(|(_, d)| d.state)
+        };
+        assert_eq!(state(0, &[]), Some(State::Asleep));
+        assert_eq!(state(1, &[false]), Some(State::Waking));
+        assert_eq!(state(1, &[false, true]), Some(State::Awake));
+    }
+
+    #[test]
+    fn service_matching_two_managed_deployments_is_a_problem_and_ignored() {
+        let built = Built::from_objects(
+            &[
+                deployment("shop", "a", 1, managed()),
+                deployment("shop", "b", 1, managed()),
+            ],
+            &[service("shop", "both", json!({"tier": "web"}), &[80])],
+            &[],
+            &[],
+            "cluster.local",
+        );
+        assert!(built.destinations.is_empty());
+        let (p, _) = &built.problems[0];
+        assert_eq!((p.kind, p.reason), ("Service", "AmbiguousService"));
+        assert!(p.message.contains("a, b"), "{}", p.message);
+    }
+
+    #[test]
+    fn bad_annotation_is_a_problem_not_a_destination() {
+        let built = Built::from_objects(
+            &[deployment(
+                "shop",
+                "web",
+                1,
+                json!({"kzscaler.io/scale-to-zero": "true", "kzscaler.io/idle-timeout": "soon"}),
+            )],
+            &[service("shop", "web", json!({"app": "web"}), &[80])],
+            &[],
+            &[],
+            "cluster.local",
+        );
+        assert!(built.destinations.is_empty());
+        let (p, _) = &built.problems[0];
+        assert_eq!(p.reason, "InvalidAnnotation");
+        assert!(p.message.contains("kzscaler.io/idle-timeout") && p.message.contains("soon"));
+    }
+
+    #[test]
+    fn wake_count_uses_hpa_min_and_count_before_sleep() {
+        let mut ann = managed();
+        ann[REPLICAS_BEFORE_SLEEP] = json!("3");
+        let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "web"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web", "apiVersion": "apps/v1"},
+                     "minReplicas": 5, "maxReplicas": 10}
+        }))
+        .unwrap();
+        let built = Built::from_objects(
+            &[deployment("shop", "web", 0, ann.clone())],
+            &[],
+            &[],
+            &[],
+            "cluster.local",
+        );
+        assert_eq!(built.managed.values().next().unwrap().wake_replicas(), 3);
+        let built = Built::from_objects(
+            &[deployment("shop", "web", 0, ann)],
+            &[],
+            &[],
+            &[Arc::new(hpa)],
+            "cluster.local",
+        );
+        assert_eq!(built.managed.values().next().unwrap().wake_replicas(), 5);
+    }
+
+    #[test]
+    fn version_changes_only_when_destinations_do() {
+        let objects = |replicas| {
+            Built::from_objects(
+                &[deployment("shop", "web", replicas, managed())],
+                &[service("shop", "web", json!({"app": "web"}), &[80])],
+                &[slice("shop", "web", &[true])],
+                &[],
+                "cluster.local",
+            )
+        };
+        let mut cache = Cache::default();
+        assert!(cache.update(objects(1)));
+        let v = cache.snapshot().version;
+        assert!(!cache.update(objects(1)));
+        assert_eq!(cache.snapshot().version, v);
+        assert!(cache.update(objects(0)));
+        assert_eq!(cache.snapshot().version, v + 1);
+    }
+}

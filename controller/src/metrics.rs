@@ -1,0 +1,191 @@
+//! Prometheus metrics, served on `/metrics`.
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `kzscaler_activate_requests_total` | counter | `result` = ready, timeout, not_managed, scale_failed, bad_request | activate calls answered |
+//! | `kzscaler_wakes_total` | counter | `result` = ok, failed | wakes started by the controller (one scale PATCH each) |
+//! | `kzscaler_wake_phase_seconds` | histogram | `phase` = scale, pod_ready, endpoint_ready | time from the first activate to the end of each phase of a wake |
+//! | `kzscaler_snapshot_requests_total` | counter | `status` = 200, 304 | snapshot polls by filters |
+//! | `kzscaler_destinations` | gauge | `state` = awake, draining, asleep, waking | managed destinations by state |
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::activate::WakeRecord;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+fn phase_histogram() -> Histogram {
+    Histogram::new([
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ])
+}
+
+/// The controller's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    activate: Family<ResultLabel, Counter>,
+    wakes: Family<ResultLabel, Counter>,
+    phases: Family<PhaseLabel, Histogram, fn() -> Histogram>,
+    snapshot: Family<StatusLabel, Counter>,
+    destinations: Family<StateLabel, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("kzscaler");
+        let activate = Family::<ResultLabel, Counter>::default();
+        let wakes = Family::<ResultLabel, Counter>::default();
+        let phases = Family::<PhaseLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            phase_histogram as fn() -> Histogram,
+        );
+        let snapshot = Family::<StatusLabel, Counter>::default();
+        let destinations = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "activate_requests",
+            "Activate calls answered, by result",
+            activate.clone(),
+        );
+        registry.register(
+            "wakes",
+            "Wakes started by the controller (one scale PATCH each)",
+            wakes.clone(),
+        );
+        registry.register(
+            "wake_phase_seconds",
+            "Time from the first activate to the end of each phase of a wake",
+            phases.clone(),
+        );
+        registry.register(
+            "snapshot_requests",
+            "Snapshot polls by filters, by HTTP status",
+            snapshot.clone(),
+        );
+        registry.register(
+            "destinations",
+            "Managed destinations by state",
+            destinations.clone(),
+        );
+        Self {
+            registry,
+            activate,
+            wakes,
+            phases,
+            snapshot,
+            destinations,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts an activate answer.
+    pub fn activate(&self, result: &'static str) {
+        self.activate.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a failed wake.
+    pub fn wake_failed(&self) {
+        self.wakes
+            .get_or_create(&ResultLabel { result: "failed" })
+            .inc();
+    }
+
+    /// Records a finished wake's phases.
+    pub fn wake_recorded(&self, w: &WakeRecord) {
+        self.wakes
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
+        let secs = |ms: u64| ms as f64 / 1000.0;
+        self.phases
+            .get_or_create(&PhaseLabel { phase: "scale" })
+            .observe(secs(w.scale_ms));
+        if let Some(ms) = w.pod_ready_ms {
+            self.phases
+                .get_or_create(&PhaseLabel { phase: "pod_ready" })
+                .observe(secs(ms));
+        }
+        if let Some(ms) = w.endpoint_ready_ms {
+            self.phases
+                .get_or_create(&PhaseLabel {
+                    phase: "endpoint_ready",
+                })
+                .observe(secs(ms));
+        }
+    }
+
+    /// Counts a snapshot poll.
+    pub fn snapshot(&self, status: &'static str) {
+        self.snapshot.get_or_create(&StatusLabel { status }).inc();
+    }
+
+    /// Sets the number of destinations in each state.
+    pub fn destinations(&self, counts: [(&'static str, i64); 4]) {
+        for (state, n) in counts {
+            self.destinations
+                .get_or_create(&StateLabel { state })
+                .set(n);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_names_and_labels() {
+        let m = Metrics::default();
+        m.activate("ready");
+        m.wake_recorded(&WakeRecord {
+            replicas: 1,
+            scale_ms: 12,
+            pod_ready_ms: Some(300),
+            endpoint_ready_ms: Some(400),
+        });
+        let text = m.encode();
+        assert!(
+            text.contains("kzscaler_activate_requests_total{result=\"ready\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kzscaler_wakes_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kzscaler_wake_phase_seconds_count{phase=\"endpoint_ready\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,504 @@
+//! Holding requests to sleeping destinations: the per-worker state machine, plain Rust behind
+//! the small [`Host`] trait so it is tested natively.
+//!
+//! ```text
+//!  HTTP context (request headers)        root context (on_tick, every few ms while holding)
+//!  ─────────────────────────────         ───────────────────────────────────────────────────
+//!  managed + asleep/waking + this        per cluster: one activate call at a time (coalesced)
+//!  Envoy has no endpoint → hold()  ───▶  activate said awake and num_endpoints > 0 on one
+//!  (Pause)                               tick → resume on the next tick (the worker's host
+//!                                        list lags the counter); deadline → 503 / grpc 14
+//! ```
+//!
+//! Every held request ends in exactly one of `resume` or `reply`, or is dropped by `forget`
+//! when the caller went away first.
+
+use std::collections::HashMap;
+
+use kzscaler_core::ClusterName;
+use kzscaler_core::wire::{ActivateRequest, ActivateResponse, State};
+
+use crate::table::Table;
+
+/// An answer the filter gives itself instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u32,
+    /// Response headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// Response body.
+    pub body: String,
+}
+
+/// What the state machine needs from Envoy.
+pub trait Host {
+    /// Milliseconds since the epoch.
+    fn now_ms(&self) -> u64;
+    /// `upstream.num_endpoints` as the held request `ctx` sees it.
+    fn num_endpoints(&mut self, ctx: u32) -> Option<u64>;
+    /// Lets the held request `ctx` continue to the router.
+    fn resume(&mut self, ctx: u32);
+    /// Answers the held request `ctx`.
+    fn reply(&mut self, ctx: u32, reply: &Reply);
+    /// POSTs an activate body to the controller; the answer arrives through
+    /// [`Worker::on_activate_response`] with the returned token.
+    fn call_activate(&mut self, body: &[u8], timeout_ms: u64) -> Result<u32, String>;
+}
+
+/// What to do with a request that must be held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// Paused; the worker will resume or answer it.
+    Paused,
+    /// Answer now (too many held, or no time to wait).
+    Reply(Reply),
+}
+
+#[derive(Debug)]
+struct Held {
+    ctx: u32,
+    cluster: String,
+    deadline_ms: u64,
+    budget_ms: u64,
+    grpc: bool,
+}
+
+#[derive(Debug, Default)]
+struct Activation {
+    inflight: Option<u32>,
+    ready: bool,
+    endpoints_seen: bool,
+    retry_at_ms: u64,
+    backoff_ms: u64,
+}
+
+/// Per-worker state: the snapshot table, the held requests, the activations in flight.
+#[derive(Debug)]
+pub struct Worker {
+    /// The local copy of the controller's snapshot.
+    pub table: Table,
+    max_held: usize,
+    held: Vec<Held>,
+    clusters: HashMap<String, Activation>,
+    tokens: HashMap<u32, String>,
+}
+
+const FIRST_BACKOFF_MS: u64 = 50;
+const MAX_BACKOFF_MS: u64 = 1_000;
+/// Extra time the activate callout gets beyond the deadline the controller is told.
+const CALL_SLACK_MS: u64 = 500;
+
+fn short_name(cluster: &str) -> String {
+    ClusterName::parse(cluster)
+        .map(|c| format!("{}.{}", c.service, c.namespace))
+        .unwrap_or_else(|_| cluster.to_owned())
+}
+
+/// The answer when the deadline passes: 503 with Retry-After, or gRPC UNAVAILABLE.
+pub fn unavailable(grpc: bool, message: String) -> Reply {
+    if grpc {
+        Reply {
+            status: 200,
+            headers: vec![
+                ("content-type", "application/grpc".into()),
+                ("grpc-status", "14".into()),
+                ("grpc-message", message),
+            ],
+            body: String::new(),
+        }
+    } else {
+        Reply {
+            status: 503,
+            headers: vec![
+                ("retry-after", "1".into()),
+                ("content-type", "text/plain".into()),
+            ],
+            body: format!("{message}\n"),
+        }
+    }
+}
+
+impl Worker {
+    /// A worker that holds at most `max_held` requests at once.
+    pub fn new(max_held: u32) -> Self {
+        Self {
+            table: Table::default(),
+            max_held: usize::try_from(max_held).unwrap_or(usize::MAX),
+            held: Vec::new(),
+            clusters: HashMap::new(),
+            tokens: HashMap::new(),
+        }
+    }
+
+    /// Whether any request is held (the root ticks fast then).
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Holds request `ctx` to `cluster` for at most `budget_ms`.
+    pub fn hold(
+        &mut self,
+        ctx: u32,
+        cluster: &str,
+        budget_ms: u64,
+        grpc: bool,
+        now_ms: u64,
+    ) -> Hold {
+        if self.held.len() >= self.max_held {
+            return Hold::Reply(unavailable(
+                grpc,
+                format!(
+                    "kzscaler: {} is waking up and {} requests are already held (max_held_requests); retry shortly",
+                    short_name(cluster),
+                    self.held.len()
+                ),
+            ));
+        }
+        if budget_ms == 0 {
+            return Hold::Reply(unavailable(
+                grpc,
+                format!(
+                    "kzscaler: {} is asleep and the request leaves no time to wake it",
+                    short_name(cluster)
+                ),
+            ));
+        }
+        self.held.push(Held {
+            ctx,
+            cluster: cluster.to_owned(),
+            deadline_ms: now_ms.saturating_add(budget_ms),
+            budget_ms,
+            grpc,
+        });
+        self.clusters.entry(cluster.to_owned()).or_default();
+        Hold::Paused
+    }
+
+    /// The caller went away: forget the request (nothing may be done to it any more).
+    pub fn forget(&mut self, ctx: u32) {
+        self.held.retain(|h| h.ctx != ctx);
+    }
+
+    /// Drives everything held: deadlines, activate calls, resumes. Called on every tick.
+    pub fn tick(&mut self, host: &mut impl Host) {
+        let now = host.now_ms();
+        self.held.retain(|h| {
+            if now < h.deadline_ms {
+                return true;
+            }
+            let msg = format!(
+                "kzscaler: {} is waking up and was not ready within {} ms; retry shortly",
+                short_name(&h.cluster),
+                h.budget_ms
+            );
+            host.reply(h.ctx, &unavailable(h.grpc, msg));
+            false
+        });
+        let held = &self.held;
+        self.clusters
+            .retain(|cluster, _| held.iter().any(|h| &h.cluster == cluster));
+
+        let mut resume: Vec<String> = Vec::new();
+        for (cluster, act) in &mut self.clusters {
+            if act.ready {
+                let Some(first) = self.held.iter().find(|h| &h.cluster == cluster) else {
+                    continue;
+                };
+                if host.num_endpoints(first.ctx).unwrap_or(0) > 0 {
+                    if act.endpoints_seen {
+                        resume.push(cluster.clone());
+                    } else {
+                        // Seen now; resume on the next tick, once the worker's host list caught up.
+                        act.endpoints_seen = true;
+                    }
+                }
+            } else if act.inflight.is_none() && now >= act.retry_at_ms {
+                let deadline = self
+                    .held
+                    .iter()
+                    .filter(|h| &h.cluster == cluster)
+                    .map(|h| h.deadline_ms)
+                    .max()
+                    .unwrap_or(now);
+                let left = deadline.saturating_sub(now);
+                let body = serde_json::to_vec(&ActivateRequest {
+                    cluster: cluster.clone(),
+                    deadline_ms: left,
+                })
+                .unwrap_or_default();
+                match host.call_activate(&body, left + CALL_SLACK_MS) {
+                    Ok(token) => {
+                        act.inflight = Some(token);
+                        self.tokens.insert(token, cluster.clone());
+                    }
+                    Err(e) => {
+                        log::warn!("kzscaler: cannot call activate for {cluster}: {e}; retrying");
+                        act.backoff(now);
+                    }
+                }
+            }
+        }
+        for cluster in resume {
+            self.release(host, &cluster);
+        }
+    }
+
+    /// Resumes every request held for `cluster`.
+    fn release(&mut self, host: &mut impl Host, cluster: &str) {
+        self.held.retain(|h| {
+            if h.cluster == cluster {
+                host.resume(h.ctx);
+                false
+            } else {
+                true
+            }
+        });
+        self.clusters.remove(cluster);
+    }
+
+    /// The controller answered an activate call (`status` None: no `:status` at all).
+    pub fn on_activate_response(
+        &mut self,
+        host: &mut impl Host,
+        token: u32,
+        status: Option<u32>,
+        body: &[u8],
+    ) {
+        let Some(cluster) = self.tokens.remove(&token) else {
+            return;
+        };
+        let now = host.now_ms();
+        let Some(act) = self.clusters.get_mut(&cluster) else {
+            return;
+        };
+        if act.inflight != Some(token) {
+            return;
+        }
+        act.inflight = None;
+        match status {
+            Some(200)
+                if serde_json::from_slice::<ActivateResponse>(body)
+                    .is_ok_and(|r| r.state == State::Awake) =>
+            {
+                act.ready = true;
+            }
+            Some(404) => {
+                // Not managed (any more): the snapshot was stale. Let Envoy route it.
+                log::info!(
+                    "kzscaler: {cluster} is not managed according to the controller; letting requests through"
+                );
+                self.release(host, &cluster);
+            }
+            other => {
+                log::info!(
+                    "kzscaler: activate for {cluster} answered {other:?}: {}; retrying",
+                    String::from_utf8_lossy(body)
+                );
+                act.backoff(now);
+            }
+        }
+    }
+}
+
+impl Activation {
+    fn backoff(&mut self, now: u64) {
+        self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
+        self.retry_at_ms = now + self.backoff_ms;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct FakeHost {
+        now: u64,
+        endpoints: u64,
+        calls: Vec<(u32, String)>,
+        resumed: Vec<u32>,
+        replies: Vec<(u32, Reply)>,
+        refuse_calls: bool,
+    }
+
+    impl Host for FakeHost {
+        fn now_ms(&self) -> u64 {
+            self.now
+        }
+        fn num_endpoints(&mut self, _ctx: u32) -> Option<u64> {
+            Some(self.endpoints)
+        }
+        fn resume(&mut self, ctx: u32) {
+            self.resumed.push(ctx);
+        }
+        fn reply(&mut self, ctx: u32, reply: &Reply) {
+            self.replies.push((ctx, reply.clone()));
+        }
+        fn call_activate(&mut self, body: &[u8], _timeout_ms: u64) -> Result<u32, String> {
+            if self.refuse_calls {
+                return Err("unknown cluster".into());
+            }
+            let token = 100 + u32::try_from(self.calls.len()).unwrap();
+            self.calls
+                .push((token, String::from_utf8_lossy(body).into_owned()));
+            Ok(token)
+        }
+    }
+
+    const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
+    const AWAKE: &[u8] = br#"{"state":"awake"}"#;
+
+    #[test]
+    fn holds_until_activate_says_ready_and_endpoints_are_seen_twice() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost {
+            now: 1_000,
+            ..Default::default()
+        };
+        assert_eq!(w.hold(1, WEB, 5_000, false, host.now), Hold::Paused);
+        assert_eq!(w.hold(2, WEB, 5_000, false, host.now), Hold::Paused);
+        w.tick(&mut host);
+        w.tick(&mut host);
+        assert_eq!(host.calls.len(), 1, "one activate for both requests");
+        assert!(
+            host.calls[0].1.contains(r#""deadline_ms":5000"#),
+            "{}",
+            host.calls[0].1
+        );
+
+        w.on_activate_response(&mut host, 100, Some(200), AWAKE);
+        w.tick(&mut host);
+        assert!(host.resumed.is_empty(), "no endpoint in this Envoy yet");
+        host.endpoints = 1;
+        w.tick(&mut host);
+        assert!(
+            host.resumed.is_empty(),
+            "first sighting: wait one more tick"
+        );
+        w.tick(&mut host);
+        assert_eq!(host.resumed, vec![1, 2]);
+        assert!(host.replies.is_empty());
+        assert!(!w.holding());
+    }
+
+    #[test]
+    fn answers_503_with_retry_after_at_the_deadline() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost {
+            now: 0,
+            ..Default::default()
+        };
+        w.hold(7, WEB, 300, false, 0);
+        w.tick(&mut host);
+        host.now = 299;
+        w.tick(&mut host);
+        assert!(host.replies.is_empty());
+        host.now = 300;
+        w.tick(&mut host);
+        let (ctx, reply) = &host.replies[0];
+        assert_eq!((*ctx, reply.status), (7, 503));
+        assert!(reply.headers.contains(&("retry-after", "1".into())));
+        assert!(
+            reply.body.contains("web.shop") && reply.body.contains("300 ms"),
+            "{}",
+            reply.body
+        );
+        assert!(!w.holding());
+    }
+
+    #[test]
+    fn grpc_requests_get_unavailable_in_a_200() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost::default();
+        w.hold(3, WEB, 10, true, 0);
+        host.now = 10;
+        w.tick(&mut host);
+        let reply = &host.replies[0].1;
+        assert_eq!(reply.status, 200);
+        assert!(reply.headers.contains(&("grpc-status", "14".into())));
+        assert!(
+            reply
+                .headers
+                .contains(&("content-type", "application/grpc".into()))
+        );
+    }
+
+    #[test]
+    fn past_max_held_answers_at_once() {
+        let mut w = Worker::new(1);
+        assert_eq!(w.hold(1, WEB, 1_000, false, 0), Hold::Paused);
+        let second = w.hold(2, WEB, 1_000, false, 0);
+        assert!(
+            matches!(&second, Hold::Reply(r) if r.status == 503 && r.body.contains("max_held_requests")),
+            "the second request must be answered at once: {second:?}"
+        );
+        assert!(
+            matches!(w.hold(3, WEB, 0, false, 0), Hold::Reply(_)),
+            "no budget, no hold"
+        );
+    }
+
+    #[test]
+    fn retries_activate_after_failures_with_backoff_until_the_deadline() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost {
+            refuse_calls: true,
+            ..Default::default()
+        };
+        w.hold(1, WEB, 1_000, false, 0);
+        w.tick(&mut host);
+        host.refuse_calls = false;
+        host.now = 10;
+        w.tick(&mut host);
+        assert!(host.calls.is_empty(), "waits out the backoff");
+        host.now = 60;
+        w.tick(&mut host);
+        assert_eq!(host.calls.len(), 1);
+        w.on_activate_response(&mut host, 100, Some(503), b"upstream connect error");
+        host.now = 70;
+        w.tick(&mut host);
+        assert_eq!(host.calls.len(), 1);
+        host.now = 200;
+        w.tick(&mut host);
+        assert_eq!(host.calls.len(), 2, "tried again after the backoff");
+        host.now = 1_000;
+        w.tick(&mut host);
+        assert_eq!(host.replies.len(), 1, "answered at the deadline");
+    }
+
+    #[test]
+    fn not_managed_answer_lets_requests_through() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost::default();
+        w.hold(1, WEB, 1_000, false, 0);
+        w.tick(&mut host);
+        w.on_activate_response(&mut host, 100, Some(404), b"{}");
+        assert_eq!(host.resumed, vec![1]);
+    }
+
+    #[test]
+    fn a_request_whose_caller_left_is_never_touched() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost::default();
+        w.hold(1, WEB, 100, false, 0);
+        w.forget(1);
+        host.now = 1_000;
+        w.tick(&mut host);
+        assert!(host.replies.is_empty() && host.resumed.is_empty());
+        assert!(host.calls.is_empty(), "nothing held, nothing to activate");
+    }
+
+    #[test]
+    fn a_late_answer_for_a_finished_activation_is_ignored() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost::default();
+        w.hold(1, WEB, 100, false, 0);
+        w.tick(&mut host);
+        host.now = 100;
+        w.tick(&mut host); // deadline: answered, cluster forgotten
+        w.on_activate_response(&mut host, 100, Some(200), AWAKE);
+        assert!(host.resumed.is_empty());
+        assert_eq!(host.replies.len(), 1);
+    }
+}
