@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The local demo: starts the test bed (building it the first time), deploys a service and shows
-# a request through the sidecar-like Envoy failing at 0 replicas and succeeding at 1.
-# kzscaler's controller and filter are not built yet; once they are, this demo shows the same
-# request being held and the Deployment woken instead of the 503.
+# The local demo: starts the test bed (building it the first time) with kzscaler's controller
+# and the filter in the sidecar-like Envoy, deploys a managed Deployment at 0 replicas, and
+# sends it a request: the filter holds it, the controller wakes the Deployment, the request
+# succeeds. An unmanaged Deployment at 0 replicas still gets Envoy's 503, for contrast.
 set -euo pipefail
 # shellcheck source=hack/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
@@ -10,7 +10,7 @@ source "$(dirname "$0")/lib/common.sh"
 case "${1:-}" in
   -h | --help)
     echo "Usage: hack/demo.sh"
-    echo "Starts the test bed and walks a Deployment from 0 to 1 replica, requesting it through Envoy."
+    echo "Starts the test bed and wakes a sleeping Deployment with one request through Envoy."
     echo "Leaves the test bed running: stop it with hack/local-down.sh."
     exit 0
     ;;
@@ -21,7 +21,7 @@ esac
 source "$REPO_ROOT/.local/env"
 NS=kzscaler-demo
 
-step "deploying Deployment hello (0 replicas) and Service hello in namespace $NS"
+step "deploying into namespace $NS: hello (kzscaler.io/scale-to-zero: \"true\") and plain (unmanaged), both at 0 replicas"
 kubectl apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: Namespace
@@ -29,7 +29,10 @@ metadata: {name: $NS}
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: hello, namespace: $NS}
+metadata:
+  name: hello
+  namespace: $NS
+  annotations: {kzscaler.io/scale-to-zero: "true", kzscaler.io/wake-timeout: "30s"}
 spec:
   replicas: 0
   selector: {matchLabels: {app: hello}}
@@ -45,39 +48,61 @@ metadata: {name: hello, namespace: $NS}
 spec:
   selector: {app: hello}
   ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: plain, namespace: $NS}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: plain}}
+  template:
+    metadata: {labels: {app: plain}}
+    spec:
+      nodeSelector: {type: kwok}
+      containers: [{name: app, image: registry.invalid/plain:1, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: $NS}
+spec:
+  selector: {app: plain}
+  ports: [{name: http, port: 80, targetPort: 8080}]
 YAML
-kubectl -n "$NS" scale deployment hello --replicas 0 >/dev/null
+kubectl -n "$NS" scale deployment hello plain --replicas 0 >/dev/null
 
-request() { curl -s -o /tmp/kzscaler-demo.body -w '%{http_code}' -H "Host: hello.$NS" "http://$KZSCALER_ENVOY/" || true; }
+step "waiting until the controller lists hello as asleep and the filter has polled it"
+for _ in $(seq 100); do
+  curl -sf "http://$KZSCALER_CONTROLLER/v1/snapshot" | grep -q "\"service\":\"hello\",\"deployment\":\"hello\",\"state\":\"asleep\"" && break
+  sleep 0.1
+done
+curl -sf "http://$KZSCALER_CONTROLLER/v1/snapshot" | grep -q '"state":"asleep"' ||
+  fail "demo" "$KZSCALER_STATE_DIR/logs/controller.log" "the controller does not list hello as asleep"
+sleep 0.6
+kubectl -n "$NS" get deployment hello plain
 
-wait_status() { # STATUS: poll until Envoy answers it (EDS follows the EndpointSlice)
-  local i
-  for i in $(seq 100); do
-    [ "$(request)" = "$1" ] && return 0
-    sleep 0.1
-  done
-  fail "demo" "$KZSCALER_STATE_DIR/logs/meshsim.log" "Envoy did not answer $1 for hello.$NS within 10s"
+request() { # HOST: prints "<status> <seconds>" and keeps the body in /tmp/kzscaler-demo.body
+  curl -s -o /tmp/kzscaler-demo.body -w '%{http_code} %{time_total}' --max-time 40 -H "Host: $1" "http://$KZSCALER_ENVOY/" || true
 }
 
-step "at 0 replicas: curl -H 'Host: hello.$NS' http://$KZSCALER_ENVOY/"
-wait_status 503
-echo "    503 $(cat /tmp/kzscaler-demo.body)"
+step "unmanaged plain at 0 replicas: curl -H 'Host: plain.$NS' http://$KZSCALER_ENVOY/"
+echo "    $(request "plain.$NS")s: $(cat /tmp/kzscaler-demo.body)"
 
-step "scaling hello to 1 replica (kwok makes the pod Ready; the mesh simulator starts its backend)"
-kubectl -n "$NS" scale deployment hello --replicas 1 >/dev/null
-t0=$(date +%s%N)
-wait_status 200
-echo "    200 after $((($(date +%s%N) - t0) / 1000000)) ms: $(cat /tmp/kzscaler-demo.body)"
+step "managed hello at 0 replicas: curl -H 'Host: hello.$NS' http://$KZSCALER_ENVOY/"
+read -r status secs <<<"$(request "hello.$NS")"
+echo "    $status after ${secs}s: $(cat /tmp/kzscaler-demo.body)"
+[ "$status" = 200 ] || fail "demo" "$KZSCALER_STATE_DIR/logs/envoy.log" "the held request got $status, not 200"
+kubectl -n "$NS" get deployment hello
+sleep 0.5
+echo "    recorded on the Deployment: kzscaler.io/last-wake=$(kubectl -n "$NS" get deployment hello -o jsonpath='{.metadata.annotations.kzscaler\.io/last-wake}')"
+kubectl -n "$NS" get events --field-selector reason=Woke -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 2 || true
 
-step "scaling hello back to 0"
-kubectl -n "$NS" scale deployment hello --replicas 0 >/dev/null
-wait_status 503
-echo "    503 again"
 cat <<MSG
 
 The test bed is still running. Try it yourself:
   source .local/env
-  kubectl -n $NS scale deployment hello --replicas 2
-  curl -H 'Host: hello.$NS' http://\$KZSCALER_ENVOY/
+  kubectl -n $NS scale deployment hello --replicas 0     # put it to sleep (idle sleep comes later)
+  curl -H 'Host: hello.$NS' http://\$KZSCALER_ENVOY/      # held, woken, answered
+  curl http://\$KZSCALER_CONTROLLER/v1/snapshot            # what the filters see
+  curl http://\$KZSCALER_CONTROLLER/metrics | grep kzscaler_
 Stop it with: hack/local-down.sh
 MSG

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 
 use crate::fixtures;
 use crate::namespace::TempNamespace;
-use crate::testbed::{TestBed, debug_binary, envoy_binary, filter_module};
+use crate::testbed::{TestBed, envoy_binary, filter_module, workspace_binary};
 
 /// The filter's poll period on the test bed (`hack/local-up.sh`'s plugin configuration).
 pub const FILTER_POLL: Duration = Duration::from_millis(200);
@@ -105,6 +105,8 @@ pub struct PrivateMesh {
     pub controller_addr: SocketAddr,
     /// Envoy's HTTP listener.
     pub envoy: String,
+    /// The simulator's folder (Envoy files and logs).
+    pub dir: std::path::PathBuf,
     controller: Option<Child>,
     meshsim: Child,
     _dir: tempfile_dir::Dir,
@@ -121,22 +123,47 @@ mod tempfile_dir {
     }
 }
 
+/// Which filter a private Envoy runs.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    /// No Wasm filter at all.
+    None,
+    /// A Wasm module with this plugin configuration.
+    Module(std::path::PathBuf, String),
+}
+
+impl Filter {
+    /// The kzscaler filter as the test bed configures it.
+    pub fn kzscaler() -> anyhow::Result<Self> {
+        Ok(Self::Module(
+            filter_module()?,
+            r#"{"poll_period_ms": 200}"#.into(),
+        ))
+    }
+}
+
 impl PrivateMesh {
-    /// Starts both and waits until they are ready.
+    /// Starts a controller and a mesh simulator running the kzscaler filter, and waits until
+    /// they are ready.
     pub async fn start(bed: &TestBed, name: &str) -> anyhow::Result<Self> {
+        Self::start_with(bed, name, Filter::kzscaler()?).await
+    }
+
+    /// Like [`PrivateMesh::start`], with another filter (or none).
+    pub async fn start_with(bed: &TestBed, name: &str, filter: Filter) -> anyhow::Result<Self> {
         let dir = bed.state_dir.join("private").join(name);
         std::fs::create_dir_all(&dir)?;
         let (ctl, listen, admin) = (free_addr()?, free_addr()?, free_addr()?);
         let log = |n: &str| std::fs::File::create(dir.join(n));
-        let controller = Command::new(debug_binary("kzscaler-controller")?)
+        let controller = Command::new(workspace_binary("kzscaler-controller")?)
             .args(["--listen", &ctl.to_string()])
             .env("KUBECONFIG", &bed.kubeconfig)
             .stdin(Stdio::null())
             .stderr(log("controller.log")?)
             .kill_on_drop(true)
             .spawn()?;
-        let meshsim = Command::new(debug_binary("kzscaler-meshsim")?)
-            .arg("--dir")
+        let mut cmd = Command::new(workspace_binary("kzscaler-meshsim")?);
+        cmd.arg("--dir")
             .arg(&dir)
             .arg("--envoy")
             .arg(envoy_binary()?)
@@ -146,10 +173,13 @@ impl PrivateMesh {
                 "--admin",
                 &admin.to_string(),
             ])
-            .args(["--controller", &ctl.to_string(), "--concurrency", "1"])
-            .arg("--wasm")
-            .arg(filter_module()?)
-            .args(["--plugin-config", r#"{"poll_period_ms": 200}"#])
+            .args(["--controller", &ctl.to_string(), "--concurrency", "1"]);
+        if let Filter::Module(module, config) = &filter {
+            cmd.arg("--wasm")
+                .arg(module)
+                .args(["--plugin-config", config]);
+        }
+        let meshsim = cmd
             .env("KUBECONFIG", &bed.kubeconfig)
             .stdin(Stdio::null())
             .stderr(log("meshsim.log")?)
@@ -158,6 +188,7 @@ impl PrivateMesh {
         let mesh = Self {
             controller_addr: ctl,
             envoy: listen.to_string(),
+            dir: dir.clone(),
             controller: Some(controller),
             meshsim,
             _dir: tempfile_dir::Dir(dir.clone()),

@@ -60,7 +60,7 @@ pub fn envoy_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// The workspace's debug build of a binary (`cargo build` builds it; `hack/local-up.sh` does).
-pub fn debug_binary(name: &str) -> anyhow::Result<PathBuf> {
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = repo_root().join("target/debug").join(name);
     if !path.is_file() {
         bail!(

@@ -123,7 +123,7 @@ impl Config {
             hold_tick: ms_in(
                 "hold_tick_ms",
                 raw.hold_tick_ms,
-                5,
+                2,
                 1,
                 1_000,
                 "milliseconds from 1 to 1000",

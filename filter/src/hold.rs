@@ -282,6 +282,13 @@ impl Worker {
                     .is_ok_and(|r| r.state == State::Awake) =>
             {
                 act.ready = true;
+                // Endpoints already here: the next tick resumes (it is the yield to the event
+                // loop the worker's host list needs), saving a tick.
+                if let Some(first) = self.held.iter().find(|h| h.cluster == cluster)
+                    && host.num_endpoints(first.ctx).unwrap_or(0) > 0
+                {
+                    act.endpoints_seen = true;
+                }
             }
             Some(404) => {
                 // Not managed (any more): the snapshot was stale. Let Envoy route it.
@@ -380,6 +387,22 @@ mod tests {
         assert_eq!(host.resumed, vec![1, 2]);
         assert!(host.replies.is_empty());
         assert!(!w.holding());
+    }
+
+    #[test]
+    fn endpoints_already_visible_when_activate_answers_resume_on_the_next_tick() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost::default();
+        w.hold(1, WEB, 5_000, false, 0);
+        w.tick(&mut host);
+        host.endpoints = 1;
+        w.on_activate_response(&mut host, 100, Some(200), AWAKE);
+        assert!(
+            host.resumed.is_empty(),
+            "never resumed inside the callout answer"
+        );
+        w.tick(&mut host);
+        assert_eq!(host.resumed, vec![1]);
     }
 
     #[test]

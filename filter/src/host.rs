@@ -343,13 +343,13 @@ impl RootContext for Root {
             hold_tick: self
                 .config
                 .as_ref()
-                .map_or(Duration::from_millis(5), |c| c.hold_tick),
+                .map_or(Duration::from_millis(2), |c| c.hold_tick),
             held: false,
         }))
     }
 }
 
-/// One request. The warm path: is the table empty? is this cluster managed and sleeping?
+/// One request. The warm path: does any destination sleep? Is this cluster one of them?
 /// Anything else continues at once, with no callout and no parsing.
 struct Request {
     id: u32,
@@ -384,7 +384,7 @@ impl HttpContext for Request {
         };
         let entry = {
             let w = worker.borrow();
-            if w.table.is_empty() {
+            if !w.table.holds_any() {
                 return Action::Continue;
             }
             let Ok(Some(name)) = hostcalls::get_property(vec!["xds", "cluster_name"]) else {

@@ -20,6 +20,7 @@ pub struct Table {
     /// The snapshot's version (sent back as `If-None-Match`).
     pub version: u64,
     by_cluster: HashMap<String, Entry>,
+    holds_any: bool,
 }
 
 impl Table {
@@ -27,8 +28,10 @@ impl Table {
     pub fn parse(json: &[u8]) -> Result<Self, String> {
         let snap: Snapshot =
             serde_json::from_slice(json).map_err(|e| format!("snapshot is not valid: {e}"))?;
+        let holds_any = snap.destinations.iter().any(|d| d.state.must_hold());
         Ok(Self {
             version: snap.version,
+            holds_any,
             by_cluster: snap
                 .destinations
                 .into_iter()
@@ -50,9 +53,10 @@ impl Table {
         self.by_cluster.get(cluster).copied()
     }
 
-    /// No managed destination at all: the request path can skip even reading the cluster name.
-    pub fn is_empty(&self) -> bool {
-        self.by_cluster.is_empty()
+    /// Whether any destination is asleep or waking. When none is, no request can be held and
+    /// the request path skips even reading the cluster name: that is the warm path.
+    pub fn holds_any(&self) -> bool {
+        self.holds_any
     }
 }
 
@@ -76,7 +80,17 @@ mod tests {
             })
         );
         assert_eq!(t.get("outbound|80||db.shop.svc.cluster.local"), None);
-        assert!(!t.is_empty());
+        assert!(t.holds_any());
+        let awake = Table::parse(
+            br#"{"version":4,"destinations":[{"cluster":"c","namespace":"shop","service":"web",
+            "deployment":"web","state":"awake","wake_timeout_ms":5000}]}"#,
+        )
+        .unwrap();
+        assert!(
+            !awake.holds_any(),
+            "all awake: nothing to look up per request"
+        );
+        assert!(!Table::default().holds_any());
     }
 
     #[test]

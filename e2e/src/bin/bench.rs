@@ -1,0 +1,290 @@
+//! `kzscaler-bench`: the filter's cost on the warm path, and the cold path's overhead, measured
+//! side by side in one run on the test bed (`hack/bench.sh` starts it and builds the modules).
+//!
+//! Warm path: three private Envoys (same binary, same routes, same backend kind) differ only in
+//! their HTTP filter: none, a no-op Wasm filter, and the kzscaler filter with the destination
+//! awake in its snapshot. Each is loaded in turn, rounds interleaved to spread the machine's
+//! noise, at 1 and 32 connections; throughput and p50/p99 latency are printed with ratios.
+//!
+//! Cold path: the Deployment is scaled to 0, a request is held by the kzscaler filter, and the
+//! time from the mesh simulator renaming the EDS file with the new endpoint (its mtime) to the
+//! held request's response is measured.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Patch, PatchParams, PostParams};
+use kzscaler_core::wire::State;
+use kzscaler_e2e::fixtures::service;
+use kzscaler_e2e::kz::{Filter, PrivateMesh, cluster, managed_deployment, wait_filter_sees};
+use kzscaler_e2e::meshsim::envoy::Files;
+use kzscaler_e2e::namespace::TempNamespace;
+use kzscaler_e2e::testbed::{TestBed, filter_module};
+use serde_json::json;
+
+/// Measures the kzscaler filter against no filter and a no-op Wasm filter, in one run.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Seconds of load per setup, per round.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Rounds (setups are interleaved within a round).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Connection counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    connections: Vec<usize>,
+    /// Cold-path wakes to measure.
+    #[arg(long, default_value_t = 15)]
+    wakes: u32,
+    /// The no-op module (cargo build -p kzscaler-filter --example noop --target wasm32-wasip1 --profile wasm).
+    #[arg(long)]
+    noop: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    requests: u64,
+    errors: u64,
+    seconds: f64,
+    latencies_us: Vec<u32>,
+}
+
+impl Stats {
+    fn merge(&mut self, other: Stats) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.seconds += other.seconds;
+        self.latencies_us.extend(other.latencies_us);
+    }
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds.max(1e-9)
+    }
+    fn percentile_us(&mut self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        f64::from(self.latencies_us[i])
+    }
+}
+
+/// Closed-loop load: `conns` keep-alive HTTP/1.1 connections, each sending the next request
+/// when the previous answer is in, for `secs` seconds.
+async fn load(addr: &str, host: &str, conns: usize, secs: f64) -> anyhow::Result<Stats> {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (addr, host) = (addr.to_owned(), host.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut s = Stats::default();
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            while Instant::now() < until {
+                let req = http::Request::get("/")
+                    .header("host", &host)
+                    .body(Empty::<Bytes>::new())?;
+                let t = Instant::now();
+                let resp = send.send_request(req).await?;
+                let ok = resp.status() == 200;
+                resp.into_body().collect().await?;
+                s.latencies_us
+                    .push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                if ok {
+                    s.requests += 1;
+                } else {
+                    s.errors += 1;
+                }
+            }
+            anyhow::Ok(s)
+        }));
+    }
+    let mut total = Stats {
+        seconds: secs,
+        ..Default::default()
+    };
+    for t in tasks {
+        let s = t.await??;
+        total.requests += s.requests;
+        total.errors += s.errors;
+        total.latencies_us.extend(s.latencies_us);
+    }
+    Ok(total)
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bed = TestBed::connect().await?;
+    let noop = match args.noop {
+        Some(p) => p,
+        None => filter_module()?
+            .parent()
+            .map(|p| p.join("examples/noop.wasm"))
+            .context("no folder for the no-op module")?,
+    };
+    anyhow::ensure!(
+        noop.is_file(),
+        "{} not found: cargo build -p kzscaler-filter --example noop --target wasm32-wasip1 --profile wasm",
+        noop.display()
+    );
+
+    let ns = TempNamespace::create(&bed, "bench", &[]).await?;
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service("web", "web", 80, "http"))
+        .await?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &managed_deployment("web", 1, "30s"))
+        .await?;
+    let host = format!("web.{}", ns.name);
+    let web = cluster(&ns.name, "web", 80);
+
+    eprintln!("starting three Envoys: no filter, no-op Wasm filter, kzscaler filter");
+    let setups = [
+        (
+            "no filter",
+            PrivateMesh::start_with(&bed, &format!("{}-none", ns.name), Filter::None).await?,
+        ),
+        (
+            "no-op wasm",
+            PrivateMesh::start_with(
+                &bed,
+                &format!("{}-noop", ns.name),
+                Filter::Module(noop, "{}".into()),
+            )
+            .await?,
+        ),
+        (
+            "kzscaler",
+            PrivateMesh::start(&bed, &format!("{}-kz", ns.name)).await?,
+        ),
+    ];
+    let kz_ctl = setups[2].1.controller_addr.to_string();
+    wait_filter_sees(&ns, &kz_ctl, &web, State::Awake).await?;
+    for (name, mesh) in &setups {
+        ns.wait_for(
+            &format!("{name}: 200 through Envoy"),
+            Duration::from_secs(30),
+            || async {
+                let r = bed
+                    .get_from(&mesh.envoy, &host, "/", Duration::from_secs(2))
+                    .await?;
+                Ok((r.status == 200).then_some(()))
+            },
+        )
+        .await?;
+        load(&mesh.envoy, &host, 4, 0.5).await?; // warm-up
+    }
+
+    println!(
+        "\n## Warm path: {} rounds x {}s per setup, Envoy --concurrency 1, one run, interleaved\n",
+        args.rounds, args.seconds
+    );
+    println!(
+        "| connections | setup | req/s | p50 µs | p99 µs | errors | req/s vs no-op | p50 vs no-op | p99 vs no-op |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for &conns in &args.connections {
+        let mut results: Vec<Stats> = vec![Stats::default(); setups.len()];
+        for _ in 0..args.rounds {
+            for (i, (_, mesh)) in setups.iter().enumerate() {
+                results[i].merge(load(&mesh.envoy, &host, conns, args.seconds).await?);
+            }
+        }
+        let (noop_rps, noop_p50, noop_p99) = {
+            let n = &mut results[1];
+            (n.rps(), n.percentile_us(0.5), n.percentile_us(0.99))
+        };
+        for (i, (name, _)) in setups.iter().enumerate() {
+            let r = &mut results[i];
+            let (rps, p50, p99) = (r.rps(), r.percentile_us(0.5), r.percentile_us(0.99));
+            println!(
+                "| {conns} | {name} | {rps:.0} | {p50:.0} | {p99:.0} | {} | {:.3} | {:.3} | {:.3} |",
+                r.errors,
+                rps / noop_rps,
+                p50 / noop_p50,
+                p99 / noop_p99
+            );
+        }
+    }
+
+    println!(
+        "\n## Cold path: endpoint in Envoy's EDS file → held request's response ({} wakes)\n",
+        args.wakes
+    );
+    let kz = &setups[2].1;
+    let eds = Files {
+        dir: kz.dir.clone(),
+    }
+    .eds(&web);
+    let mut overhead_ms = Vec::new();
+    let mut total_ms = Vec::new();
+    for i in 0..args.wakes {
+        ns.api::<Deployment>()
+            .patch_scale(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 0}})),
+            )
+            .await?;
+        ns.wait_for(
+            "the endpoint to leave Envoy",
+            Duration::from_secs(30),
+            || async {
+                let text = std::fs::read_to_string(&eds).unwrap_or_default();
+                Ok((!text.contains("lb_endpoints")).then_some(()))
+            },
+        )
+        .await?;
+        wait_filter_sees(&ns, &kz_ctl, &web, State::Asleep).await?;
+        let start = Instant::now();
+        let r = bed
+            .get_from(
+                &kz.envoy,
+                &host,
+                &format!("/wake{i}"),
+                Duration::from_secs(30),
+            )
+            .await?;
+        let done = SystemTime::now();
+        anyhow::ensure!(r.status == 200, "wake {i}: {} {}", r.status, r.body);
+        let eds_at = mtime(&eds).context("EDS file has no mtime")?;
+        let over = done.duration_since(eds_at).unwrap_or_default();
+        overhead_ms.push(over.as_secs_f64() * 1000.0);
+        total_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    println!("| measure | p50 ms | p90 ms | max ms |");
+    println!("|---|---|---|---|");
+    println!(
+        "| EDS file renamed → response (target p50 ≤ 20) | {:.1} | {:.1} | {:.1} |",
+        pct(&mut overhead_ms, 0.5),
+        pct(&mut overhead_ms, 0.9),
+        pct(&mut overhead_ms, 1.0)
+    );
+    println!(
+        "| whole wake as the caller sees it | {:.1} | {:.1} | {:.1} |",
+        pct(&mut total_ms, 0.5),
+        pct(&mut total_ms, 0.9),
+        pct(&mut total_ms, 1.0)
+    );
+    drop(setups);
+    ns.cleanup().await
+}
