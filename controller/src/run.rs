@@ -93,8 +93,9 @@ impl Scaler for KubeScaler {
         };
         let fmt = |ms: Option<u64>| ms.map_or("not seen".to_owned(), |ms| format!("{ms}ms"));
         let note = format!(
-            "woke to {} replicas: scale call {}ms, first pod ready {}, endpoint ready {}",
+            "woke to {} replica{}: scale call {}ms, first pod ready {}, endpoint ready {}",
             wake.replicas,
+            if wake.replicas == 1 { "" } else { "s" },
             wake.scale_ms,
             fmt(wake.pod_ready_ms),
             fmt(wake.endpoint_ready_ms)
