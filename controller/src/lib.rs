@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod run;
 pub mod spec;
 pub mod wake;
+pub mod watch;
 
 pub use spec::{ManagedSpec, SpecError};

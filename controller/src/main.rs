@@ -53,14 +53,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::CheckAnnotations { annotations }) = &args.command {
         return check(annotations);
     }
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+    kzscaler_controller::watch::init_logging();
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes client: set KUBECONFIG or run in a cluster")?;

@@ -14,14 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::reflector;
 use kube::{Api, Client, Resource};
 use kzscaler_core::wire::State;
 use serde_json::json;
@@ -31,6 +30,7 @@ use crate::activate::{Activator, Scaler, WakeRecord};
 use crate::api::{self, Api as HttpApi};
 use crate::cache::{Built, Cache, Key, Problem};
 use crate::metrics::Metrics;
+use crate::watch::spawn_reflector;
 
 /// Annotation with the last wake's phases (JSON), written on the Deployment.
 pub const LAST_WAKE: &str = "kzscaler.io/last-wake";
@@ -111,34 +111,6 @@ impl Scaler for KubeScaler {
             tracing::warn!(deployment = %key, error = %e, "could not publish the Woke event");
         }
     }
-}
-
-fn spawn_reflector<K>(
-    writer: reflector::store::Writer<K>,
-    api: Api<K>,
-    changed: Arc<Notify>,
-    what: &'static str,
-) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(what, error = %e, "watch error; retrying"),
-            }
-        }
-    });
 }
 
 /// Runs the controller until SIGTERM or SIGINT.

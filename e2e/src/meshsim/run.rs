@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::reflector;
 use kube::{Api, Client};
 use tokio::sync::Notify;
+
+use kzscaler_controller::watch::spawn_reflector;
 
 use super::backend::{self, Backend};
 use super::envoy::{self, Bootstrap, Files};
@@ -60,8 +61,8 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let (svc_store, svc_writer) = reflector::store();
     let (eps_store, eps_writer) = reflector::store();
     let changed = Arc::new(Notify::new());
-    spawn_reflector("services", svc_writer, services, changed.clone());
-    spawn_reflector("endpointslices", eps_writer, slices, changed.clone());
+    spawn_reflector(svc_writer, services, changed.clone(), "services");
+    spawn_reflector(eps_writer, slices, changed.clone(), "endpointslices");
     tokio::time::timeout(Duration::from_secs(30), async {
         svc_store.wait_until_ready().await?;
         eps_store.wait_until_ready().await
@@ -119,34 +120,6 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
-}
-
-fn spawn_reflector<K>(
-    what: &'static str,
-    writer: reflector::store::Writer<K>,
-    api: Api<K>,
-    changed: Arc<Notify>,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(what, error = %e, "watch error; retrying"),
-            }
-        }
-    });
 }
 
 fn snapshot(
