@@ -86,8 +86,9 @@ else
   step "istio.io/api $ISTIO_API_VERSION: fetching CRDs"
   log=$LOGS/istio-api.log
   dir=$(go mod download -json "istio.io/api@$ISTIO_API_VERSION" 2>"$log" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  [ -n "$dir" ] && [ -f "$dir/kubernetes/customresourcedefinitions.gen.yaml" ] ||
+  if [ -z "$dir" ] || [ ! -f "$dir/kubernetes/customresourcedefinitions.gen.yaml" ]; then
     fail "istio CRDs" "$log" "istio.io/api@$ISTIO_API_VERSION has no kubernetes/customresourcedefinitions.gen.yaml"
+  fi
   mkdir -p "$ISTIO_DIR" && cp "$dir/kubernetes/customresourcedefinitions.gen.yaml" "$ISTIO_DIR/crds.yaml.tmp"
   chmod u+w "$ISTIO_DIR/crds.yaml.tmp" && mv "$ISTIO_DIR/crds.yaml.tmp" "$ISTIO_DIR/crds.yaml"
   ok "istio CRDs"

@@ -13,7 +13,7 @@ case "${1:-}" in
     cat <<USAGE
 Usage: hack/test.sh [--help]
 
-Runs, in order: cargo fmt --check, cargo clippy -D warnings (native and wasm32-wasip1), the
+Runs, in order: shellcheck, cargo fmt --check, cargo clippy -D warnings (native and wasm32-wasip1), the
 filter's .wasm build, unit tests, hack/local-up.sh, and the e2e tests (e2e/tests/*).
 A test bed that already runs is reused and left running; one started here is stopped at the end
 (set KZSCALER_KEEP_TESTBED=1 to keep it). Extra cargo test arguments: KZSCALER_E2E_ARGS.
@@ -31,6 +31,17 @@ rustup show active-toolchain >"$log" 2>&1 || fail "rustup" "$log" "cannot instal
 rustup target add wasm32-wasip1 >>"$log" 2>&1 || fail "rustup" "$log" "rustup target add wasm32-wasip1 failed"
 ok "$(rustc --version)"
 
+step "shellcheck (hack/, .ci/run)"
+if ! command -v shellcheck >/dev/null && [ "$(id -u)" = 0 ]; then
+  log=$KZSCALER_CACHE_DIR/logs/apt-shellcheck.log
+  { apt-get update -qq && apt-get install -y -qq shellcheck; } >"$log" 2>&1 || fail "shellcheck" "$log" "apt-get install shellcheck failed"
+fi
+if command -v shellcheck >/dev/null; then
+  shellcheck -x hack/*.sh hack/lib/*.sh .ci/run
+else
+  echo "    shellcheck is not installed and this is not root: skipped" >&2
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy (native)"
@@ -39,7 +50,7 @@ step "cargo clippy (filter, wasm32-wasip1)"
 cargo clippy -p kzscaler-filter --target wasm32-wasip1 --locked -- -D warnings
 step "filter: cargo build --target wasm32-wasip1 --profile wasm"
 cargo build -p kzscaler-filter --target wasm32-wasip1 --profile wasm --locked
-ok "$(ls -l target/wasm32-wasip1/wasm/kzscaler_filter.wasm | awk '{print $5" bytes: "$9}')"
+ok "target/wasm32-wasip1/wasm/kzscaler_filter.wasm: $(stat -c %s target/wasm32-wasip1/wasm/kzscaler_filter.wasm) bytes"
 
 step "unit tests"
 cargo test --workspace --locked --exclude kzscaler-e2e

@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# The variables below are used by the scripts that source this file.
+# shellcheck disable=SC2034
 # Shared by the hack/ scripts: pinned versions, cache and state paths, progress and failure output.
 
 # === Versions (the cache is keyed by these) ===

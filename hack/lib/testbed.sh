@@ -1,6 +1,8 @@
 # shellcheck shell=bash
 # Starting, checking and stopping the test bed's processes. Every process has a pid file in
 # $KZSCALER_STATE_DIR/pids and a log in $KZSCALER_STATE_DIR/logs.
+# The variables below are used by the scripts that source this file.
+# shellcheck disable=SC2034
 
 ETCD_PORT=${KZSCALER_ETCD_PORT:-23790}
 ETCD_PEER_PORT=${KZSCALER_ETCD_PEER_PORT:-23800}
@@ -66,10 +68,10 @@ start_component() {
 
 # stop_component NAME: TERM, then KILL after 10s.
 stop_component() {
-  local name=$1 pid i
+  local name=$1 pid
   if pid=$(pid_of "$name"); then
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.2
     done
