@@ -26,6 +26,7 @@ Ports on 127.0.0.1 (override with the variables):
   scheduler          KZSCALER_SCHEDULER_PORT=$SCHEDULER_PORT
   Envoy listener     KZSCALER_ENVOY_PORT=$ENVOY_PORT (admin KZSCALER_ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT)
   controller         KZSCALER_CONTROLLER_PORT=$CONTROLLER_PORT (filter API, /metrics)
+  webhook            KZSCALER_WEBHOOK_PORT=$WEBHOOK_PORT (HTTPS)
 The filter's plugin configuration (JSON): KZSCALER_PLUGIN_CONFIG (default {"poll_period_ms": 200})
 USAGE
     exit 0
@@ -163,12 +164,12 @@ step "kzscaler: cargo build (controller, mesh simulator) and the filter (.wasm)"
 log=$KZSCALER_STATE_DIR/logs/build.log
 {
   rustup target add wasm32-wasip1 &&
-    cargo build -p kzscaler-controller -p kzscaler-e2e --bins &&
+    cargo build -p kzscaler-controller -p kzscaler-webhook -p kzscaler-e2e --bins &&
     cargo build -p kzscaler-filter --target wasm32-wasip1 --profile wasm
 } >"$log" 2>&1 || fail "kzscaler build" "$log" "cargo build failed"
 ok "built (log $log)"
 WASM=$REPO_ROOT/target/wasm32-wasip1/wasm/kzscaler_filter.wasm
-for b in kzscaler-controller kzscaler-meshsim; do
+for b in kzscaler-controller kzscaler-webhook kzscaler-meshsim; do
   ln -sfn "$REPO_ROOT/target/debug/$b" "$KZSCALER_BIN_DIR/$b"
 done
 # A rebuilt binary or filter replaces the running one.
@@ -186,11 +187,24 @@ restart_if_newer() { # NAME FILE...
   done
 }
 restart_if_newer controller "$REPO_ROOT/target/debug/kzscaler-controller"
+restart_if_newer webhook "$REPO_ROOT/target/debug/kzscaler-webhook"
 restart_if_newer meshsim "$REPO_ROOT/target/debug/kzscaler-meshsim" "$WASM"
 
 controller_ready() { curl -sf "http://127.0.0.1:$CONTROLLER_PORT/readyz" >/dev/null; }
 start_component controller "$CONTROLLER_PORT" controller_ready 60 \
   env KUBECONFIG="$KUBECONFIG" kzscaler-controller --listen "127.0.0.1:$CONTROLLER_PORT"
+
+# The webhook: a serving certificate from its own CA, then the configurations pointing at it.
+WEBHOOK_PKI=$PKI/webhook
+"$REPO_ROOT/hack/webhook-certs.sh" "$WEBHOOK_PKI" IP:127.0.0.1
+webhook_ready() { curl -sf --cacert "$WEBHOOK_PKI/ca.crt" "https://127.0.0.1:$WEBHOOK_PORT/readyz" >/dev/null; }
+start_component webhook "$WEBHOOK_PORT" webhook_ready 30 \
+  kzscaler-webhook --listen "127.0.0.1:$WEBHOOK_PORT" --tls-cert "$WEBHOOK_PKI/tls.crt" --tls-key "$WEBHOOK_PKI/tls.key"
+log=$KZSCALER_STATE_DIR/logs/webhook-config.log
+sed -e "s|@URL@|https://127.0.0.1:$WEBHOOK_PORT|" -e "s|@CABUNDLE@|$(base64 -w0 <"$WEBHOOK_PKI/ca.crt")|" \
+  "$REPO_ROOT/hack/testbed/webhooks.yaml" | kubectl apply -f - >"$log" 2>&1 ||
+  fail "webhook configuration" "$log" "kubectl apply failed"
+ok "webhook configurations registered (mutating pods, validating deployments)"
 
 # The plugin configuration a WasmPlugin would carry; a short poll period suits tests and demos.
 PLUGIN_CONFIG=${KZSCALER_PLUGIN_CONFIG:-'{"poll_period_ms": 200}'}
@@ -212,5 +226,6 @@ export KZSCALER_ENVOY_ADMIN="127.0.0.1:$ENVOY_ADMIN_PORT"
 export KZSCALER_APISERVER="https://127.0.0.1:$APISERVER_PORT"
 export KZSCALER_AUDIT_LOG="$KZSCALER_STATE_DIR/logs/audit.log"
 export KZSCALER_CONTROLLER="127.0.0.1:$CONTROLLER_PORT"
+export KZSCALER_WEBHOOK="127.0.0.1:$WEBHOOK_PORT"
 ENV
 ok "test bed up. Use it with: source .local/env"

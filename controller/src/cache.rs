@@ -20,7 +20,7 @@ use kzscaler_core::cluster::outbound_cluster;
 use kzscaler_core::names::{self, SERVICE_NAME_LABEL};
 use kzscaler_core::wire::{Destination, Snapshot, State};
 
-use crate::spec::ManagedSpec;
+use kzscaler_core::spec::ManagedSpec;
 
 /// Annotation the controller writes before sleeping: the replica count to wake back to.
 pub const REPLICAS_BEFORE_SLEEP: &str = "kzscaler.io/replicas-before-sleep";

@@ -3,7 +3,8 @@
 //!
 //! Where things are: `cache.rs` derives managed destinations from API objects (pure);
 //! `activate.rs` wakes a Deployment once however many callers ask; `api.rs` is the HTTP API;
-//! `run.rs` wires watches, the API server and the HTTP server; `spec.rs` reads annotations.
+//! `run.rs` wires watches, the API server and the HTTP server. Annotations are read by
+//! `kzscaler_core::spec`, shared with the webhook's validation.
 #![forbid(unsafe_code)]
 
 pub mod activate;
@@ -11,8 +12,7 @@ pub mod api;
 pub mod cache;
 pub mod metrics;
 pub mod run;
-pub mod spec;
 pub mod wake;
 pub mod watch;
 
-pub use spec::{ManagedSpec, SpecError};
+pub use kzscaler_core::spec::{ManagedSpec, SpecError};

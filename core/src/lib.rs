@@ -3,8 +3,8 @@
 //! ```text
 //!   filter (wasm) ──snapshot/activate/activity (wire)──▶ controller
 //!        │                                                  │
-//!        └── reads cluster names (cluster)      reads annotations (names, duration)
-//!   webhook ── writes labels and annotations (names)
+//!        └── reads cluster names (cluster)      reads annotations (names, spec, duration)
+//!   webhook ── writes labels and annotations (names), checks annotations (spec)
 //! ```
 //!
 //! It depends on nothing heavier than `serde`, so the Wasm filter can use it.
@@ -13,7 +13,9 @@
 pub mod cluster;
 pub mod duration;
 pub mod names;
+pub mod spec;
 pub mod wire;
 
 pub use cluster::{ClusterName, ClusterNameError};
 pub use duration::{DurationError, format_duration, parse_duration};
+pub use spec::{ManagedSpec, SpecError};

@@ -50,13 +50,18 @@ pub struct Reply {
     pub body: String,
 }
 
-/// The test bed's Envoy (`.local/bin/envoy`, linked by `hack/build-testbed.sh`).
-pub fn envoy_binary() -> anyhow::Result<PathBuf> {
-    let path = repo_root().join(".local/bin/envoy");
+/// A test bed binary (`.local/bin/<name>`, linked by `hack/build-testbed.sh`): `envoy`, `kubectl`.
+pub fn testbed_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = repo_root().join(".local/bin").join(name);
     if !path.is_file() {
         bail!("{} not found: run hack/build-testbed.sh", path.display());
     }
     Ok(path)
+}
+
+/// The test bed's Envoy.
+pub fn envoy_binary() -> anyhow::Result<PathBuf> {
+    testbed_binary("envoy")
 }
 
 /// The workspace's debug build of a binary (`cargo build` builds it; `hack/local-up.sh` does).

@@ -12,10 +12,11 @@ SCHEDULER_PORT=${KZSCALER_SCHEDULER_PORT:-16259}
 ENVOY_PORT=${KZSCALER_ENVOY_PORT:-15001}
 ENVOY_ADMIN_PORT=${KZSCALER_ENVOY_ADMIN_PORT:-15000}
 CONTROLLER_PORT=${KZSCALER_CONTROLLER_PORT:-18080}
+WEBHOOK_PORT=${KZSCALER_WEBHOOK_PORT:-18443}
 
 PIDS=$KZSCALER_STATE_DIR/pids
 # Start order; local-down stops in reverse. envoy is meshsim's child, listed for cleanup.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok controller envoy meshsim)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok controller webhook envoy meshsim)
 
 pid_of() { # NAME: the pid if the process recorded for NAME is alive
   local f=$PIDS/$1.pid pid

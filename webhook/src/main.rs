@@ -1,48 +1,71 @@
-//! `kzscaler-webhook`. The admission server is not built yet: this prints the patch the webhook
-//! would apply to a pod read from standard input (JSON), for a namespace given as argument.
+//! `kzscaler-webhook`.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::process::ExitCode;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() != 1 || args[0] == "-h" || args[0] == "--help" {
-        println!(
-            "kzscaler-webhook (early build)\n\nUsage: kzscaler-webhook NAMESPACE < pod.json\n\n\
-             Prints the JSON patch the webhook would apply to the pod. The admission server is not built yet."
-        );
-        return ExitCode::SUCCESS;
+use clap::Parser;
+use kzscaler_webhook::server::{App, router, serve};
+use kzscaler_webhook::tls::Reloading;
+
+/// kzscaler's admission webhook. Mutating (POST /mutate): pods created in namespaces labelled
+/// kzscaler.io/injection=enabled get the label kzscaler.io/filter=true (which the namespace's
+/// WasmPlugin selects) and the annotation kzscaler.io/wasmplugin=<ns>/<name>. Validating
+/// (POST /validate): Deployments with unusable kzscaler.io/* annotations are refused with a
+/// message naming the annotation, the value and what was expected.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// HTTPS address.
+    #[arg(long, env = "KZSCALER_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// PEM certificate chain (reloaded when it changes).
+    #[arg(
+        long,
+        env = "KZSCALER_WEBHOOK_TLS_CERT",
+        default_value = "/etc/kzscaler/tls/tls.crt"
+    )]
+    tls_cert: PathBuf,
+    /// PEM private key (reloaded when it changes).
+    #[arg(
+        long,
+        env = "KZSCALER_WEBHOOK_TLS_KEY",
+        default_value = "/etc/kzscaler/tls/tls.key"
+    )]
+    tls_key: PathBuf,
+    /// How often the certificate files are checked for changes, in seconds.
+    #[arg(long, default_value_t = 5)]
+    reload_seconds: u64,
+    /// Name of the WasmPlugin the controller keeps in each opted-in namespace.
+    #[arg(long, default_value = kzscaler_webhook::admission::WASMPLUGIN_NAME)]
+    wasmplugin: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber_init();
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs =
+        Reloading::new(args.tls_cert.clone(), args.tls_key.clone()).map_err(anyhow::Error::msg)?;
+    certs.watch(Duration::from_secs(args.reload_seconds.max(1)));
+    let app = Arc::new(App {
+        metrics: Default::default(),
+        wasmplugin: args.wasmplugin,
+    });
+    tokio::select! {
+        r = serve(args.listen, certs, router(app)) => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
     }
-    let mut input = String::new();
-    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-        eprintln!("error: reading standard input: {e}");
-        return ExitCode::FAILURE;
-    }
-    let pod: serde_json::Value = match serde_json::from_str(&input) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: standard input is not a JSON pod: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let field = |f: &str| -> Option<BTreeMap<String, String>> {
-        serde_json::from_value(pod.get("metadata")?.get(f)?.clone()).ok()
-    };
-    let ops = kzscaler_webhook::mutate::pod_patch(
-        field("labels").as_ref(),
-        field("annotations").as_ref(),
-        &args[0],
-        "kzscaler",
-    );
-    match serde_json::to_string_pretty(&ops) {
-        Ok(s) => {
-            println!("{s}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+}
+
+fn tracing_subscriber_init() {
+    tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
 }

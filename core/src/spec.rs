@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kzscaler_core::names;
+use crate::names;
 
 /// What the annotations of a managed Deployment ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,7 @@ impl ManagedSpec {
         }
         let duration = |key: &'static str, default_secs: u64| match get(key) {
             None => Ok(Duration::from_secs(default_secs)),
-            Some(v) => match kzscaler_core::parse_duration(v) {
+            Some(v) => match crate::parse_duration(v) {
                 Ok(d) if !d.is_zero() => Ok(d),
                 Ok(_) => Err(bad(key, v, "a duration above zero, e.g. \"10m\"")),
                 Err(e) => Err(bad(
