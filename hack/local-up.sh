@@ -186,13 +186,18 @@ restart_if_newer() { # NAME FILE...
     fi
   done
 }
-restart_if_newer controller "$REPO_ROOT/target/debug/kzscaler-controller"
+restart_if_newer controller "$REPO_ROOT/target/debug/kzscaler-controller" "$WASM"
 restart_if_newer webhook "$REPO_ROOT/target/debug/kzscaler-webhook"
 restart_if_newer meshsim "$REPO_ROOT/target/debug/kzscaler-meshsim" "$WASM"
 
 controller_ready() { curl -sf "http://127.0.0.1:$CONTROLLER_PORT/readyz" >/dev/null; }
+# The plugin configuration a WasmPlugin would carry; a short poll period suits tests and demos.
+PLUGIN_CONFIG=${KZSCALER_PLUGIN_CONFIG:-'{"poll_period_ms": 200}'}
+# The controller serves the module and keeps a WasmPlugin in each opted-in namespace.
 start_component controller "$CONTROLLER_PORT" controller_ready 60 \
-  env KUBECONFIG="$KUBECONFIG" kzscaler-controller --listen "127.0.0.1:$CONTROLLER_PORT"
+  env KUBECONFIG="$KUBECONFIG" kzscaler-controller --listen "127.0.0.1:$CONTROLLER_PORT" \
+  --module-file "$WASM" --module-url "http://127.0.0.1:$CONTROLLER_PORT/v1/module" \
+  --plugin-config "$PLUGIN_CONFIG" --wasmplugin-resync-seconds 2
 
 # The webhook: a serving certificate from its own CA, then the configurations pointing at it.
 WEBHOOK_PKI=$PKI/webhook
@@ -206,8 +211,6 @@ sed -e "s|@URL@|https://127.0.0.1:$WEBHOOK_PORT|" -e "s|@CABUNDLE@|$(base64 -w0 
   fail "webhook configuration" "$log" "kubectl apply failed"
 ok "webhook configurations registered (mutating pods, validating deployments)"
 
-# The plugin configuration a WasmPlugin would carry; a short poll period suits tests and demos.
-PLUGIN_CONFIG=${KZSCALER_PLUGIN_CONFIG:-'{"poll_period_ms": 200}'}
 start_component meshsim "$ENVOY_PORT $ENVOY_ADMIN_PORT" envoy_ready 60 \
   kzscaler-meshsim --dir "$KZSCALER_STATE_DIR/meshsim" --envoy "$KZSCALER_BIN_DIR/envoy" \
   --listen "127.0.0.1:$ENVOY_PORT" --admin "127.0.0.1:$ENVOY_ADMIN_PORT" --envoy-pid-file "$PIDS/envoy.pid" \

@@ -7,6 +7,7 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once the first lists of every watched kind are in; 503 before |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /v1/module` | the filter's `.wasm`, when started with `--module-file` (404 otherwise) |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,8 @@ pub struct Api<S> {
     pub metrics: Arc<Metrics>,
     /// Set once the first lists are in.
     pub ready: Arc<AtomicBool>,
+    /// The filter module served on `/v1/module`, when the controller serves it.
+    pub module: Option<Arc<Vec<u8>>>,
 }
 
 /// The router.
@@ -46,6 +49,7 @@ pub fn router<S: Scaler>(api: Arc<Api<S>>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/v1/module", get(module::<S>))
         .with_state(api)
 }
 
@@ -157,6 +161,21 @@ async fn activate<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) ->
     }
 }
 
+async fn module<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
+    match &api.module {
+        Some(bytes) => (
+            [(header::CONTENT_TYPE, "application/wasm")],
+            bytes.as_ref().clone(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "this controller does not serve the filter module (start it with --module-file)\n",
+        )
+            .into_response(),
+    }
+}
+
 async fn readyz<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
     if api.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n").into_response()
@@ -227,6 +246,7 @@ mod tests {
             cache,
             metrics,
             ready: Arc::new(AtomicBool::new(true)),
+            module: None,
         }))
     }
 

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod metrics;
 pub mod run;
 pub mod wake;
+pub mod wasmplugin;
 pub mod watch;
 
 pub use kzscaler_core::spec::{ManagedSpec, SpecError};

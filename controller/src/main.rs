@@ -2,10 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kzscaler_controller::ManagedSpec;
+use sha2::Digest as _;
 
 /// kzscaler's controller: keeps the replica cache of managed Deployments, wakes them when a
 /// filter calls activate (one scale PATCH however many callers), and serves the filter API.
@@ -20,6 +24,29 @@ struct Args {
     /// The cluster domain in Service host names.
     #[arg(long, default_value = "cluster.local")]
     domain: String,
+    /// The filter's .wasm: served on /v1/module, and its sha256 goes into the WasmPlugins.
+    #[arg(long, env = "KZSCALER_MODULE_FILE")]
+    module_file: Option<PathBuf>,
+    /// Where sidecars fetch the module from (the WasmPlugin's url): this controller's
+    /// /v1/module by default, or an oci:// image (then give --module-sha256 or none).
+    #[arg(
+        long,
+        env = "KZSCALER_MODULE_URL",
+        default_value = "http://kzscaler-controller.kzscaler-system.svc:8080/v1/module"
+    )]
+    module_url: String,
+    /// The module's sha256 (hex), when --module-file is not given.
+    #[arg(long, env = "KZSCALER_MODULE_SHA256")]
+    module_sha256: Option<String>,
+    /// The filter's plugin configuration (JSON) carried by the WasmPlugins.
+    #[arg(long, env = "KZSCALER_PLUGIN_CONFIG", default_value = "{}")]
+    plugin_config: String,
+    /// Do not create WasmPlugins in opted-in namespaces.
+    #[arg(long)]
+    no_wasmplugins: bool,
+    /// How often WasmPlugins are compared with what they should be, in seconds.
+    #[arg(long, default_value_t = 10)]
+    wasmplugin_resync_seconds: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +81,37 @@ async fn main() -> anyhow::Result<()> {
         return check(annotations);
     }
     kzscaler_controller::watch::init_logging();
+    let plugin_config: serde_json::Value =
+        serde_json::from_str(&args.plugin_config).with_context(|| {
+            format!(
+                "--plugin-config {:?}: not JSON (expected e.g. {{\"poll_period_ms\": 1000}})",
+                args.plugin_config
+            )
+        })?;
+    let module = match &args.module_file {
+        Some(p) => Some(Arc::new(
+            std::fs::read(p).with_context(|| format!("--module-file {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let sha256 = match (&module, &args.module_sha256) {
+        (Some(bytes), _) => Some(hex(&sha2::Sha256::digest(bytes.as_slice()))),
+        (None, Some(s)) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Some(s.to_lowercase())
+        }
+        (None, Some(s)) => anyhow::bail!("--module-sha256 {s:?}: expected 64 hex digits"),
+        (None, None) => None,
+    };
+    let wasmplugin = (!args.no_wasmplugins).then(|| {
+        (
+            kzscaler_controller::wasmplugin::Settings {
+                url: args.module_url.clone(),
+                sha256,
+                plugin_config,
+            },
+            Duration::from_secs(args.wasmplugin_resync_seconds.max(1)),
+        )
+    });
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes client: set KUBECONFIG or run in a cluster")?;
@@ -62,7 +120,13 @@ async fn main() -> anyhow::Result<()> {
         kzscaler_controller::run::Options {
             listen: args.listen,
             domain: args.domain,
+            module,
+            wasmplugin,
         },
     )
     .await
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

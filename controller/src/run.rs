@@ -42,6 +42,10 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The cluster domain of Service host names.
     pub domain: String,
+    /// The filter module to serve on `/v1/module`.
+    pub module: Option<Arc<Vec<u8>>>,
+    /// WasmPlugin management, when on.
+    pub wasmplugin: Option<(crate::wasmplugin::Settings, Duration)>,
 }
 
 /// Scales and records through the API server.
@@ -164,7 +168,15 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         activator,
         metrics: metrics.clone(),
         ready: ready.clone(),
+        module: opts.module.clone(),
     }));
+    if let Some((settings, resync)) = opts.wasmplugin.clone() {
+        tokio::spawn(crate::wasmplugin::run(
+            client.clone(),
+            Arc::new(settings),
+            resync,
+        ));
+    }
     tracing::info!(listen = %opts.listen, "serving the filter API, /healthz, /readyz and /metrics");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
