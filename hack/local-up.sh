@@ -59,8 +59,9 @@ if [ ! -s "$PKI/apiserver.crt" ]; then
   ok "certificates in $PKI"
 fi
 ADMIN_TOKEN=$(cut -d, -f1 "$PKI/tokens.csv")
-KUBECONFIG_FILE=$KZSCALER_STATE_DIR/kubeconfig
-cat >"$KUBECONFIG_FILE" <<KC
+# write_kubeconfig FILE USER TOKEN: a kubeconfig for the test bed with a bearer token.
+write_kubeconfig() {
+  cat >"$1" <<KC
 apiVersion: v1
 kind: Config
 clusters:
@@ -69,15 +70,18 @@ clusters:
     server: https://127.0.0.1:$APISERVER_PORT
     certificate-authority: $PKI/ca.crt
 users:
-- name: admin
+- name: $2
   user:
-    token: $ADMIN_TOKEN
+    token: $3
 contexts:
 - name: testbed
-  context: {cluster: testbed, user: admin}
+  context: {cluster: testbed, user: $2}
 current-context: testbed
 KC
-chmod 600 "$KUBECONFIG_FILE"
+  chmod 600 "$1"
+}
+KUBECONFIG_FILE=$KZSCALER_STATE_DIR/kubeconfig
+write_kubeconfig "$KUBECONFIG_FILE" admin "$ADMIN_TOKEN"
 export KUBECONFIG=$KUBECONFIG_FILE
 
 cat >"$KZSCALER_STATE_DIR/audit-policy.yaml" <<'AP'
@@ -191,11 +195,24 @@ restart_if_newer webhook "$REPO_ROOT/target/debug/kzscaler-webhook"
 restart_if_newer meshsim "$REPO_ROOT/target/debug/kzscaler-meshsim" "$WASM"
 
 controller_ready() { curl -sf "http://127.0.0.1:$CONTROLLER_PORT/readyz" >/dev/null; }
+# kzscaler's ServiceAccounts and RBAC exactly as manifests/ has them; the controller runs with
+# its ServiceAccount's token, so a missing permission fails the tests.
+log=$KZSCALER_STATE_DIR/logs/rbac.log
+{ kubectl apply -f "$REPO_ROOT/manifests/namespace.yaml" && kubectl apply -k "$REPO_ROOT/manifests/rbac"; } >"$log" 2>&1 ||
+  fail "kzscaler RBAC" "$log" "kubectl apply of manifests/rbac failed"
+CONTROLLER_KUBECONFIG=$KZSCALER_STATE_DIR/controller.kubeconfig
+if ! pid_of controller >/dev/null; then
+  token=$(kubectl -n kzscaler-system create token kzscaler-controller --duration 48h 2>>"$log") ||
+    fail "kzscaler RBAC" "$log" "kubectl create token kzscaler-controller failed"
+  write_kubeconfig "$CONTROLLER_KUBECONFIG" kzscaler-controller "$token"
+fi
+ok "controller runs as system:serviceaccount:kzscaler-system:kzscaler-controller"
+
 # The plugin configuration a WasmPlugin would carry; a short poll period suits tests and demos.
 PLUGIN_CONFIG=${KZSCALER_PLUGIN_CONFIG:-'{"poll_period_ms": 200}'}
 # The controller serves the module and keeps a WasmPlugin in each opted-in namespace.
 start_component controller "$CONTROLLER_PORT" controller_ready 60 \
-  env KUBECONFIG="$KUBECONFIG" kzscaler-controller --listen "127.0.0.1:$CONTROLLER_PORT" \
+  env KUBECONFIG="$CONTROLLER_KUBECONFIG" kzscaler-controller --listen "127.0.0.1:$CONTROLLER_PORT" \
   --module-file "$WASM" --module-url "http://127.0.0.1:$CONTROLLER_PORT/v1/module" \
   --plugin-config "$PLUGIN_CONFIG" --wasmplugin-resync-seconds 2
 

@@ -60,7 +60,11 @@ start_component() {
   local waited=0
   until $ready; do
     kill -0 "$pid" 2>/dev/null || fail "$name" "$log" "exited during start-up"
-    [ "$waited" -ge $((timeout * 5)) ] && fail "$name" "$log" "not ready after ${timeout}s"
+    if [ "$waited" -ge $((timeout * 5)) ]; then
+      # Do not leave a half-started process behind: the next local-up starts it afresh.
+      stop_component "$name" >/dev/null 2>&1
+      fail "$name" "$log" "not ready after ${timeout}s (stopped it again)"
+    fi
     sleep 0.2
     waited=$((waited + 1))
   done
