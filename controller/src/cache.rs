@@ -334,6 +334,19 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// A cache whose first snapshot version is `version + 1`. Start it from the clock, so a
+    /// restarted controller never reuses a version a filter still holds (it would answer 304
+    /// to `If-None-Match` with different content).
+    pub fn starting_at(version: u64) -> Self {
+        Self {
+            built: Built::default(),
+            snapshot: Snapshot {
+                version,
+                destinations: Vec::new(),
+            },
+        }
+    }
+
     /// Replaces the content; returns whether the snapshot changed.
     pub fn update(&mut self, built: Built) -> bool {
         let destinations: Vec<Destination> = built
@@ -594,5 +607,14 @@ mod tests {
         assert_eq!(cache.snapshot().version, v);
         assert!(cache.update(objects(0)));
         assert_eq!(cache.snapshot().version, v + 1);
+    }
+
+    #[test]
+    fn a_restarted_cache_does_not_reuse_versions() {
+        let mut before = Cache::starting_at(1_000);
+        before.update(Built::default());
+        let mut after = Cache::starting_at(2_000);
+        after.update(Built::default());
+        assert!(after.snapshot().version > before.snapshot().version);
     }
 }

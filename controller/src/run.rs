@@ -120,7 +120,10 @@ impl Scaler for KubeScaler {
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let cache = Arc::new(RwLock::new(Cache::default()));
+    let start_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let cache = Arc::new(RwLock::new(Cache::starting_at(start_ms)));
     let (changes_tx, changes_rx) = watch::channel(0u64);
     let ready = Arc::new(AtomicBool::new(false));
     let recorder = Recorder::new(client.clone(), reporter());
