@@ -24,6 +24,13 @@ pub trait Scaler: Send + Sync + 'static {
     fn scale(&self, key: &Key, replicas: u32) -> impl Future<Output = Result<(), String>> + Send;
     /// Records a finished wake on the Deployment (annotation and Event).
     fn record_wake(&self, key: &Key, wake: &WakeRecord) -> impl Future<Output = ()> + Send;
+    /// Puts `key` to sleep: records `replicas` to wake back to, then scales to 0.
+    fn sleep(
+        &self,
+        key: &Key,
+        replicas: u32,
+        idle_ms: u64,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// How long a wake took, phase by phase, from the first activate.
@@ -304,6 +311,9 @@ mod tests {
             Ok(())
         }
         async fn record_wake(&self, _key: &Key, _wake: &WakeRecord) {}
+        async fn sleep(&self, _key: &Key, _replicas: u32, _idle_ms: u64) -> Result<(), String> {
+            Ok(())
+        }
     }
 
     fn setup(

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /v1/snapshot` | 200 [`Snapshot`] with `ETag: "<version>"`; 304 when `If-None-Match` matches |
 //! | `POST /v1/activate` [`ActivateRequest`] | 200 `{"state":"awake"}` once a ready endpoint exists; 504 `{"state":..,"message":..}` when the deadline passes first; 404 for a destination that is not managed; 502 when scaling failed; 400 for a bad body |
+//! | `POST /v1/activity` [`ActivityReport`] | 204; each cluster with requests or requests in flight counts as activity of its Deployment; 400 for a bad body |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once the first lists of every watched kind are in; 503 before |
 //! | `GET /metrics` | Prometheus text format |
@@ -19,7 +20,7 @@ use axum::extract::State as AxState;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use kzscaler_core::wire::{self, ActivateRequest, ActivateResponse, State};
+use kzscaler_core::wire::{self, ActivateRequest, ActivateResponse, ActivityReport, State};
 use tokio::sync::RwLock;
 
 use crate::activate::{Activator, Outcome, Scaler};
@@ -39,6 +40,8 @@ pub struct Api<S> {
     pub ready: Arc<AtomicBool>,
     /// The filter module served on `/v1/module`, when the controller serves it.
     pub module: Option<Arc<Vec<u8>>>,
+    /// Activity, for idle scale-down.
+    pub idle: Arc<crate::sleep::Idle>,
 }
 
 /// The router.
@@ -46,6 +49,7 @@ pub fn router<S: Scaler>(api: Arc<Api<S>>) -> Router {
     Router::new()
         .route(wire::SNAPSHOT_PATH, get(snapshot::<S>))
         .route(wire::ACTIVATE_PATH, post(activate::<S>))
+        .route(wire::ACTIVITY_PATH, post(activity::<S>))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
@@ -117,6 +121,9 @@ async fn activate<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) ->
             );
         }
     };
+    // An activation is activity: it cancels a drain and restarts the idle clock.
+    api.idle
+        .touch_cluster(&*api.cache.read().await, &req.cluster);
     let outcome = api
         .activator
         .activate(&req.cluster, Duration::from_millis(req.deadline_ms))
@@ -176,6 +183,30 @@ async fn module<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
     }
 }
 
+async fn activity<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) -> Response {
+    let report: ActivityReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                None,
+                format!(
+                    "activity report is not valid: {e} (expected {{\"outbound\": [{{\"cluster\": ..., \"requests\": N, \"in_flight\": N}}]}})"
+                ),
+            );
+        }
+    };
+    let cache = api.cache.read().await;
+    for c in report
+        .outbound
+        .iter()
+        .filter(|c| c.requests > 0 || c.in_flight > 0)
+    {
+        api.idle.touch_cluster(&cache, &c.cluster);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn readyz<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
     if api.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n").into_response()
@@ -216,6 +247,9 @@ mod tests {
             Err("deployments.apps \"web\" is forbidden".into())
         }
         async fn record_wake(&self, _: &Key, _: &WakeRecord) {}
+        async fn sleep(&self, _: &Key, _: u32, _: u64) -> Result<(), String> {
+            Ok(())
+        }
     }
 
     fn app() -> Router {
@@ -247,6 +281,7 @@ mod tests {
             metrics,
             ready: Arc::new(AtomicBool::new(true)),
             module: None,
+            idle: Arc::default(),
         }))
     }
 

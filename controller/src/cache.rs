@@ -22,8 +22,7 @@ use kzscaler_core::wire::{Destination, Snapshot, State};
 
 use kzscaler_core::spec::ManagedSpec;
 
-/// Annotation the controller writes before sleeping: the replica count to wake back to.
-pub const REPLICAS_BEFORE_SLEEP: &str = "kzscaler.io/replicas-before-sleep";
+pub use kzscaler_core::names::REPLICAS_BEFORE_SLEEP;
 
 /// A namespaced name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -305,6 +304,7 @@ impl Built {
                             deployment: dkey.name.clone(),
                             state: State::Awake, // set below, once endpoints are summed
                             wake_timeout_ms: 0,
+                            ignore_paths: Vec::new(),
                         },
                     ),
                 );
@@ -314,6 +314,7 @@ impl Built {
             if let Some(m) = built.managed.get(dkey) {
                 dest.state = m.state();
                 dest.wake_timeout_ms = duration_ms(m.spec.wake_timeout);
+                dest.ignore_paths = m.spec.ignore_paths.clone();
             }
         }
         built.problems.sort_by(|a, b| a.0.cmp(&b.0));
@@ -331,6 +332,7 @@ fn duration_ms(d: Duration) -> u64 {
 pub struct Cache {
     built: Built,
     snapshot: Snapshot,
+    draining: BTreeSet<Key>,
 }
 
 impl Cache {
@@ -344,15 +346,45 @@ impl Cache {
                 version,
                 destinations: Vec::new(),
             },
+            draining: BTreeSet::new(),
         }
     }
 
     /// Replaces the content; returns whether the snapshot changed.
     pub fn update(&mut self, built: Built) -> bool {
-        let destinations: Vec<Destination> = built
+        self.built = built;
+        self.publish()
+    }
+
+    /// Marks a Deployment draining (about to sleep) or not; returns whether the snapshot
+    /// changed. Draining shows only while the Deployment is awake.
+    pub fn set_draining(&mut self, key: &Key, draining: bool) -> bool {
+        let changed = if draining {
+            self.draining.insert(key.clone())
+        } else {
+            self.draining.remove(key)
+        };
+        changed && self.publish()
+    }
+
+    /// Whether a Deployment is marked draining.
+    pub fn is_draining(&self, key: &Key) -> bool {
+        self.draining.contains(key)
+    }
+
+    fn publish(&mut self) -> bool {
+        let draining = &self.draining;
+        let destinations: Vec<Destination> = self
+            .built
             .destinations
             .values()
-            .map(|(_, d)| d.clone())
+            .map(|(k, d)| {
+                let mut d = d.clone();
+                if d.state == State::Awake && draining.contains(k) {
+                    d.state = State::Draining;
+                }
+                d
+            })
             .collect();
         let changed = destinations != self.snapshot.destinations;
         if changed {
@@ -361,7 +393,6 @@ impl Cache {
                 destinations,
             };
         }
-        self.built = built;
         changed
     }
 

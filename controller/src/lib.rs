@@ -10,8 +10,10 @@
 pub mod activate;
 pub mod api;
 pub mod cache;
+pub mod idle;
 pub mod metrics;
 pub mod run;
+pub mod sleep;
 pub mod wake;
 pub mod wasmplugin;
 pub mod watch;

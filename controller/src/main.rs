@@ -47,6 +47,10 @@ struct Args {
     /// How often WasmPlugins are compared with what they should be, in seconds.
     #[arg(long, default_value_t = 10)]
     wasmplugin_resync_seconds: u64,
+    /// How long a Deployment is marked draining before it is scaled to 0, in ms. Default:
+    /// two filter poll periods (from --plugin-config) plus 500 ms.
+    #[arg(long)]
+    drain_period_ms: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,11 +111,16 @@ async fn main() -> anyhow::Result<()> {
             kzscaler_controller::wasmplugin::Settings {
                 url: args.module_url.clone(),
                 sha256,
-                plugin_config,
+                plugin_config: plugin_config.clone(),
             },
             Duration::from_secs(args.wasmplugin_resync_seconds.max(1)),
         )
     });
+    let poll_ms = plugin_config
+        .get("poll_period_ms")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(1_000);
+    let drain_period = Duration::from_millis(args.drain_period_ms.unwrap_or(2 * poll_ms + 500));
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes client: set KUBECONFIG or run in a cluster")?;
@@ -122,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
             domain: args.domain,
             module,
             wasmplugin,
+            drain_period,
         },
     )
     .await

@@ -32,8 +32,8 @@ use crate::cache::{Built, Cache, Key, Problem};
 use crate::metrics::Metrics;
 use crate::watch::spawn_reflector;
 
-/// Annotation with the last wake's phases (JSON), written on the Deployment.
-pub const LAST_WAKE: &str = "kzscaler.io/last-wake";
+use kzscaler_core::names;
+pub use kzscaler_core::names::LAST_WAKE;
 
 /// Options of the controller process.
 #[derive(Debug, Clone)]
@@ -46,6 +46,9 @@ pub struct Options {
     pub module: Option<Arc<Vec<u8>>>,
     /// WasmPlugin management, when on.
     pub wasmplugin: Option<(crate::wasmplugin::Settings, Duration)>,
+    /// How long a Deployment stays draining before it is scaled to 0 (at least two filter
+    /// poll periods).
+    pub drain_period: Duration,
 }
 
 /// Scales and records through the API server.
@@ -84,7 +87,7 @@ impl Scaler for KubeScaler {
     async fn record_wake(&self, key: &Key, wake: &WakeRecord) {
         let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
         let value = serde_json::to_string(wake).unwrap_or_default();
-        let patch = json!({"metadata": {"annotations": {LAST_WAKE: value}}});
+        let patch = json!({"metadata": {"annotations": {LAST_WAKE: value, names::STATE: "awake"}}});
         let dep = match api
             .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
             .await
@@ -115,6 +118,35 @@ impl Scaler for KubeScaler {
             tracing::warn!(deployment = %key, error = %e, "could not publish the Woke event");
         }
     }
+
+    async fn sleep(&self, key: &Key, replicas: u32, idle_ms: u64) -> Result<(), String> {
+        let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
+        let at = k8s_openapi::jiff::Timestamp::now().to_string();
+        let patch = json!({"metadata": {"annotations": {
+            names::STATE: "asleep",
+            names::REPLICAS_BEFORE_SLEEP: replicas.to_string(),
+            names::SLEPT_AT: at,
+        }}});
+        let dep = api
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(|e| format!("recording the sleep on {key}: {e}"))?;
+        self.scale(key, 0).await?;
+        let ev = Event {
+            type_: EventType::Normal,
+            reason: "Slept".into(),
+            note: Some(format!(
+                "no activity for {:.1}s: scaled {replicas} -> 0; a request will wake it to {replicas}",
+                idle_ms as f64 / 1000.0
+            )),
+            action: "Sleep".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &dep.object_ref(&())).await {
+            tracing::warn!(deployment = %key, error = %e, "could not publish the Slept event");
+        }
+        Ok(())
+    }
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -131,7 +163,8 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         client: client.clone(),
         recorder: recorder.clone(),
     });
-    let activator = Activator::new(cache.clone(), changes_rx, scaler, metrics.clone());
+    let activator = Activator::new(cache.clone(), changes_rx, scaler.clone(), metrics.clone());
+    let idle = Arc::new(crate::sleep::Idle::default());
 
     let (deps, deps_w) = reflector::store::<Deployment>();
     let (svcs, svcs_w) = reflector::store::<Service>();
@@ -172,7 +205,18 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: ready.clone(),
         module: opts.module.clone(),
+        idle: idle.clone(),
     }));
+    tokio::spawn(
+        crate::sleep::Sleeper {
+            cache: cache.clone(),
+            changes: changes_tx.clone(),
+            scaler,
+            idle,
+            drain_period: opts.drain_period,
+        }
+        .run(),
+    );
     if let Some((settings, resync)) = opts.wasmplugin.clone() {
         tokio::spawn(crate::wasmplugin::run(
             client.clone(),

@@ -24,6 +24,16 @@ pub const IGNORE_PATHS: &str = "kzscaler.io/ignore-paths";
 /// Deployment annotation: `"true"` pins the Deployment awake.
 pub const PAUSED: &str = "kzscaler.io/paused";
 
+/// Written by the controller: `awake` or `asleep`, the last transition it made.
+pub const STATE: &str = "kzscaler.io/state";
+/// Written by the controller before sleeping: the replica count to wake back to.
+pub const REPLICAS_BEFORE_SLEEP: &str = "kzscaler.io/replicas-before-sleep";
+/// Written by the controller: when it put the Deployment to sleep (RFC 3339).
+pub const SLEPT_AT: &str = "kzscaler.io/slept-at";
+/// Written by the controller: the last wake's phases, JSON
+/// `{"replicas","scale_ms","pod_ready_ms","endpoint_ready_ms"}`.
+pub const LAST_WAKE: &str = "kzscaler.io/last-wake";
+
 /// Default for [`IDLE_TIMEOUT`], in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 /// Default for [`WAKE_TIMEOUT`], in seconds.

@@ -3,7 +3,7 @@
 //! ```text
 //! GET  /v1/snapshot   (If-None-Match: "<version>")  → 200 Snapshot | 304
 //! POST /v1/activate   ActivateRequest               → 200 ActivateResponse (state says ready or not)
-//! POST /v1/activity   ActivityReport                → 204
+//! POST /v1/activity   ActivityReport                → 204 (400 for a bad body)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -32,9 +32,11 @@ pub enum State {
 }
 
 impl State {
-    /// Whether a request to a destination in this state must be held and activate called.
+    /// Whether a request to a destination in this state must be held and activate called
+    /// when the caller's Envoy has no endpoint for it. Draining counts: once the Deployment
+    /// is scaled to 0 its endpoints go before the next snapshot poll says asleep.
     pub fn must_hold(self) -> bool {
-        matches!(self, State::Asleep | State::Waking)
+        matches!(self, State::Asleep | State::Waking | State::Draining)
     }
 }
 
@@ -53,6 +55,9 @@ pub struct Destination {
     pub state: State,
     /// Longest time a request may be held while it wakes, in milliseconds.
     pub wake_timeout_ms: u64,
+    /// Path prefixes whose requests never count as activity (`kzscaler.io/ignore-paths`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_paths: Vec<String>,
 }
 
 /// Every managed destination, with a version that changes whenever the content does.
@@ -101,6 +106,9 @@ pub struct ClusterCount {
     pub cluster: String,
     /// Requests since the last report.
     pub requests: u64,
+    /// Requests to it in flight now (a long stream keeps its service awake).
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 /// Inbound requests of one pod.
@@ -131,6 +139,7 @@ mod tests {
                 deployment: "web".into(),
                 state: State::Asleep,
                 wake_timeout_ms: 60_000,
+                ignore_paths: vec![],
             }],
         };
         let json = serde_json::to_string(&snap).unwrap();
@@ -142,11 +151,11 @@ mod tests {
     }
 
     #[test]
-    fn only_asleep_and_waking_hold() {
+    fn every_state_but_awake_holds_without_endpoints() {
         assert!(State::Asleep.must_hold());
         assert!(State::Waking.must_hold());
+        assert!(State::Draining.must_hold());
         assert!(!State::Awake.must_hold());
-        assert!(!State::Draining.must_hold());
     }
 
     #[test]

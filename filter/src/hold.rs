@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use kzscaler_core::ClusterName;
-use kzscaler_core::wire::{ActivateRequest, ActivateResponse, State};
+use kzscaler_core::wire::{ActivateRequest, ActivateResponse, ActivityReport, ClusterCount, State};
 
 use crate::table::Table;
 
@@ -82,6 +82,8 @@ pub struct Worker {
     held: Vec<Held>,
     clusters: HashMap<String, Activation>,
     tokens: HashMap<u32, String>,
+    /// Per managed cluster: requests since the last report, requests in flight.
+    counts: HashMap<String, (u64, u64)>,
 }
 
 const FIRST_BACKOFF_MS: u64 = 50;
@@ -128,7 +130,48 @@ impl Worker {
             held: Vec::new(),
             clusters: HashMap::new(),
             tokens: HashMap::new(),
+            counts: HashMap::new(),
         }
+    }
+
+    /// A counted request to `cluster` started.
+    pub fn count_start(&mut self, cluster: &str) {
+        let c = self.counts.entry(cluster.to_owned()).or_default();
+        c.0 += 1;
+        c.1 += 1;
+    }
+
+    /// A counted request to `cluster` ended.
+    pub fn count_end(&mut self, cluster: &str) {
+        if let Some(c) = self.counts.get_mut(cluster) {
+            c.1 = c.1.saturating_sub(1);
+        }
+    }
+
+    /// The activity since the last report, or None when there was none (an idle mesh sends
+    /// nothing). Requests in flight count, so a long stream keeps its service awake.
+    pub fn take_report(&mut self) -> Option<ActivityReport> {
+        self.counts.retain(|_, c| c.0 > 0 || c.1 > 0);
+        if self.counts.is_empty() {
+            return None;
+        }
+        let mut outbound: Vec<ClusterCount> = self
+            .counts
+            .iter_mut()
+            .map(|(cluster, c)| {
+                let requests = std::mem::take(&mut c.0);
+                ClusterCount {
+                    cluster: cluster.clone(),
+                    requests,
+                    in_flight: c.1,
+                }
+            })
+            .collect();
+        outbound.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        Some(ActivityReport {
+            outbound,
+            inbound: None,
+        })
     }
 
     /// Whether any request is held (the root ticks fast then).
@@ -403,6 +446,25 @@ mod tests {
         );
         w.tick(&mut host);
         assert_eq!(host.resumed, vec![1]);
+    }
+
+    #[test]
+    fn reports_requests_and_in_flight_then_nothing_when_idle() {
+        let mut w = Worker::new(10);
+        assert_eq!(w.take_report(), None, "idle: nothing to send");
+        w.count_start(WEB);
+        w.count_start(WEB);
+        w.count_end(WEB);
+        let r = w.take_report().unwrap();
+        assert_eq!((r.outbound[0].requests, r.outbound[0].in_flight), (2, 1));
+        let r = w.take_report().unwrap();
+        assert_eq!(
+            (r.outbound[0].requests, r.outbound[0].in_flight),
+            (0, 1),
+            "a long request keeps reporting"
+        );
+        w.count_end(WEB);
+        assert_eq!(w.take_report(), None);
     }
 
     #[test]

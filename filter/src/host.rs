@@ -39,6 +39,7 @@ fn u64_le(bytes: &[u8]) -> Option<u64> {
 
 #[derive(Default)]
 struct Poll {
+    next_report_ms: u64,
     inflight: Option<u32>,
     adopted_version: Option<u64>,
     last_ok_ms: u64,
@@ -204,6 +205,44 @@ impl Root {
         }
     }
 
+    /// Sends this worker's activity counts, once per poll period and only when non-zero.
+    fn maybe_report(&mut self, config: &Config, worker: &RefCell<Worker>, now: u64) {
+        if now < self.poll.next_report_ms {
+            return;
+        }
+        self.poll.next_report_ms =
+            now + u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000);
+        let Some(report) = worker.borrow_mut().take_report() else {
+            return;
+        };
+        let Ok(body) = serde_json::to_vec(&report) else {
+            return;
+        };
+        let headers = vec![
+            (":method", "POST"),
+            (":path", kzscaler_core::wire::ACTIVITY_PATH),
+            (":authority", config.controller_authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        // The answer is ignored (its token is unknown to the worker): a lost report only
+        // delays a sleep, never causes one early, since the controller counts idle time.
+        if let Err(e) = self.dispatch_http_call(
+            &config.controller_cluster,
+            headers,
+            Some(&body),
+            vec![],
+            config.call_timeout,
+        ) {
+            self.warn(
+                now,
+                &format!(
+                    "cannot send activity to cluster {:?}: {e:?}",
+                    config.controller_cluster
+                ),
+            );
+        }
+    }
+
     fn warn(&mut self, now: u64, msg: &str) {
         // At most one warning per 10 s: the controller being away is not news every tick.
         if now.saturating_sub(self.poll.last_warn_ms) >= 10_000 {
@@ -315,6 +354,7 @@ impl RootContext for Root {
         let now = now_ms();
         self.sync_from_shared(&worker);
         self.maybe_poll(&config, now);
+        self.maybe_report(&config, &worker, now);
         let mut host = ProxyHost {
             root_id: self.id,
             config: &config,
@@ -345,17 +385,21 @@ impl RootContext for Root {
                 .as_ref()
                 .map_or(Duration::from_millis(2), |c| c.hold_tick),
             held: false,
+            counted: None,
         }))
     }
 }
 
-/// One request. The warm path: does any destination sleep? Is this cluster one of them?
-/// Anything else continues at once, with no callout and no parsing.
+/// One request. With no managed destination it does nothing. Otherwise it reads the cluster
+/// name, counts the request for a managed one (activity), and holds it only if that
+/// destination is not awake and this Envoy has no endpoint. No callout, no parsing.
 struct Request {
     id: u32,
     worker: Option<Rc<RefCell<Worker>>>,
     hold_tick: Duration,
     held: bool,
+    /// The managed cluster this request counts for, until it ends.
+    counted: Option<String>,
 }
 
 impl Request {
@@ -368,10 +412,14 @@ impl Request {
 
 impl Context for Request {
     fn on_done(&mut self) -> bool {
-        if self.held
-            && let Some(w) = &self.worker
-        {
-            w.borrow_mut().forget(self.id);
+        if let Some(w) = &self.worker {
+            let mut w = w.borrow_mut();
+            if self.held {
+                w.forget(self.id);
+            }
+            if let Some(cluster) = self.counted.take() {
+                w.count_end(&cluster);
+            }
         }
         true
     }
@@ -382,9 +430,9 @@ impl HttpContext for Request {
         let Some(worker) = self.worker.clone() else {
             return Action::Continue;
         };
-        let entry = {
+        let (state, wake_timeout_ms, cluster) = {
             let w = worker.borrow();
-            if !w.table.holds_any() {
+            if w.table.is_empty() {
                 return Action::Continue;
             }
             let Ok(Some(name)) = hostcalls::get_property(vec!["xds", "cluster_name"]) else {
@@ -393,12 +441,32 @@ impl HttpContext for Request {
             let Ok(cluster) = std::str::from_utf8(&name) else {
                 return Action::Continue;
             };
-            match w.table.get(cluster) {
-                Some(e) if e.state.must_hold() => (e, cluster.to_owned()),
-                _ => return Action::Continue,
-            }
+            let Some(e) = w.table.get(cluster) else {
+                return Action::Continue;
+            };
+            let counts = e.counts(
+                self.header("user-agent").as_deref(),
+                self.header(":path").as_deref(),
+            );
+            (
+                e.state,
+                e.wake_timeout_ms,
+                counts
+                    .then(|| cluster.to_owned())
+                    .ok_or_else(|| cluster.to_owned()),
+            )
         };
-        let (entry, cluster) = entry;
+        let cluster = match cluster {
+            Ok(c) => {
+                worker.borrow_mut().count_start(&c);
+                self.counted = Some(c.clone());
+                c
+            }
+            Err(c) => c,
+        };
+        if !state.must_hold() {
+            return Action::Continue;
+        }
         // This Envoy already routes to an endpoint: nothing to wait for.
         let endpoints = hostcalls::get_property(vec!["upstream", "num_endpoints"])
             .ok()
@@ -412,7 +480,7 @@ impl HttpContext for Request {
             .header("content-type")
             .is_some_and(|c| c.starts_with("application/grpc"));
         let budget = hold_budget_ms(
-            entry.wake_timeout_ms,
+            wake_timeout_ms,
             &[
                 self.header("x-envoy-expected-rq-timeout-ms")
                     .as_deref()

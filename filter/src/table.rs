@@ -6,12 +6,28 @@ use std::collections::HashMap;
 use kzscaler_core::wire::{Snapshot, State};
 
 /// What the filter needs of one destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Its state in the snapshot.
     pub state: State,
     /// Longest hold, in milliseconds.
     pub wake_timeout_ms: u64,
+    /// Path prefixes that never count as activity.
+    pub ignore_paths: Vec<String>,
+}
+
+impl Entry {
+    /// Whether a request counts as activity: not a kubelet probe, not an ignored path.
+    pub fn counts(&self, user_agent: Option<&str>, path: Option<&str>) -> bool {
+        if user_agent.is_some_and(|ua| ua.starts_with("kube-probe/")) {
+            return false;
+        }
+        let path = path.unwrap_or("/");
+        !self
+            .ignore_paths
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+    }
 }
 
 /// Managed destinations by cluster name.
@@ -20,7 +36,6 @@ pub struct Table {
     /// The snapshot's version (sent back as `If-None-Match`).
     pub version: u64,
     by_cluster: HashMap<String, Entry>,
-    holds_any: bool,
 }
 
 impl Table {
@@ -28,10 +43,8 @@ impl Table {
     pub fn parse(json: &[u8]) -> Result<Self, String> {
         let snap: Snapshot =
             serde_json::from_slice(json).map_err(|e| format!("snapshot is not valid: {e}"))?;
-        let holds_any = snap.destinations.iter().any(|d| d.state.must_hold());
         Ok(Self {
             version: snap.version,
-            holds_any,
             by_cluster: snap
                 .destinations
                 .into_iter()
@@ -41,6 +54,7 @@ impl Table {
                         Entry {
                             state: d.state,
                             wake_timeout_ms: d.wake_timeout_ms,
+                            ignore_paths: d.ignore_paths,
                         },
                     )
                 })
@@ -49,14 +63,13 @@ impl Table {
     }
 
     /// The destination behind a cluster, if managed.
-    pub fn get(&self, cluster: &str) -> Option<Entry> {
-        self.by_cluster.get(cluster).copied()
+    pub fn get(&self, cluster: &str) -> Option<&Entry> {
+        self.by_cluster.get(cluster)
     }
 
-    /// Whether any destination is asleep or waking. When none is, no request can be held and
-    /// the request path skips even reading the cluster name: that is the warm path.
-    pub fn holds_any(&self) -> bool {
-        self.holds_any
+    /// No managed destination at all: nothing to count or hold, not even a lookup.
+    pub fn is_empty(&self) -> bool {
+        self.by_cluster.is_empty()
     }
 }
 
@@ -74,23 +87,28 @@ mod tests {
         assert_eq!(t.version, 3);
         assert_eq!(
             t.get("outbound|80||web.shop.svc.cluster.local"),
-            Some(Entry {
+            Some(&Entry {
                 state: State::Asleep,
-                wake_timeout_ms: 5000
+                wake_timeout_ms: 5000,
+                ignore_paths: vec![],
             })
         );
         assert_eq!(t.get("outbound|80||db.shop.svc.cluster.local"), None);
-        assert!(t.holds_any());
-        let awake = Table::parse(
-            br#"{"version":4,"destinations":[{"cluster":"c","namespace":"shop","service":"web",
-            "deployment":"web","state":"awake","wake_timeout_ms":5000}]}"#,
-        )
-        .unwrap();
-        assert!(
-            !awake.holds_any(),
-            "all awake: nothing to look up per request"
-        );
-        assert!(!Table::default().holds_any());
+        assert!(!t.is_empty());
+        assert!(Table::default().is_empty());
+    }
+
+    #[test]
+    fn probes_and_ignored_paths_are_not_activity() {
+        let e = Entry {
+            state: State::Awake,
+            wake_timeout_ms: 1,
+            ignore_paths: vec!["/healthz".into()],
+        };
+        assert!(e.counts(Some("curl/8"), Some("/api")));
+        assert!(e.counts(None, None));
+        assert!(!e.counts(Some("kube-probe/1.36"), Some("/api")));
+        assert!(!e.counts(Some("curl/8"), Some("/healthz/ready")));
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! When an awake Deployment goes to sleep: the pure decision, and the activity it is made from.
+//!
+//! ```text
+//!  awake ──idle ≥ idle-timeout──▶ draining (in the snapshot) ──drain period, no activity──▶ sleep
+//!    ▲                               │ activity or activate
+//!    └───────────────────────────────┘
+//! ```
+//! The drain period is at least two filter poll periods, so every filter has seen `draining`
+//! (and holds requests once the endpoints go) before the scale to 0.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::cache::Key;
+
+/// What to do with one Deployment now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing.
+    Stay,
+    /// Mark it draining.
+    Drain,
+    /// Activity came: unmark it.
+    Undrain,
+    /// Scale it to 0.
+    Sleep,
+}
+
+/// The facts one decision needs, all in milliseconds since the epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts {
+    /// Now.
+    pub now: u64,
+    /// Last counted activity (or when the controller first saw it).
+    pub last_active: u64,
+    /// `kzscaler.io/idle-timeout`.
+    pub idle_timeout: Duration,
+    /// `kzscaler.io/paused`.
+    pub paused: bool,
+    /// Awake: replicas and a ready endpoint.
+    pub awake: bool,
+    /// Since when it is draining, if it is.
+    pub draining_since: Option<u64>,
+    /// How long draining lasts before the scale to 0.
+    pub drain_period: Duration,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The decision for one Deployment.
+pub fn decide(f: Facts) -> Step {
+    let draining = f.draining_since.is_some();
+    if !f.awake || f.paused {
+        return if draining { Step::Undrain } else { Step::Stay };
+    }
+    match f.draining_since {
+        Some(since) if f.last_active > since => Step::Undrain,
+        Some(since) if f.now.saturating_sub(since) >= ms(f.drain_period) => Step::Sleep,
+        Some(_) => Step::Stay,
+        None if f.now.saturating_sub(f.last_active) >= ms(f.idle_timeout) => Step::Drain,
+        None => Step::Stay,
+    }
+}
+
+/// Last activity per Deployment. A Deployment first seen now counts as active now, so a
+/// restarted controller never puts anything to sleep before a whole idle timeout.
+#[derive(Debug, Default)]
+pub struct Activity {
+    last: HashMap<Key, u64>,
+}
+
+impl Activity {
+    /// Records activity now.
+    pub fn touch(&mut self, key: &Key, now: u64) {
+        self.last.insert(key.clone(), now);
+    }
+
+    /// Last activity, starting the clock if unknown.
+    pub fn last_active(&mut self, key: &Key, now: u64) -> u64 {
+        *self.last.entry(key.clone()).or_insert(now)
+    }
+
+    /// Forgets Deployments that are no longer managed.
+    pub fn retain(&mut self, keep: impl Fn(&Key) -> bool) {
+        self.last.retain(|k, _| keep(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            now: 100_000,
+            last_active: 100_000,
+            idle_timeout: Duration::from_secs(10),
+            paused: false,
+            awake: true,
+            draining_since: None,
+            drain_period: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn drains_after_the_idle_timeout_then_sleeps_after_the_drain_period() {
+        let f = Facts {
+            now: 109_999,
+            last_active: 100_000,
+            ..facts()
+        };
+        assert_eq!(decide(f), Step::Stay);
+        let f = Facts { now: 110_000, ..f };
+        assert_eq!(decide(f), Step::Drain);
+        let f = Facts {
+            draining_since: Some(110_000),
+            now: 111_999,
+            ..f
+        };
+        assert_eq!(decide(f), Step::Stay);
+        assert_eq!(decide(Facts { now: 112_000, ..f }), Step::Sleep);
+    }
+
+    #[test]
+    fn activity_while_draining_cancels_the_sleep() {
+        let f = Facts {
+            draining_since: Some(110_000),
+            last_active: 110_500,
+            now: 113_000,
+            ..facts()
+        };
+        assert_eq!(decide(f), Step::Undrain);
+    }
+
+    #[test]
+    fn paused_or_not_awake_never_sleeps() {
+        let idle = Facts {
+            now: 1_000_000,
+            last_active: 0,
+            ..facts()
+        };
+        assert_eq!(
+            decide(Facts {
+                paused: true,
+                ..idle
+            }),
+            Step::Stay
+        );
+        assert_eq!(
+            decide(Facts {
+                awake: false,
+                ..idle
+            }),
+            Step::Stay
+        );
+        assert_eq!(
+            decide(Facts {
+                paused: true,
+                draining_since: Some(1),
+                ..idle
+            }),
+            Step::Undrain
+        );
+    }
+
+    #[test]
+    fn unknown_deployments_start_their_clock_now() {
+        let mut a = Activity::default();
+        let k = Key {
+            namespace: "shop".into(),
+            name: "web".into(),
+        };
+        assert_eq!(a.last_active(&k, 5), 5);
+        assert_eq!(a.last_active(&k, 50), 5);
+        a.touch(&k, 60);
+        assert_eq!(a.last_active(&k, 70), 60);
+    }
+}

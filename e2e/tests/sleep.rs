@@ -1,0 +1,260 @@
+//! Sleep when idle, on the test bed: real controller, real filter counting activity in the
+//! mesh simulator's Envoy. Idle timeouts are seconds here.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::PostParams;
+use kzscaler_core::wire::State;
+use kzscaler_e2e::fixtures::service;
+use kzscaler_e2e::kz::{cluster, managed_deployment, wait_filter_sees};
+use kzscaler_e2e::namespace::TempNamespace;
+use kzscaler_e2e::testbed::TestBed;
+
+const REQ: Duration = Duration::from_secs(30);
+
+async fn managed(
+    ns: &TempNamespace,
+    name: &str,
+    idle: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let mut d = managed_deployment(name, 1, "30s");
+    let a = d.metadata.annotations.get_or_insert_default();
+    a.insert("kzscaler.io/idle-timeout".into(), idle.into());
+    for (k, v) in extra {
+        a.insert((*k).into(), (*v).into());
+    }
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service(name, name, 80, "http"))
+        .await?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &d)
+        .await?;
+    let controller = ns.bed.controller.clone().unwrap_or_default();
+    wait_filter_sees(ns, &controller, &cluster(&ns.name, name, 80), State::Awake).await
+}
+
+async fn annotations(ns: &TempNamespace, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    Ok(ns
+        .api::<Deployment>()
+        .get(name)
+        .await?
+        .metadata
+        .annotations
+        .unwrap_or_default())
+}
+
+async fn replicas(ns: &TempNamespace, name: &str) -> anyhow::Result<i32> {
+    Ok(ns
+        .api::<Deployment>()
+        .get(name)
+        .await?
+        .spec
+        .and_then(|s| s.replicas)
+        .unwrap_or(0))
+}
+
+#[tokio::test]
+async fn idle_deployment_sleeps_within_idle_timeout_plus_10s_and_wakes_back() -> anyhow::Result<()>
+{
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "idle", &[]).await?;
+    managed(&ns, "web", "3s", &[]).await?;
+    ns.wait_for(
+        "the idle Deployment to be scaled to 0",
+        Duration::from_secs(13),
+        || async { Ok((replicas(&ns, "web").await? == 0).then_some(())) },
+    )
+    .await?;
+    let a = annotations(&ns, "web").await?;
+    assert_eq!(
+        a.get("kzscaler.io/state").map(String::as_str),
+        Some("asleep"),
+        "{a:?}"
+    );
+    assert_eq!(
+        a.get("kzscaler.io/replicas-before-sleep")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert!(a.contains_key("kzscaler.io/slept-at"), "{a:?}");
+
+    let controller = bed.controller.clone().unwrap_or_default();
+    wait_filter_sees(
+        &ns,
+        &controller,
+        &cluster(&ns.name, "web", 80),
+        State::Asleep,
+    )
+    .await?;
+    let r = bed.get(&format!("web.{}", ns.name), "/", REQ).await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        replicas(&ns, "web").await?,
+        1,
+        "woken to the count before sleep"
+    );
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn a_request_every_second_keeps_it_awake() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "busy", &[]).await?;
+    managed(&ns, "web", "3s", &[]).await?;
+    for i in 0..8 {
+        let r = bed
+            .get(&format!("web.{}", ns.name), &format!("/{i}"), REQ)
+            .await?;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(replicas(&ns, "web").await?, 1);
+    assert!(
+        !annotations(&ns, "web")
+            .await?
+            .contains_key("kzscaler.io/slept-at"),
+        "it never slept"
+    );
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn a_long_in_flight_request_keeps_it_awake() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "stream", &[]).await?;
+    managed(&ns, "web", "2s", &[]).await?;
+    // One request streaming for about 7 s, more than three idle timeouts.
+    let r = bed
+        .get(
+            &format!("web.{}", ns.name),
+            "/?stream=8&interval_ms=1000",
+            REQ,
+        )
+        .await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.lines().count(), 8, "the whole stream arrived");
+    assert!(
+        !annotations(&ns, "web")
+            .await?
+            .contains_key("kzscaler.io/slept-at"),
+        "it never slept while the stream ran"
+    );
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn probe_and_ignored_path_traffic_alone_lets_it_sleep() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "probes", &[]).await?;
+    managed(
+        &ns,
+        "web",
+        "3s",
+        &[("kzscaler.io/ignore-paths", "/healthz,/metrics")],
+    )
+    .await?;
+    let host = format!("web.{}", ns.name);
+    let start = Instant::now();
+    let mut sent = 0;
+    // kube-probe user agents and ignored paths, every 300 ms, until it has slept.
+    while !annotations(&ns, "web")
+        .await?
+        .contains_key("kzscaler.io/slept-at")
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(15),
+            "still awake after 15 s of health-check traffic"
+        );
+        let probe = http_get_with_agent(&bed, &host, "/", "kube-probe/1.36").await?;
+        let health = bed.get(&host, "/healthz", REQ).await?;
+        anyhow::ensure!(
+            probe == 200 && health.status == 200,
+            "health checks must succeed: {probe} {}",
+            health.status
+        );
+        sent += 2;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!(
+        "[e2e] slept after {:?} with {sent} health-check requests",
+        start.elapsed()
+    );
+    ns.cleanup().await
+}
+
+async fn http_get_with_agent(
+    bed: &TestBed,
+    host: &str,
+    path: &str,
+    agent: &str,
+) -> anyhow::Result<u16> {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "30",
+            "-A",
+            agent,
+            "-H",
+        ])
+        .arg(format!("Host: {host}"))
+        .arg(format!("http://{}{path}", bed.envoy))
+        .output()
+        .await?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0))
+}
+
+#[tokio::test]
+async fn traffic_across_sleep_and_wake_cycles_gets_no_error() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "cycles", &[]).await?;
+    managed(&ns, "web", "2s", &[]).await?;
+    let host = format!("web.{}", ns.name);
+    let mut statuses: BTreeMap<u16, u32> = BTreeMap::new();
+    let mut sleeps = std::collections::BTreeSet::new();
+    for cycle in 0..3 {
+        // A burst at 10 requests/s, then a pause long enough to fall asleep.
+        for i in 0..20 {
+            let r = bed.get(&host, &format!("/c{cycle}/{i}"), REQ).await?;
+            *statuses.entry(r.status).or_default() += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let wait = Instant::now();
+        loop {
+            let a = annotations(&ns, "web").await?;
+            if let Some(at) = a.get("kzscaler.io/slept-at")
+                && a.get("kzscaler.io/state").map(String::as_str) == Some("asleep")
+                && sleeps.insert(at.clone())
+            {
+                break;
+            }
+            anyhow::ensure!(
+                wait.elapsed() < Duration::from_secs(15),
+                "cycle {cycle}: did not fall asleep"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!(
+        "[e2e] statuses over 3 sleep/wake cycles: {statuses:?}, sleeps: {}",
+        sleeps.len()
+    );
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{statuses:?}"
+    );
+    assert_eq!(sleeps.len(), 3);
+    ns.cleanup().await
+}
