@@ -32,7 +32,7 @@ kind: Deployment
 metadata:
   name: hello
   namespace: $NS
-  annotations: {kzscaler.io/scale-to-zero: "true", kzscaler.io/wake-timeout: "30s"}
+  annotations: {kzscaler.io/scale-to-zero: "true", kzscaler.io/wake-timeout: "30s", kzscaler.io/idle-timeout: "10s"}
 spec:
   replicas: 0
   selector: {matchLabels: {app: hello}}
@@ -96,12 +96,21 @@ sleep 0.5
 echo "    recorded on the Deployment: kzscaler.io/last-wake=$(kubectl -n "$NS" get deployment hello -o jsonpath='{.metadata.annotations.kzscaler\.io/last-wake}')"
 kubectl -n "$NS" get events --field-selector reason=Woke -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 2 || true
 
+step "no more requests: hello falls asleep after its 10s idle timeout"
+for i in $(seq 40); do
+  [ "$(kubectl -n "$NS" get deployment hello -o jsonpath='{.spec.replicas}')" = 0 ] && break
+  sleep 0.5
+  [ $((i % 4)) = 0 ] && printf '    %ss...\n' $((i / 2))
+done
+kubectl -n "$NS" get deployment hello
+kubectl -n "$NS" get events --field-selector reason=Slept -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 1 || true
+
 cat <<MSG
 
 The test bed is still running. Try it yourself:
   source .local/env
-  kubectl -n $NS scale deployment hello --replicas 0     # put it to sleep (idle sleep comes later)
   curl -H 'Host: hello.$NS' http://\$KZSCALER_ENVOY/      # held, woken, answered
+  kubectl -n $NS get deployment hello -w                  # asleep again 10s later
   curl http://\$KZSCALER_CONTROLLER/v1/snapshot            # what the filters see
   curl http://\$KZSCALER_CONTROLLER/metrics | grep kzscaler_
 Stop it with: hack/local-down.sh

@@ -14,6 +14,7 @@
 //! when the caller went away first.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use kzscaler_core::ClusterName;
 use kzscaler_core::wire::{ActivateRequest, ActivateResponse, ActivityReport, ClusterCount, State};
@@ -83,7 +84,7 @@ pub struct Worker {
     clusters: HashMap<String, Activation>,
     tokens: HashMap<u32, String>,
     /// Per managed cluster: requests since the last report, requests in flight.
-    counts: HashMap<String, (u64, u64)>,
+    counts: HashMap<Rc<str>, (u64, u64)>,
 }
 
 const FIRST_BACKOFF_MS: u64 = 50;
@@ -135,10 +136,16 @@ impl Worker {
     }
 
     /// A counted request to `cluster` started.
-    pub fn count_start(&mut self, cluster: &str) {
-        let c = self.counts.entry(cluster.to_owned()).or_default();
-        c.0 += 1;
-        c.1 += 1;
+    pub fn count_start(&mut self, cluster: &Rc<str>) {
+        match self.counts.get_mut(&**cluster) {
+            Some(c) => {
+                c.0 += 1;
+                c.1 += 1;
+            }
+            None => {
+                self.counts.insert(cluster.clone(), (1, 1));
+            }
+        }
     }
 
     /// A counted request to `cluster` ended.
@@ -161,7 +168,7 @@ impl Worker {
             .map(|(cluster, c)| {
                 let requests = std::mem::take(&mut c.0);
                 ClusterCount {
-                    cluster: cluster.clone(),
+                    cluster: cluster.to_string(),
                     requests,
                     in_flight: c.1,
                 }
@@ -452,8 +459,9 @@ mod tests {
     fn reports_requests_and_in_flight_then_nothing_when_idle() {
         let mut w = Worker::new(10);
         assert_eq!(w.take_report(), None, "idle: nothing to send");
-        w.count_start(WEB);
-        w.count_start(WEB);
+        let web: Rc<str> = Rc::from(WEB);
+        w.count_start(&web);
+        w.count_start(&web);
         w.count_end(WEB);
         let r = w.take_report().unwrap();
         assert_eq!((r.outbound[0].requests, r.outbound[0].in_flight), (2, 1));

@@ -399,7 +399,7 @@ struct Request {
     hold_tick: Duration,
     held: bool,
     /// The managed cluster this request counts for, until it ends.
-    counted: Option<String>,
+    counted: Option<Rc<str>>,
 }
 
 impl Request {
@@ -430,7 +430,7 @@ impl HttpContext for Request {
         let Some(worker) = self.worker.clone() else {
             return Action::Continue;
         };
-        let (state, wake_timeout_ms, cluster) = {
+        let (state, wake_timeout_ms, counts, cluster) = {
             let w = worker.borrow();
             if w.table.is_empty() {
                 return Action::Continue;
@@ -444,26 +444,15 @@ impl HttpContext for Request {
             let Some(e) = w.table.get(cluster) else {
                 return Action::Continue;
             };
-            let counts = e.counts(
-                self.header("user-agent").as_deref(),
-                self.header(":path").as_deref(),
-            );
-            (
-                e.state,
-                e.wake_timeout_ms,
-                counts
-                    .then(|| cluster.to_owned())
-                    .ok_or_else(|| cluster.to_owned()),
-            )
+            let counts = e.counts(self.header("user-agent").as_deref(), || {
+                self.header(":path")
+            });
+            (e.state, e.wake_timeout_ms, counts, e.cluster.clone())
         };
-        let cluster = match cluster {
-            Ok(c) => {
-                worker.borrow_mut().count_start(&c);
-                self.counted = Some(c.clone());
-                c
-            }
-            Err(c) => c,
-        };
+        if counts {
+            worker.borrow_mut().count_start(&cluster);
+            self.counted = Some(cluster.clone());
+        }
         if !state.must_hold() {
             return Action::Continue;
         }

@@ -2,12 +2,15 @@
 //! per snapshot change (on tick), never per request.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use kzscaler_core::wire::{Snapshot, State};
 
 /// What the filter needs of one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The cluster name, shared with the activity counters (no allocation per request).
+    pub cluster: Rc<str>,
     /// Its state in the snapshot.
     pub state: State,
     /// Longest hold, in milliseconds.
@@ -17,12 +20,16 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Whether a request counts as activity: not a kubelet probe, not an ignored path.
-    pub fn counts(&self, user_agent: Option<&str>, path: Option<&str>) -> bool {
+    /// Whether a request counts as activity: not a kubelet probe, not an ignored path. The
+    /// path is asked for only when there are ignored paths (it costs a call into Envoy).
+    pub fn counts(&self, user_agent: Option<&str>, path: impl FnOnce() -> Option<String>) -> bool {
         if user_agent.is_some_and(|ua| ua.starts_with("kube-probe/")) {
             return false;
         }
-        let path = path.unwrap_or("/");
+        if self.ignore_paths.is_empty() {
+            return true;
+        }
+        let path = path().unwrap_or_else(|| "/".to_owned());
         !self
             .ignore_paths
             .iter()
@@ -50,8 +57,9 @@ impl Table {
                 .into_iter()
                 .map(|d| {
                     (
-                        d.cluster,
+                        d.cluster.clone(),
                         Entry {
+                            cluster: Rc::from(d.cluster.as_str()),
                             state: d.state,
                             wake_timeout_ms: d.wake_timeout_ms,
                             ignore_paths: d.ignore_paths,
@@ -88,6 +96,7 @@ mod tests {
         assert_eq!(
             t.get("outbound|80||web.shop.svc.cluster.local"),
             Some(&Entry {
+                cluster: Rc::from("outbound|80||web.shop.svc.cluster.local"),
                 state: State::Asleep,
                 wake_timeout_ms: 5000,
                 ignore_paths: vec![],
@@ -101,14 +110,24 @@ mod tests {
     #[test]
     fn probes_and_ignored_paths_are_not_activity() {
         let e = Entry {
+            cluster: Rc::from("c"),
             state: State::Awake,
             wake_timeout_ms: 1,
             ignore_paths: vec!["/healthz".into()],
         };
-        assert!(e.counts(Some("curl/8"), Some("/api")));
-        assert!(e.counts(None, None));
-        assert!(!e.counts(Some("kube-probe/1.36"), Some("/api")));
-        assert!(!e.counts(Some("curl/8"), Some("/healthz/ready")));
+        let path = |p: &str| {
+            let p = p.to_owned();
+            move || Some(p)
+        };
+        assert!(e.counts(Some("curl/8"), path("/api")));
+        assert!(e.counts(None, || None));
+        assert!(!e.counts(Some("kube-probe/1.36"), path("/api")));
+        assert!(!e.counts(Some("curl/8"), path("/healthz/ready")));
+        let no_ignores = Entry {
+            ignore_paths: vec![],
+            ..e
+        };
+        assert!(no_ignores.counts(Some("curl/8"), || None));
     }
 
     #[test]
