@@ -91,7 +91,15 @@ async fn idle_deployment_sleeps_within_idle_timeout_plus_10s_and_wakes_back() ->
     )
     .await?;
     let r = bed.get(&format!("web.{}", ns.name), "/", REQ).await?;
-    assert_eq!(r.status, 200, "{}", r.body);
+    if r.status != 200 {
+        anyhow::bail!(
+            "the waking request got {} {:?} {}\n{}",
+            r.status,
+            r.headers,
+            r.body,
+            ns.dump().await
+        );
+    }
     assert_eq!(
         replicas(&ns, "web").await?,
         1,

@@ -6,8 +6,8 @@
 //!  ─────────────────────────────         ───────────────────────────────────────────────────
 //!  managed + asleep/waking + this        per cluster: one activate call at a time (coalesced)
 //!  Envoy has no endpoint → hold()  ───▶  activate said awake and num_endpoints > 0 on one
-//!  (Pause)                               tick → resume on the next tick (the worker's host
-//!                                        list lags the counter); deadline → 503 / grpc 14
+//!  (Pause)                               ticks → resume on the third (the worker's host list
+//!                                        lags the counter); deadline → 503 / grpc 14
 //! ```
 //!
 //! Every held request ends in exactly one of `resume` or `reply`, or is dropped by `forget`
@@ -69,7 +69,8 @@ struct Held {
 struct Activation {
     inflight: Option<u32>,
     ready: bool,
-    endpoints_seen: bool,
+    /// Ticks on which this Envoy's counter showed endpoints (see [`SIGHTINGS_BEFORE_RESUME`]).
+    endpoints_seen: u8,
     retry_at_ms: u64,
     backoff_ms: u64,
 }
@@ -89,6 +90,11 @@ pub struct Worker {
 
 const FIRST_BACKOFF_MS: u64 = 50;
 const MAX_BACKOFF_MS: u64 = 1_000;
+/// Ticks that must have seen `upstream.num_endpoints > 0` before a held request resumes. The
+/// counter is updated on Envoy's main thread before the worker's host list: resuming at the
+/// first sighting gave 503s (REFERENCE.md); waiting event-loop turns lets the list catch up,
+/// and two give a margin on a loaded machine.
+const SIGHTINGS_BEFORE_RESUME: u8 = 2;
 /// Extra time the activate callout gets beyond the deadline the controller is told.
 const CALL_SLACK_MS: u64 = 500;
 
@@ -146,6 +152,13 @@ impl Worker {
                 self.counts.insert(cluster.clone(), (1, 1));
             }
         }
+    }
+
+    /// Whether `cluster` already had a counted request since the last report. Then the
+    /// period's activity is established, and later requests need not be checked for probes
+    /// or ignored paths (each check is a call into Envoy).
+    pub fn counted_this_period(&self, cluster: &str) -> bool {
+        self.counts.get(cluster).is_some_and(|c| c.0 > 0)
     }
 
     /// A counted request to `cluster` ended.
@@ -256,11 +269,10 @@ impl Worker {
                     continue;
                 };
                 if host.num_endpoints(first.ctx).unwrap_or(0) > 0 {
-                    if act.endpoints_seen {
+                    if act.endpoints_seen >= SIGHTINGS_BEFORE_RESUME {
                         resume.push(cluster.clone());
                     } else {
-                        // Seen now; resume on the next tick, once the worker's host list caught up.
-                        act.endpoints_seen = true;
+                        act.endpoints_seen += 1;
                     }
                 }
             } else if act.inflight.is_none() && now >= act.retry_at_ms {
@@ -337,7 +349,7 @@ impl Worker {
                 if let Some(first) = self.held.iter().find(|h| h.cluster == cluster)
                     && host.num_endpoints(first.ctx).unwrap_or(0) > 0
                 {
-                    act.endpoints_seen = true;
+                    act.endpoints_seen = 1;
                 }
             }
             Some(404) => {
@@ -429,10 +441,9 @@ mod tests {
         assert!(host.resumed.is_empty(), "no endpoint in this Envoy yet");
         host.endpoints = 1;
         w.tick(&mut host);
-        assert!(
-            host.resumed.is_empty(),
-            "first sighting: wait one more tick"
-        );
+        assert!(host.resumed.is_empty(), "first sighting: wait");
+        w.tick(&mut host);
+        assert!(host.resumed.is_empty(), "second sighting: wait once more");
         w.tick(&mut host);
         assert_eq!(host.resumed, vec![1, 2]);
         assert!(host.replies.is_empty());
@@ -440,7 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_already_visible_when_activate_answers_resume_on_the_next_tick() {
+    fn endpoints_already_visible_when_activate_answers_count_as_a_sighting() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
         w.hold(1, WEB, 5_000, false, 0);
@@ -452,7 +463,9 @@ mod tests {
             "never resumed inside the callout answer"
         );
         w.tick(&mut host);
-        assert_eq!(host.resumed, vec![1]);
+        assert!(host.resumed.is_empty(), "second sighting: wait once more");
+        w.tick(&mut host);
+        assert_eq!(host.resumed, vec![1], "the answer was the first sighting");
     }
 
     #[test]

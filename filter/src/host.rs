@@ -444,9 +444,10 @@ impl HttpContext for Request {
             let Some(e) = w.table.get(cluster) else {
                 return Action::Continue;
             };
-            let counts = e.counts(self.header("user-agent").as_deref(), || {
-                self.header(":path")
-            });
+            let counts = w.counted_this_period(cluster)
+                || e.counts(self.header("user-agent").as_deref(), || {
+                    self.header(":path")
+                });
             (e.state, e.wake_timeout_ms, counts, e.cluster.clone())
         };
         if counts {
