@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kzscaler_core::names;
 use kzscaler_core::spec::ManagedSpec;
 
 use crate::mutate::pod_patch;
@@ -93,7 +94,14 @@ pub fn validate(body: &[u8]) -> (AdmissionResponse, Outcome) {
     let Some(obj) = req.object.as_ref() else {
         return (resp, Outcome::Admitted);
     };
-    let annotations = obj.metadata.annotations.clone().unwrap_or_default();
+    let mut annotations = obj.metadata.annotations.clone().unwrap_or_default();
+    // Settings on a Deployment that is not (yet) managed are checked too: a typo should not
+    // wait until someone turns scale-to-zero on.
+    if !annotations.contains_key(names::SCALE_TO_ZERO)
+        && annotations.keys().any(|k| k.starts_with("kzscaler.io/"))
+    {
+        annotations.insert(names::SCALE_TO_ZERO.to_owned(), "true".to_owned());
+    }
     match ManagedSpec::from_annotations(&annotations) {
         Ok(_) => (resp, Outcome::Admitted),
         Err(e) => (resp.deny(format!("kzscaler: {e}")), Outcome::Denied),
@@ -185,6 +193,26 @@ mod tests {
         let msg = r["status"]["message"].as_str().unwrap();
         assert!(
             msg.contains("kzscaler.io/idle-timeout") && msg.contains("\"10\""),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_settings_on_an_unmanaged_deployment_are_denied_too() {
+        let body = review(
+            "Deployment",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "annotations": {
+                "kzscaler.io/wake-timeout": "forever"}}}),
+        );
+        let (resp, outcome) = validate(&body);
+        assert_eq!(outcome, Outcome::Denied);
+        let msg = response(resp)["status"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            msg.contains("kzscaler.io/wake-timeout") && msg.contains("forever"),
             "{msg}"
         );
     }
