@@ -94,7 +94,7 @@ echo "    $status after ${secs}s: $(cat /tmp/kzscaler-demo.body)"
 kubectl -n "$NS" get deployment hello
 sleep 0.5
 echo "    recorded on the Deployment: kzscaler.io/last-wake=$(kubectl -n "$NS" get deployment hello -o jsonpath='{.metadata.annotations.kzscaler\.io/last-wake}')"
-kubectl -n "$NS" get events --field-selector reason=Woke -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 2 || true
+kubectl -n "$NS" get events --field-selector reason=Woke --sort-by=.metadata.creationTimestamp -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 1 || true
 
 step "no more requests: hello falls asleep after its 10s idle timeout"
 for i in $(seq 40); do
@@ -103,7 +103,7 @@ for i in $(seq 40); do
   [ $((i % 4)) = 0 ] && printf '    %ss...\n' $((i / 2))
 done
 kubectl -n "$NS" get deployment hello
-kubectl -n "$NS" get events --field-selector reason=Slept -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 1 || true
+kubectl -n "$NS" get events --field-selector reason=Slept --sort-by=.metadata.creationTimestamp -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 1 || true
 
 cat <<MSG
 
