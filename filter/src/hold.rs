@@ -14,6 +14,7 @@
 //! when the caller went away first.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::rc::Rc;
 
 use kzscaler_core::ClusterName;
@@ -84,7 +85,14 @@ pub struct Worker {
     held: Vec<Held>,
     clusters: HashMap<String, Activation>,
     tokens: HashMap<u32, String>,
-    /// Per managed cluster: requests since the last report, requests in flight.
+    /// Activity counters, reported on tick.
+    pub counters: Counters,
+}
+
+/// Per managed cluster: requests since the last report, and requests in flight. A separate
+/// struct so the request path can count while it reads the table (disjoint borrows).
+#[derive(Debug, Default)]
+pub struct Counters {
     counts: HashMap<Rc<str>, (u64, u64)>,
 }
 
@@ -137,32 +145,39 @@ impl Worker {
             held: Vec::new(),
             clusters: HashMap::new(),
             tokens: HashMap::new(),
-            counts: HashMap::new(),
+            counters: Counters::default(),
         }
     }
+}
 
-    /// A counted request to `cluster` started.
-    pub fn count_start(&mut self, cluster: &Rc<str>) {
-        match self.counts.get_mut(&**cluster) {
-            Some(c) => {
+impl Counters {
+    /// Counts a request to `cluster` as started, unless `is_activity` says it is not (a probe,
+    /// an ignored path). `is_activity` is asked only for the first request of a report period:
+    /// after that the period's activity is established and the check (calls into Envoy) is
+    /// not worth its cost. Returns whether it counted (then it is in flight until [`Self::end`]).
+    pub fn start(&mut self, cluster: &Rc<str>, is_activity: impl FnOnce() -> bool) -> bool {
+        // One hash lookup; cloning the Rc only bumps a count.
+        match self.counts.entry(cluster.clone()) {
+            Entry::Occupied(mut o) => {
+                let c = o.get_mut();
+                if c.0 == 0 && !is_activity() {
+                    return false;
+                }
                 c.0 += 1;
                 c.1 += 1;
             }
-            None => {
-                self.counts.insert(cluster.clone(), (1, 1));
+            Entry::Vacant(v) => {
+                if !is_activity() {
+                    return false;
+                }
+                v.insert((1, 1));
             }
         }
-    }
-
-    /// Whether `cluster` already had a counted request since the last report. Then the
-    /// period's activity is established, and later requests need not be checked for probes
-    /// or ignored paths (each check is a call into Envoy).
-    pub fn counted_this_period(&self, cluster: &str) -> bool {
-        self.counts.get(cluster).is_some_and(|c| c.0 > 0)
+        true
     }
 
     /// A counted request to `cluster` ended.
-    pub fn count_end(&mut self, cluster: &str) {
+    pub fn end(&mut self, cluster: &str) {
         if let Some(c) = self.counts.get_mut(cluster) {
             c.1 = c.1.saturating_sub(1);
         }
@@ -193,7 +208,9 @@ impl Worker {
             inbound: None,
         })
     }
+}
 
+impl Worker {
     /// Whether any request is held (the root ticks fast then).
     pub fn holding(&self) -> bool {
         !self.held.is_empty()
@@ -470,22 +487,33 @@ mod tests {
 
     #[test]
     fn reports_requests_and_in_flight_then_nothing_when_idle() {
-        let mut w = Worker::new(10);
-        assert_eq!(w.take_report(), None, "idle: nothing to send");
+        let mut c = Counters::default();
+        assert_eq!(c.take_report(), None, "idle: nothing to send");
         let web: Rc<str> = Rc::from(WEB);
-        w.count_start(&web);
-        w.count_start(&web);
-        w.count_end(WEB);
-        let r = w.take_report().unwrap();
+        assert!(c.start(&web, || true));
+        assert!(c.start(&web, || unreachable!("checked once per period")));
+        c.end(WEB);
+        let r = c.take_report().unwrap();
         assert_eq!((r.outbound[0].requests, r.outbound[0].in_flight), (2, 1));
-        let r = w.take_report().unwrap();
+        let r = c.take_report().unwrap();
         assert_eq!(
             (r.outbound[0].requests, r.outbound[0].in_flight),
             (0, 1),
             "a long request keeps reporting"
         );
-        w.count_end(WEB);
-        assert_eq!(w.take_report(), None);
+        c.end(WEB);
+        assert_eq!(c.take_report(), None);
+    }
+
+    #[test]
+    fn requests_that_are_not_activity_are_not_counted() {
+        let mut c = Counters::default();
+        let web: Rc<str> = Rc::from(WEB);
+        assert!(!c.start(&web, || false), "a probe first in the period");
+        assert_eq!(c.take_report(), None);
+        assert!(c.start(&web, || true));
+        assert!(!c.take_report().unwrap().outbound.is_empty());
+        assert!(!c.start(&web, || false), "a new period checks again");
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl Root {
         }
         self.poll.next_report_ms =
             now + u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000);
-        let Some(report) = worker.borrow_mut().take_report() else {
+        let Some(report) = worker.borrow_mut().counters.take_report() else {
             return;
         };
         let Ok(body) = serde_json::to_vec(&report) else {
@@ -418,7 +418,7 @@ impl Context for Request {
                 w.forget(self.id);
             }
             if let Some(cluster) = self.counted.take() {
-                w.count_end(&cluster);
+                w.counters.end(&cluster);
             }
         }
         true
@@ -430,8 +430,9 @@ impl HttpContext for Request {
         let Some(worker) = self.worker.clone() else {
             return Action::Continue;
         };
-        let (state, wake_timeout_ms, counts, cluster) = {
-            let w = worker.borrow();
+        let (state, wake_timeout_ms, cluster) = {
+            let mut guard = worker.borrow_mut();
+            let w = &mut *guard;
             if w.table.is_empty() {
                 return Action::Continue;
             }
@@ -444,16 +445,16 @@ impl HttpContext for Request {
             let Some(e) = w.table.get(cluster) else {
                 return Action::Continue;
             };
-            let counts = w.counted_this_period(cluster)
-                || e.counts(self.header("user-agent").as_deref(), || {
+            let counted = w.counters.start(&e.cluster, || {
+                e.counts(self.header("user-agent").as_deref(), || {
                     self.header(":path")
-                });
-            (e.state, e.wake_timeout_ms, counts, e.cluster.clone())
+                })
+            });
+            if counted {
+                self.counted = Some(e.cluster.clone());
+            }
+            (e.state, e.wake_timeout_ms, e.cluster.clone())
         };
-        if counts {
-            worker.borrow_mut().count_start(&cluster);
-            self.counted = Some(cluster.clone());
-        }
         if !state.must_hold() {
             return Action::Continue;
         }
