@@ -63,7 +63,6 @@ async fn request_to_asleep_deployment_is_held_until_it_wakes() -> anyhow::Result
         "{identity}"
     );
     assert_eq!(replicas(&ns, "web").await?, 1, "woken to max(1, ...)");
-    let dep = ns.api::<Deployment>().get("web").await?;
     let last_wake = ns
         .wait_for(
             "the wake to be recorded on the Deployment",
@@ -78,7 +77,6 @@ async fn request_to_asleep_deployment_is_held_until_it_wakes() -> anyhow::Result
         .await?;
     let record: serde_json::Value = serde_json::from_str(&last_wake)?;
     assert!(record["endpoint_ready_ms"].is_u64(), "{record}");
-    assert!(dep.metadata.name.is_some());
     ns.cleanup().await
 }
 

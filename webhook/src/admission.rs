@@ -1,7 +1,5 @@
 //! Admission decisions: pure functions from an `AdmissionRequest` to an `AdmissionResponse`.
 
-use std::collections::BTreeMap;
-
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kzscaler_core::names;
@@ -45,10 +43,6 @@ fn request(body: &[u8]) -> Result<AdmissionRequest<DynamicObject>, String> {
         .map_err(|e| format!("the AdmissionReview has no request: {e}"))
 }
 
-fn map_of(v: Option<&BTreeMap<String, String>>) -> Option<BTreeMap<String, String>> {
-    v.cloned()
-}
-
 /// Pod CREATE: adds the filter label and the WasmPlugin annotation (idempotent).
 pub fn mutate(body: &[u8], wasmplugin: &str) -> (AdmissionResponse, Outcome) {
     let req = match request(body) {
@@ -65,8 +59,8 @@ pub fn mutate(body: &[u8], wasmplugin: &str) -> (AdmissionResponse, Outcome) {
         .or_else(|| pod.metadata.namespace.clone())
         .unwrap_or_default();
     let ops = pod_patch(
-        map_of(pod.metadata.labels.as_ref()).as_ref(),
-        map_of(pod.metadata.annotations.as_ref()).as_ref(),
+        pod.metadata.labels.as_ref(),
+        pod.metadata.annotations.as_ref(),
         &namespace,
         wasmplugin,
     );
