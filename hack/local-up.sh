@@ -123,7 +123,8 @@ start_component kube-controller-manager "$KCM_PORT" "https_healthz $KCM_PORT" 60
   --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" \
   --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --leader-elect=false \
   --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
-  --use-service-account-credentials=false --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10
+  --use-service-account-credentials=false --concurrent-deployment-syncs 10 --concurrent-replicaset-syncs 10 \
+  --horizontal-pod-autoscaler-sync-period 1s
 start_component kube-scheduler "$SCHEDULER_PORT" "https_healthz $SCHEDULER_PORT" 60 \
   kube-scheduler --kubeconfig "$KUBECONFIG" \
   --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" \
@@ -194,7 +195,12 @@ restart_if_newer controller "$REPO_ROOT/target/debug/kzscaler-controller" "$WASM
 restart_if_newer webhook "$REPO_ROOT/target/debug/kzscaler-webhook"
 restart_if_newer meshsim "$REPO_ROOT/target/debug/kzscaler-meshsim" "$WASM"
 
-controller_ready() { curl -sf "http://127.0.0.1:$CONTROLLER_PORT/readyz" >/dev/null; }
+# Ready: caches synced and leading (Lease kzscaler-system/kzscaler-controller; a controller
+# killed earlier holds it for up to --lease-duration-seconds).
+controller_ready() {
+  curl -sf "http://127.0.0.1:$CONTROLLER_PORT/readyz" >/dev/null &&
+    curl -sf "http://127.0.0.1:$CONTROLLER_PORT/leaderz" >/dev/null
+}
 # kzscaler's ServiceAccounts and RBAC exactly as manifests/ has them; the controller runs with
 # its ServiceAccount's token, so a missing permission fails the tests.
 log=$KZSCALER_STATE_DIR/logs/rbac.log
@@ -210,11 +216,14 @@ ok "controller runs as system:serviceaccount:kzscaler-system:kzscaler-controller
 
 # The plugin configuration a WasmPlugin would carry; a short poll period suits tests and demos.
 PLUGIN_CONFIG=${KZSCALER_PLUGIN_CONFIG:-'{"poll_period_ms": 200}'}
-# The controller serves the module and keeps a WasmPlugin in each opted-in namespace.
+# The controller serves the module and keeps a WasmPlugin in each opted-in namespace. Tests
+# that kill controllers run their own for one namespace labelled kzscaler.io/e2e-controller,
+# which this one leaves alone.
 start_component controller "$CONTROLLER_PORT" controller_ready 60 \
   env KUBECONFIG="$CONTROLLER_KUBECONFIG" kzscaler-controller --listen "127.0.0.1:$CONTROLLER_PORT" \
   --module-file "$WASM" --module-url "http://127.0.0.1:$CONTROLLER_PORT/v1/module" \
-  --plugin-config "$PLUGIN_CONFIG" --wasmplugin-resync-seconds 2
+  --plugin-config "$PLUGIN_CONFIG" --wasmplugin-resync-seconds 2 --lease-duration-seconds 5 \
+  --namespace-selector '!kzscaler.io/e2e-controller'
 
 # The webhook: a serving certificate from its own CA, then the configurations pointing at it.
 WEBHOOK_PKI=$PKI/webhook

@@ -31,6 +31,14 @@ pub trait Scaler: Send + Sync + 'static {
         replicas: u32,
         idle_ms: u64,
     ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Rewrites the recorded state (`awake`/`asleep`) when replicas changed outside kzscaler;
+    /// `why` explains it in an Event.
+    fn correct_state(
+        &self,
+        key: &Key,
+        state: &'static str,
+        why: String,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// How long a wake took, phase by phase, from the first activate.
@@ -312,6 +320,9 @@ mod tests {
         }
         async fn record_wake(&self, _key: &Key, _wake: &WakeRecord) {}
         async fn sleep(&self, _key: &Key, _replicas: u32, _idle_ms: u64) -> Result<(), String> {
+            Ok(())
+        }
+        async fn correct_state(&self, _: &Key, _: &'static str, _: String) -> Result<(), String> {
             Ok(())
         }
     }

@@ -3,10 +3,11 @@
 //! | method and path | answer |
 //! |---|---|
 //! | `GET /v1/snapshot` | 200 [`Snapshot`] with `ETag: "<version>"`; 304 when `If-None-Match` matches |
-//! | `POST /v1/activate` [`ActivateRequest`] | 200 `{"state":"awake"}` once a ready endpoint exists; 504 `{"state":..,"message":..}` when the deadline passes first; 404 for a destination that is not managed; 502 when scaling failed; 400 for a bad body |
-//! | `POST /v1/activity` [`ActivityReport`] | 204; each cluster with requests or requests in flight counts as activity of its Deployment; 400 for a bad body |
+//! | `POST /v1/activate` [`ActivateRequest`] | 200 `{"state":"awake"}` once a ready endpoint exists; 504 `{"state":..,"message":..}` when the deadline passes first; 404 for a destination that is not managed; 502 when scaling failed; 400 for a bad body; 503 on a replica that is not the leader |
+//! | `POST /v1/activity` [`ActivityReport`] | 204; each cluster with requests or requests in flight counts as activity of its Deployment; 400 for a bad body; 503 on a replica that is not the leader |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once the first lists of every watched kind are in; 503 before |
+//! | `GET /leaderz` | 200 while this replica leads; 503 naming the leader while it follows |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /v1/module` | the filter's `.wasm`, when started with `--module-file` (404 otherwise) |
 
@@ -42,6 +43,29 @@ pub struct Api<S> {
     pub module: Option<Arc<Vec<u8>>>,
     /// Activity, for idle scale-down.
     pub idle: Arc<crate::sleep::Idle>,
+    /// Whether this replica leads (only the leader activates and takes activity).
+    pub leadership: tokio::sync::watch::Receiver<crate::lease::Leadership>,
+}
+
+impl<S> Api<S> {
+    /// `Some(503 answer)` when this replica follows: filters must reach the leader.
+    fn not_leader(&self) -> Option<Response> {
+        let l = self.leadership.borrow();
+        (!l.leader).then(|| {
+            let holder = if l.holder.is_empty() {
+                "not known yet".to_owned()
+            } else {
+                l.holder.clone()
+            };
+            message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                format!(
+                    "this kzscaler controller replica is not the leader (leader: {holder}); retry"
+                ),
+            )
+        })
+    }
 }
 
 /// The router.
@@ -52,6 +76,7 @@ pub fn router<S: Scaler>(api: Arc<Api<S>>) -> Router {
         .route(wire::ACTIVITY_PATH, post(activity::<S>))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
+        .route("/leaderz", get(leaderz::<S>))
         .route("/metrics", get(metrics::<S>))
         .route("/v1/module", get(module::<S>))
         .with_state(api)
@@ -108,6 +133,10 @@ fn message(status: StatusCode, state: Option<State>, msg: String) -> Response {
 }
 
 async fn activate<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) -> Response {
+    if let Some(r) = api.not_leader() {
+        api.metrics.activate("not_leader");
+        return r;
+    }
     let req: ActivateRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -184,6 +213,9 @@ async fn module<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
 }
 
 async fn activity<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) -> Response {
+    if let Some(r) = api.not_leader() {
+        return r;
+    }
     let report: ActivityReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -205,6 +237,13 @@ async fn activity<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) ->
         api.idle.touch_cluster(&cache, &c.cluster);
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn leaderz<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
+    if let Some(r) = api.not_leader() {
+        return r;
+    }
+    (StatusCode::OK, "leader\n").into_response()
 }
 
 async fn readyz<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
@@ -250,9 +289,16 @@ mod tests {
         async fn sleep(&self, _: &Key, _: u32, _: u64) -> Result<(), String> {
             Ok(())
         }
+        async fn correct_state(&self, _: &Key, _: &'static str, _: String) -> Result<(), String> {
+            Ok(())
+        }
     }
 
     fn app() -> Router {
+        app_leading(true)
+    }
+
+    fn app_leading(leader: bool) -> Router {
         let mut cache = Cache::default();
         let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
             "metadata": {"namespace": "shop", "name": "web", "annotations": {"kzscaler.io/scale-to-zero": "true"}},
@@ -282,11 +328,20 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             module: None,
             idle: Arc::default(),
+            leadership: tokio::sync::watch::channel(crate::lease::Leadership {
+                leader,
+                holder: "kzscaler-controller-a".into(),
+            })
+            .1,
         }))
     }
 
     async fn send(req: Request<Body>) -> (StatusCode, HeaderMap, String) {
-        let resp = app().oneshot(req).await.unwrap();
+        send_to(app(), req).await
+    }
+
+    async fn send_to(app: Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+        let resp = app.oneshot(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.unwrap().to_bytes();
         (
@@ -314,6 +369,42 @@ mod tests {
         )
         .await;
         assert_eq!((status, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
+    }
+
+    #[tokio::test]
+    async fn a_follower_sends_filters_to_the_leader_and_acts_on_nothing() {
+        let activate =
+            r#"{"cluster":"outbound|80||web.shop.svc.cluster.local","deadline_ms":1000}"#;
+        let (status, _, body) = send_to(
+            app_leading(false),
+            Request::post("/v1/activate")
+                .body(Body::from(activate))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains("not the leader (leader: kzscaler-controller-a)"),
+            "{body}"
+        );
+        let (status, _, _) = send_to(
+            app_leading(false),
+            Request::post("/v1/activity")
+                .body(Body::from(r#"{"outbound": []}"#))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let (follower, _, _) = send_to(
+            app_leading(false),
+            Request::get("/leaderz").body(Body::empty()).unwrap(),
+        )
+        .await;
+        let (leader, _, _) = send(Request::get("/leaderz").body(Body::empty()).unwrap()).await;
+        assert_eq!(
+            (follower, leader),
+            (StatusCode::SERVICE_UNAVAILABLE, StatusCode::OK)
+        );
     }
 
     #[tokio::test]

@@ -50,6 +50,8 @@ pub struct Managed {
     pub ready_replicas: i32,
     /// From [`REPLICAS_BEFORE_SLEEP`].
     pub replicas_before_sleep: Option<u32>,
+    /// [`kzscaler_core::names::STATE`] as last written (by the leader).
+    pub recorded_state: Option<String>,
     /// The minReplicas of an HPA targeting it.
     pub hpa_min: Option<u32>,
     /// Ready endpoints over all its Services.
@@ -194,6 +196,7 @@ impl Built {
                         .and_then(|s| s.ready_replicas)
                         .unwrap_or(0),
                     replicas_before_sleep,
+                    recorded_state: annotations.get(kzscaler_core::names::STATE).cloned(),
                     hpa_min: None,
                     ready_endpoints: 0,
                     reference,

@@ -64,6 +64,17 @@ pub fn decide(f: Facts) -> Step {
     }
 }
 
+/// The [`kzscaler_core::names::STATE`] annotation that matches the replica count, when the
+/// recorded one does not: `spec.replicas` > 0 is awake (a user scaled an asleep Deployment by
+/// hand, or a controller stopped mid-wake), 0 is asleep (scaled down by hand).
+pub fn corrected_state(desired: i32, recorded: Option<&str>) -> Option<&'static str> {
+    match (desired > 0, recorded) {
+        (true, Some("asleep")) => Some("awake"),
+        (false, Some("awake")) => Some("asleep"),
+        _ => None,
+    }
+}
+
 /// Last activity per Deployment. A Deployment first seen now counts as active now, so a
 /// restarted controller never puts anything to sleep before a whole idle timeout.
 #[derive(Debug, Default)]
@@ -82,6 +93,12 @@ impl Activity {
         *self.last.entry(key.clone()).or_insert(now)
     }
 
+    /// Forgets every clock: each restarts at its next [`Activity::last_active`], as after a
+    /// restart (a replica that just became leader has seen no activity reports).
+    pub fn clear(&mut self) {
+        self.last.clear();
+    }
+
     /// Forgets Deployments that are no longer managed.
     pub fn retain(&mut self, keep: impl Fn(&Key) -> bool) {
         self.last.retain(|k, _| keep(k));
@@ -91,6 +108,17 @@ impl Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_state_follows_replicas_set_by_hand() {
+        assert_eq!(corrected_state(2, Some("asleep")), Some("awake"));
+        assert_eq!(corrected_state(0, Some("awake")), Some("asleep"));
+        assert_eq!(corrected_state(1, Some("awake")), None);
+        assert_eq!(corrected_state(0, Some("asleep")), None);
+        // Never recorded: nothing to correct (kzscaler has not acted on it yet).
+        assert_eq!(corrected_state(0, None), None);
+        assert_eq!(corrected_state(3, None), None);
+    }
 
     fn facts() -> Facts {
         Facts {

@@ -1,8 +1,10 @@
-//! kzscaler's controller: the replica cache, coalesced activation, and the HTTP API filters
-//! call. Idle scale-down comes with the sleep issue.
+//! kzscaler's controller: the replica cache, coalesced activation, idle scale-down, leader
+//! election, and the HTTP API filters call.
 //!
 //! Where things are: `cache.rs` derives managed destinations from API objects (pure);
-//! `activate.rs` wakes a Deployment once however many callers ask; `api.rs` is the HTTP API;
+//! `activate.rs` wakes a Deployment once however many callers ask; `idle.rs` decides and
+//! `sleep.rs` acts on idle Deployments; `lease.rs` elects the one replica that acts;
+//! `api.rs` is the HTTP API;
 //! `run.rs` wires watches, the API server and the HTTP server. Annotations are read by
 //! `kzscaler_core::spec`, shared with the webhook's validation.
 #![forbid(unsafe_code)]
@@ -11,6 +13,7 @@ pub mod activate;
 pub mod api;
 pub mod cache;
 pub mod idle;
+pub mod lease;
 pub mod metrics;
 pub mod run;
 pub mod sleep;

@@ -51,6 +51,31 @@ struct Args {
     /// two filter poll periods (from --plugin-config) plus 500 ms.
     #[arg(long)]
     drain_period_ms: Option<u64>,
+    /// Act without leader election (only ever run one replica then).
+    #[arg(long)]
+    no_leader_elect: bool,
+    /// The Lease that elects the one replica that acts.
+    #[arg(long, default_value = kzscaler_core::names::LEASE_NAME)]
+    lease_name: String,
+    /// The Lease's namespace (default: this pod's namespace, else kzscaler-system).
+    #[arg(long, env = "POD_NAMESPACE", default_value = kzscaler_core::names::SYSTEM_NAMESPACE)]
+    lease_namespace: String,
+    /// How long a leader that stopped renewing keeps the Lease, in seconds (the longest
+    /// failover).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_duration_seconds: u64,
+    /// This replica's name in the Lease and in Events (default: the pod name, else
+    /// <hostname>-<pid>).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Label this pod (POD_NAMESPACE/POD_NAME from the downward API) kzscaler.io/leader=true
+    /// while it leads; the controller's Service selects that label.
+    #[arg(long)]
+    label_pod: bool,
+    /// Manage only Deployments and WasmPlugins in namespaces this label selector matches
+    /// (e.g. `team=shop`, `!legacy`); all namespaces by default.
+    #[arg(long)]
+    namespace_selector: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +146,30 @@ async fn main() -> anyhow::Result<()> {
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(1_000);
     let drain_period = Duration::from_millis(args.drain_period_ms.unwrap_or(2 * poll_ms + 500));
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "kzscaler-controller".to_owned());
+        format!("{host}-{}", std::process::id())
+    });
+    let election = (!args.no_leader_elect).then(|| kzscaler_controller::lease::Settings {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        duration: Duration::from_secs(args.lease_duration_seconds),
+    });
+    let pod = if args.label_pod {
+        match (std::env::var("POD_NAMESPACE"), &args.identity) {
+            (Ok(ns), Some(name)) => Some((ns, name.clone())),
+            _ => anyhow::bail!(
+                "--label-pod needs POD_NAMESPACE and POD_NAME (or --identity) set to this pod's namespace and name"
+            ),
+        }
+    } else {
+        None
+    };
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes client: set KUBECONFIG or run in a cluster")?;
@@ -132,6 +181,10 @@ async fn main() -> anyhow::Result<()> {
             module,
             wasmplugin,
             drain_period,
+            identity,
+            election,
+            pod,
+            namespace_selector: args.namespace_selector,
         },
     )
     .await

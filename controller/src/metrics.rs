@@ -7,6 +7,8 @@
 //! | `kzscaler_wake_phase_seconds` | histogram | `phase` = scale, pod_ready, endpoint_ready | time from the first activate to the end of each phase of a wake |
 //! | `kzscaler_snapshot_requests_total` | counter | `status` = 200, 304 | snapshot polls by filters |
 //! | `kzscaler_destinations` | gauge | `state` = awake, draining, asleep, waking | managed destinations by state |
+//! | `kzscaler_sleeps_total` | counter | `result` = ok, failed | idle Deployments scaled to 0 |
+//! | `kzscaler_leader` | gauge | | 1 while this replica holds the Lease and acts, 0 while it follows |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -52,6 +54,8 @@ pub struct Metrics {
     phases: Family<PhaseLabel, Histogram, fn() -> Histogram>,
     snapshot: Family<StatusLabel, Counter>,
     destinations: Family<StateLabel, Gauge>,
+    sleeps: Family<ResultLabel, Counter>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -64,6 +68,8 @@ impl Default for Metrics {
         );
         let snapshot = Family::<StatusLabel, Counter>::default();
         let destinations = Family::<StateLabel, Gauge>::default();
+        let sleeps = Family::<ResultLabel, Counter>::default();
+        let leader = Gauge::default();
         registry.register(
             "activate_requests",
             "Activate calls answered, by result",
@@ -89,6 +95,16 @@ impl Default for Metrics {
             "Managed destinations by state",
             destinations.clone(),
         );
+        registry.register(
+            "sleeps",
+            "Idle Deployments scaled to 0, by result",
+            sleeps.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and acts, 0 while it follows",
+            leader.clone(),
+        );
         Self {
             registry,
             activate,
@@ -96,6 +112,8 @@ impl Default for Metrics {
             phases,
             snapshot,
             destinations,
+            sleeps,
+            leader,
         }
     }
 }
@@ -148,6 +166,16 @@ impl Metrics {
                 .get_or_create(&StateLabel { state })
                 .set(n);
         }
+    }
+
+    /// Counts a sleep (`ok` or `failed`).
+    pub fn sleep(&self, result: &'static str) {
+        self.sleeps.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Sets whether this replica leads.
+    pub fn leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// The text exposition format.

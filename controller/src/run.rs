@@ -16,11 +16,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector;
+use kube::runtime::{reflector, watcher};
 use kube::{Api, Client, Resource};
 use kzscaler_core::wire::State;
 use serde_json::json;
@@ -29,6 +29,7 @@ use tokio::sync::{Notify, RwLock, watch};
 use crate::activate::{Activator, Scaler, WakeRecord};
 use crate::api::{self, Api as HttpApi};
 use crate::cache::{Built, Cache, Key, Problem};
+use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::watch::spawn_reflector;
 
@@ -49,6 +50,14 @@ pub struct Options {
     /// How long a Deployment stays draining before it is scaled to 0 (at least two filter
     /// poll periods).
     pub drain_period: Duration,
+    /// This replica's name in the Lease and in Events (`reportingInstance`).
+    pub identity: String,
+    /// Leader election; `None`: this replica always acts.
+    pub election: Option<crate::lease::Settings>,
+    /// This replica's own pod (namespace, name): labelled [`names::LEADER_LABEL`] while leading.
+    pub pod: Option<(String, String)>,
+    /// Manage only Deployments (and WasmPlugins) in namespaces this label selector matches.
+    pub namespace_selector: Option<String>,
 }
 
 /// Scales and records through the API server.
@@ -64,11 +73,49 @@ impl std::fmt::Debug for KubeScaler {
     }
 }
 
-fn reporter() -> Reporter {
+fn reporter(identity: &str) -> Reporter {
     Reporter {
         controller: "kzscaler-controller".into(),
-        instance: std::env::var("POD_NAME").ok(),
+        instance: Some(identity.to_owned()),
     }
+}
+
+/// Keeps this replica's pod labelled [`names::LEADER_LABEL`] exactly while it leads, so the
+/// controller's Service (which selects the label) sends filters to the leader only.
+async fn label_pod(client: Client, pod: (String, String), mut rx: watch::Receiver<Leadership>) {
+    let api = Api::<Pod>::namespaced(client, &pod.0);
+    let mut applied: Option<bool> = None;
+    loop {
+        let want = rx.borrow_and_update().leader;
+        if applied != Some(want) {
+            match patch_leader_label(&api, &pod.1, want).await {
+                Ok(()) => {
+                    tracing::info!(pod = %format!("{}/{}", pod.0, pod.1), leader = want, "pod label {} set", names::LEADER_LABEL);
+                    applied = Some(want);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %format!("{}/{}", pod.0, pod.1), error = %e, "could not label the pod; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn patch_leader_label(api: &Api<Pod>, name: &str, leader: bool) -> Result<(), kube::Error> {
+    let value = if leader {
+        json!("true")
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = json!({"metadata": {"labels": {names::LEADER_LABEL: value}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(|_| ())
 }
 
 impl Scaler for KubeScaler {
@@ -147,6 +194,31 @@ impl Scaler for KubeScaler {
         }
         Ok(())
     }
+
+    async fn correct_state(
+        &self,
+        key: &Key,
+        state: &'static str,
+        why: String,
+    ) -> Result<(), String> {
+        let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
+        let patch = json!({"metadata": {"annotations": {names::STATE: state}}});
+        let dep = api
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(|e| format!("correcting the state of {key}: {e}"))?;
+        let ev = Event {
+            type_: EventType::Normal,
+            reason: "StateCorrected".into(),
+            note: Some(why),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &dep.object_ref(&())).await {
+            tracing::warn!(deployment = %key, error = %e, "could not publish the StateCorrected event");
+        }
+        Ok(())
+    }
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -158,7 +230,42 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let cache = Arc::new(RwLock::new(Cache::starting_at(start_ms)));
     let (changes_tx, changes_rx) = watch::channel(0u64);
     let ready = Arc::new(AtomicBool::new(false));
-    let recorder = Recorder::new(client.clone(), reporter());
+    let recorder = Recorder::new(client.clone(), reporter(&opts.identity));
+    let (lead_tx, mut leadership) = watch::channel(Leadership::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let elector = match opts.election.clone() {
+        Some(settings) => {
+            tracing::info!(identity = %opts.identity, lease = %format!("{}/{}", settings.namespace, settings.name), "leader election on");
+            Some(tokio::spawn(crate::lease::run(
+                client.clone(),
+                settings,
+                lead_tx.clone(),
+                stop_rx,
+            )))
+        }
+        None => {
+            tracing::info!(identity = %opts.identity, "leader election off: this replica always acts");
+            lead_tx.send_replace(Leadership {
+                leader: true,
+                holder: opts.identity.clone(),
+            });
+            None
+        }
+    };
+    {
+        let (metrics, mut rx) = (metrics.clone(), leadership.clone());
+        tokio::spawn(async move {
+            loop {
+                metrics.leader(rx.borrow_and_update().leader);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    if let Some(pod) = opts.pod.clone() {
+        tokio::spawn(label_pod(client.clone(), pod, leadership.clone()));
+    }
     let scaler = Arc::new(KubeScaler {
         client: client.clone(),
         recorder: recorder.clone(),
@@ -171,6 +278,28 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
     let (hpas, hpas_w) = reflector::store::<HorizontalPodAutoscaler>();
     let changed = Arc::new(Notify::new());
+    let scope = match &opts.namespace_selector {
+        Some(sel) => {
+            // A bad selector is a start-up error, not an endless watch retry.
+            Api::<Namespace>::all(client.clone())
+                .list(&ListParams::default().labels(sel).limit(1))
+                .await
+                .with_context(|| {
+                    format!("--namespace-selector {sel:?}: expected a label selector, e.g. team=shop or !legacy")
+                })?;
+            let (store, writer) = reflector::store::<Namespace>();
+            crate::watch::spawn_reflector_with(
+                writer,
+                Api::all(client.clone()),
+                watcher::Config::default().labels(sel),
+                changed.clone(),
+                "namespaces",
+            );
+            tracing::info!(selector = %sel, "managing Deployments in the namespaces this selector matches");
+            Some(store)
+        }
+        None => None,
+    };
     spawn_reflector(
         deps_w,
         Api::all(client.clone()),
@@ -206,6 +335,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         ready: ready.clone(),
         module: opts.module.clone(),
         idle: idle.clone(),
+        leadership: leadership.clone(),
     }));
     tokio::spawn(
         crate::sleep::Sleeper {
@@ -214,6 +344,8 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             scaler,
             idle,
             drain_period: opts.drain_period,
+            leadership: leadership.clone(),
+            metrics: metrics.clone(),
         }
         .run(),
     );
@@ -222,6 +354,8 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             client.clone(),
             Arc::new(settings),
             resync,
+            leadership.clone(),
+            opts.namespace_selector.clone(),
         ));
     }
     tracing::info!(listen = %opts.listen, "serving the filter API, /healthz, /readyz and /metrics");
@@ -230,8 +364,12 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     {
         let (d, s, e, h) = (deps.clone(), svcs.clone(), slices.clone(), hpas.clone());
         let ready = ready.clone();
+        let n = scope.clone();
         tokio::spawn(async move {
             let all = async {
+                if let Some(n) = &n {
+                    n.wait_until_ready().await?;
+                }
                 d.wait_until_ready().await?;
                 s.wait_until_ready().await?;
                 e.wait_until_ready().await?;
@@ -252,13 +390,28 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             () = changed.notified() => {}
+            _ = leadership.changed() => {}
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
         // Let a burst of watch events land before rebuilding.
         tokio::time::sleep(Duration::from_millis(2)).await;
+        let mut in_scope = deps.state();
+        if let Some(scope) = &scope {
+            let names: std::collections::HashSet<String> = scope
+                .state()
+                .iter()
+                .filter_map(|n| n.metadata.name.clone())
+                .collect();
+            in_scope.retain(|d| {
+                d.metadata
+                    .namespace
+                    .as_ref()
+                    .is_some_and(|n| names.contains(n))
+            });
+        }
         let built = Built::from_objects(
-            &deps.state(),
+            &in_scope,
             &svcs.state(),
             &slices.state(),
             &hpas.state(),
@@ -289,7 +442,13 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
                 counts[i].1 += 1;
             }
             metrics.destinations(counts);
-            c.new_problems(&mut reported)
+            // Only the leader reports problems; a new leader reports them afresh.
+            if leadership.borrow_and_update().leader {
+                c.new_problems(&mut reported)
+            } else {
+                reported.clear();
+                Vec::new()
+            }
         };
         changes_tx.send_modify(|v| *v += 1);
         for (p, reference) in fresh {
@@ -307,6 +466,20 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         }
     }
     tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    if let Some(elector) = elector {
+        // Releases the Lease so the other replica takes over at once.
+        let _ = tokio::time::timeout(Duration::from_secs(3), elector).await;
+    }
+    if let Some((ns, name)) = &opts.pod {
+        let api = Api::<Pod>::namespaced(client.clone(), ns);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            patch_leader_label(&api, name, false),
+        )
+        .await;
+    }
+    drop(lead_tx);
     server.abort();
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! The sleeper: every few hundred milliseconds, decides for each managed Deployment whether to
-//! start draining, cancel a drain, or scale it to 0 (`idle.rs` decides; this only acts).
+//! start draining, cancel a drain, or scale it to 0 (`idle.rs` decides; this only acts). It
+//! also keeps `kzscaler.io/state` true to the replica count when someone else changed it.
+//! Only the leader acts; a replica that becomes leader starts every idle clock afresh.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,13 @@ use tokio::sync::{RwLock, watch};
 
 use crate::activate::Scaler;
 use crate::cache::{Cache, Key};
-use crate::idle::{Activity, Facts, Step, decide};
+use crate::idle::{Activity, Facts, Step, corrected_state, decide};
+use crate::lease::Leadership;
+use crate::metrics::Metrics;
+
+/// How long the recorded state may disagree with the replica count before it is corrected
+/// (a wake writes `awake` itself once the endpoints are ready).
+const CORRECT_AFTER_MS: u64 = 3_000;
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
@@ -49,16 +57,97 @@ pub struct Sleeper<S> {
     pub idle: Arc<Idle>,
     /// How long draining lasts (at least two filter poll periods).
     pub drain_period: Duration,
+    /// Whether this replica leads: only the leader acts.
+    pub leadership: watch::Receiver<Leadership>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What the sleeper remembers between passes.
+#[derive(Debug, Default)]
+struct Memory {
+    /// Since when each Deployment is draining.
+    draining: HashMap<Key, u64>,
+    /// Since when each Deployment's recorded state disagrees with its replicas.
+    mismatched: HashMap<Key, u64>,
+    /// Leading in the last pass.
+    leading: bool,
 }
 
 impl<S: Scaler> Sleeper<S> {
     /// Runs forever.
     pub async fn run(self) {
-        let mut draining: HashMap<Key, u64> = HashMap::new();
+        let mut memory = Memory::default();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
-            self.pass(&mut draining).await;
+            let leading = self.leadership.borrow().leader;
+            if leading != memory.leading {
+                self.lead(leading, &mut memory).await;
+            }
+            if leading {
+                self.pass(&mut memory.draining).await;
+                self.correct_states(&mut memory.mismatched).await;
+            }
+        }
+    }
+
+    /// Leadership changed: start clean either way.
+    async fn lead(&self, leading: bool, memory: &mut Memory) {
+        if let Ok(mut a) = self.idle.activity.lock() {
+            a.clear();
+        }
+        memory.mismatched.clear();
+        let mut changed = false;
+        {
+            let mut cache = self.cache.write().await;
+            for key in memory.draining.keys() {
+                changed |= cache.set_draining(key, false);
+            }
+        }
+        memory.draining.clear();
+        if changed {
+            self.changes.send_modify(|v| *v += 1);
+        }
+        memory.leading = leading;
+    }
+
+    /// Rewrites `kzscaler.io/state` where it has disagreed with the replicas for a while.
+    async fn correct_states(&self, mismatched: &mut HashMap<Key, u64>) {
+        let now = now_ms();
+        let wrong: Vec<(Key, &'static str, i32)> = {
+            let cache = self.cache.read().await;
+            cache
+                .all_managed()
+                .iter()
+                .filter_map(|(k, m)| {
+                    corrected_state(m.desired, m.recorded_state.as_deref())
+                        .map(|s| (k.clone(), s, m.desired))
+                })
+                .collect()
+        };
+        mismatched.retain(|k, _| wrong.iter().any(|(w, ..)| w == k));
+        for (key, state, desired) in wrong {
+            let since = *mismatched.entry(key.clone()).or_insert(now);
+            if now.saturating_sub(since) < CORRECT_AFTER_MS {
+                continue;
+            }
+            let why = if state == "awake" {
+                format!(
+                    "kzscaler.io/state said asleep but the Deployment has {desired} replica(s), set outside kzscaler: treated as awake; the idle timeout starts now"
+                )
+            } else {
+                "kzscaler.io/state said awake but the Deployment has 0 replicas, set outside kzscaler: treated as asleep; a request wakes it".to_owned()
+            };
+            match self.scaler.correct_state(&key, state, why).await {
+                Ok(()) => {
+                    tracing::info!(deployment = %key, state, replicas = desired, "replicas changed outside kzscaler: state corrected");
+                    mismatched.remove(&key);
+                }
+                Err(e) => {
+                    tracing::warn!(deployment = %key, error = %e, "could not correct the state; retrying")
+                }
+            }
         }
     }
 
@@ -91,6 +180,11 @@ impl<S: Scaler> Sleeper<S> {
             activity.retain(|k| managed.iter().any(|(m, ..)| m == k));
             draining.retain(|k, _| managed.iter().any(|(m, ..)| m == k));
             for (key, desired, state, idle_timeout, paused) in &managed {
+                if *state != State::Awake {
+                    // The idle clock starts when it is awake again, however it woke (a wake,
+                    // or replicas set by hand).
+                    activity.touch(key, now);
+                }
                 let facts = Facts {
                     now,
                     last_active: activity.last_active(key, now),
@@ -129,9 +223,11 @@ impl<S: Scaler> Sleeper<S> {
             match self.scaler.sleep(&key, replicas, idle_ms).await {
                 // Stays marked draining until the cache shows 0 replicas (then the mark goes).
                 Ok(()) => {
+                    self.metrics.sleep("ok");
                     tracing::info!(deployment = %key, replicas, idle_ms, "asleep: scaled to 0")
                 }
                 Err(e) => {
+                    self.metrics.sleep("failed");
                     tracing::warn!(deployment = %key, error = %e, "could not put it to sleep; will retry after the idle timeout");
                     draining.remove(&key);
                     if let Ok(mut a) = self.idle.activity.lock() {

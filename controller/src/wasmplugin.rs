@@ -100,12 +100,24 @@ pub fn drifted(existing: &DynamicObject, desired: &Value) -> bool {
 
 /// Applies or deletes WasmPlugins until the process ends: on every Namespace change, and every
 /// `resync` to put back what someone edited.
-pub async fn run(client: Client, settings: Arc<Settings>, resync: Duration) {
+pub async fn run(
+    client: Client,
+    settings: Arc<Settings>,
+    resync: Duration,
+    mut leadership: tokio::sync::watch::Receiver<crate::lease::Leadership>,
+    namespace_selector: Option<String>,
+) {
     let (store, writer) = reflector::store::<Namespace>();
     let changed = Arc::new(Notify::new());
-    crate::watch::spawn_reflector(
+    let mut config = kube::runtime::watcher::Config::default();
+    if let Some(sel) = namespace_selector {
+        config = config.labels(&sel);
+    }
+    // Only namespaces in this controller's scope are touched, created in or deleted from.
+    crate::watch::spawn_reflector_with(
         writer,
         Api::all(client.clone()),
+        config,
         changed.clone(),
         "namespaces",
     );
@@ -116,10 +128,14 @@ pub async fn run(client: Client, settings: Arc<Settings>, resync: Duration) {
         return;
     }
     loop {
-        reconcile_all(&client, &store.state(), &settings).await;
+        // Only the leader writes WasmPlugins.
+        if leadership.borrow_and_update().leader {
+            reconcile_all(&client, &store.state(), &settings).await;
+        }
         tokio::select! {
             () = changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
             () = tokio::time::sleep(resync) => {}
+            r = leadership.changed() => if r.is_err() { return },
         }
     }
 }

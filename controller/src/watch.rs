@@ -25,7 +25,26 @@ pub fn spawn_reflector<K>(
         + Sync
         + 'static,
 {
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    spawn_reflector_with(writer, api, watcher::Config::default(), changed, what);
+}
+
+/// [`spawn_reflector`] for the objects `config` selects (e.g. by label).
+pub fn spawn_reflector_with<K>(
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    what: &'static str,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let stream = reflector::reflector(writer, watcher(api, config))
         .default_backoff()
         .touched_objects();
     tokio::spawn(async move {

@@ -41,5 +41,10 @@ pub const DEFAULT_WAKE_TIMEOUT_SECS: u64 = 60;
 
 /// The namespace kzscaler itself runs in; never selected by the webhook.
 pub const SYSTEM_NAMESPACE: &str = "kzscaler-system";
+/// The controller's Lease (in [`SYSTEM_NAMESPACE`]) for leader election.
+pub const LEASE_NAME: &str = "kzscaler-controller";
+/// Label the leading controller puts on its own pod; the controller's Service selects it, so
+/// filters only ever talk to the leader.
+pub const LEADER_LABEL: &str = "kzscaler.io/leader";
 /// Label the endpointslice controller puts on a Service's EndpointSlices.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -97,19 +97,68 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// A controller and a mesh simulator (with its Envoy and the filter) of a test's own, so the
-/// test can stop them without disturbing the shared test bed. Dropping it stops both.
+/// Controllers and a mesh simulator (with its Envoy and the filter) of a test's own, so the
+/// test can stop them without disturbing the shared test bed. Dropping it stops all.
+///
+/// Its controllers elect a leader with a Lease of their own (`kzscaler-private-<name>`, 2 s),
+/// so they never wait for the shared controller. They manage only the namespace named in the
+/// [`Setup`], which is labelled [`PRIVATE_LABEL`]; the shared controller (started by
+/// `hack/local-up.sh` with `--namespace-selector '!kzscaler.io/e2e-controller'`) then leaves
+/// it alone, so only the private controllers scale its Deployments.
 #[derive(Debug)]
 pub struct PrivateMesh {
-    /// The controller's filter API.
+    /// The first controller's filter API.
     pub controller_addr: SocketAddr,
+    /// Every controller replica.
+    pub controllers: Vec<Controller>,
     /// Envoy's HTTP listener.
     pub envoy: String,
     /// The simulator's folder (Envoy files and logs).
     pub dir: std::path::PathBuf,
-    controller: Option<Child>,
+    /// The Lease the controllers share.
+    pub lease: String,
+    args: Vec<String>,
+    kubeconfig: std::path::PathBuf,
     meshsim: Child,
     _dir: tempfile_dir::Dir,
+}
+
+/// One controller replica of a [`PrivateMesh`].
+#[derive(Debug)]
+pub struct Controller {
+    /// Its filter API.
+    pub addr: SocketAddr,
+    /// Its identity (Lease holder, Events' reportingInstance).
+    pub identity: String,
+    child: Option<Child>,
+}
+
+/// Namespace label that hands a namespace to a [`PrivateMesh`]'s controllers.
+pub const PRIVATE_LABEL: &str = "kzscaler.io/e2e-controller";
+
+/// How a [`PrivateMesh`] is set up.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The namespace its controllers manage (none: they manage nothing).
+    pub namespace: Option<String>,
+    /// The filter Envoy runs.
+    pub filter: Filter,
+    /// Controller replicas.
+    pub controllers: usize,
+    /// Extra controller flags.
+    pub controller_args: Vec<String>,
+}
+
+impl Setup {
+    /// One controller, the kzscaler filter.
+    pub fn kzscaler() -> anyhow::Result<Self> {
+        Ok(Self {
+            namespace: None,
+            filter: Filter::kzscaler()?,
+            controllers: 1,
+            controller_args: Vec::new(),
+        })
+    }
 }
 
 mod tempfile_dir {
@@ -143,25 +192,63 @@ impl Filter {
 }
 
 impl PrivateMesh {
-    /// Starts a controller and a mesh simulator running the kzscaler filter, and waits until
-    /// they are ready.
-    pub async fn start(bed: &TestBed, name: &str) -> anyhow::Result<Self> {
-        Self::start_with(bed, name, Filter::kzscaler()?).await
+    /// Starts a controller managing namespace `ns` and a mesh simulator running the kzscaler
+    /// filter, and waits until they are ready.
+    pub async fn start(bed: &TestBed, ns: &str) -> anyhow::Result<Self> {
+        let setup = Setup {
+            namespace: Some(ns.to_owned()),
+            ..Setup::kzscaler()?
+        };
+        Self::start_setup(bed, ns, setup).await
     }
 
-    /// Like [`PrivateMesh::start`], with another filter (or none).
+    /// A mesh with another filter (or none), whose controller manages nothing.
     pub async fn start_with(bed: &TestBed, name: &str, filter: Filter) -> anyhow::Result<Self> {
+        let setup = Setup {
+            filter,
+            ..Setup::kzscaler()?
+        };
+        Self::start_setup(bed, name, setup).await
+    }
+
+    /// Starts `setup.controllers` controllers and a mesh simulator whose Envoy reaches the
+    /// leader among them; waits until all are ready and one leads.
+    pub async fn start_setup(bed: &TestBed, name: &str, setup: Setup) -> anyhow::Result<Self> {
         let dir = bed.state_dir.join("private").join(name);
         std::fs::create_dir_all(&dir)?;
-        let (ctl, listen, admin) = (free_addr()?, free_addr()?, free_addr()?);
-        let log = |n: &str| std::fs::File::create(dir.join(n));
-        let controller = Command::new(workspace_binary("kzscaler-controller")?)
-            .args(["--listen", &ctl.to_string()])
-            .env("KUBECONFIG", &bed.kubeconfig)
-            .stdin(Stdio::null())
-            .stderr(log("controller.log")?)
-            .kill_on_drop(true)
-            .spawn()?;
+        let lease = format!("kzscaler-private-{name}");
+        let mut args = vec![
+            "--lease-name".to_owned(),
+            lease.clone(),
+            "--lease-namespace".to_owned(),
+            "kzscaler-system".to_owned(),
+            "--lease-duration-seconds".to_owned(),
+            "2".to_owned(),
+            "--namespace-selector".to_owned(),
+            format!("{PRIVATE_LABEL}={name}"),
+            "--no-wasmplugins".to_owned(),
+        ];
+        if let Some(ns) = &setup.namespace {
+            let patch = serde_json::json!({"metadata": {"labels": {PRIVATE_LABEL: name}}});
+            kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(bed.client.clone())
+                .patch(
+                    ns,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(patch),
+                )
+                .await
+                .with_context(|| format!("labelling namespace {ns} for the private controllers"))?;
+        }
+        args.extend(setup.controller_args.iter().cloned());
+        let mut controllers = Vec::new();
+        for i in 0..setup.controllers.max(1) {
+            controllers.push(Controller {
+                addr: free_addr()?,
+                identity: format!("{name}-{i}"),
+                child: None,
+            });
+        }
+        let (listen, admin) = (free_addr()?, free_addr()?);
         let mut cmd = Command::new(workspace_binary("kzscaler-meshsim")?);
         cmd.arg("--dir")
             .arg(&dir)
@@ -173,8 +260,11 @@ impl PrivateMesh {
                 "--admin",
                 &admin.to_string(),
             ])
-            .args(["--controller", &ctl.to_string(), "--concurrency", "1"]);
-        if let Filter::Module(module, config) = &filter {
+            .args(["--concurrency", "1"]);
+        for c in &controllers {
+            cmd.args(["--controller", &c.addr.to_string()]);
+        }
+        if let Filter::Module(module, config) = &setup.filter {
             cmd.arg("--wasm")
                 .arg(module)
                 .args(["--plugin-config", config]);
@@ -182,28 +272,44 @@ impl PrivateMesh {
         let meshsim = cmd
             .env("KUBECONFIG", &bed.kubeconfig)
             .stdin(Stdio::null())
-            .stderr(log("meshsim.log")?)
+            .stderr(std::fs::File::create(dir.join("meshsim.log"))?)
             .kill_on_drop(true)
             .spawn()?;
-        let mesh = Self {
-            controller_addr: ctl,
+        let mut mesh = Self {
+            controller_addr: controllers[0].addr,
+            controllers,
             envoy: listen.to_string(),
             dir: dir.clone(),
-            controller: Some(controller),
+            lease,
+            args,
+            kubeconfig: bed.kubeconfig.clone(),
             meshsim,
             _dir: tempfile_dir::Dir(dir.clone()),
         };
+        for i in 0..mesh.controllers.len() {
+            mesh.spawn_controller(i)?;
+        }
+        let addrs: Vec<SocketAddr> = mesh.controllers.iter().map(|c| c.addr).collect();
         crate::wait::until(
-            "the private controller and Envoy to be ready",
+            "the private controllers (one leading) and Envoy to be ready",
             Duration::from_secs(30),
             || async {
-                let c = bed
-                    .get_from(&ctl.to_string(), "x", "/readyz", Duration::from_secs(1))
-                    .await?;
+                let mut leading = 0;
+                for a in &addrs {
+                    let a = a.to_string();
+                    let get =
+                        |path: &'static str| bed.get_from(&a, "x", path, Duration::from_secs(1));
+                    if get("/readyz").await?.status != 200 {
+                        return Ok(None);
+                    }
+                    if get("/leaderz").await?.status == 200 {
+                        leading += 1;
+                    }
+                }
                 let e = bed
                     .get_from(&admin.to_string(), "x", "/ready", Duration::from_secs(1))
                     .await?;
-                Ok((c.status == 200 && e.status == 200).then_some(()))
+                Ok((leading == 1 && e.status == 200).then_some(()))
             },
         )
         .await
@@ -211,12 +317,75 @@ impl PrivateMesh {
         Ok(mesh)
     }
 
-    /// Kills the controller (the mesh keeps running).
-    pub async fn stop_controller(&mut self) -> anyhow::Result<()> {
-        if let Some(mut c) = self.controller.take() {
+    fn spawn_controller(&mut self, i: usize) -> anyhow::Result<()> {
+        let c = &self.controllers[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("controller-{i}.log")))?;
+        let child = Command::new(workspace_binary("kzscaler-controller")?)
+            .args(["--listen", &c.addr.to_string(), "--identity", &c.identity])
+            .args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.controllers[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Kills controller `i` with SIGKILL (no release of the Lease; the mesh keeps running).
+    pub async fn kill_controller(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut c) = self.controllers[i].child.take() {
             c.kill().await?;
         }
         Ok(())
+    }
+
+    /// Starts controller `i` again (same address and identity, like a restarted container).
+    pub fn restart_controller(&mut self, i: usize) -> anyhow::Result<()> {
+        self.spawn_controller(i)
+    }
+
+    /// Kills the first controller (the mesh keeps running).
+    pub async fn stop_controller(&mut self) -> anyhow::Result<()> {
+        self.kill_controller(0).await
+    }
+
+    /// The index of the controller whose `/leaderz` answers 200, if one does.
+    pub async fn leader(&self, bed: &TestBed) -> Option<usize> {
+        for (i, c) in self.controllers.iter().enumerate() {
+            if c.child.is_none() {
+                continue;
+            }
+            let r = bed
+                .get_from(&c.addr.to_string(), "x", "/leaderz", Duration::from_secs(1))
+                .await;
+            if r.is_ok_and(|r| r.status == 200) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The last lines of every log of this mesh.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut names: Vec<String> = (0..self.controllers.len())
+            .map(|i| format!("controller-{i}.log"))
+            .collect();
+        names.push("meshsim.log".into());
+        for n in names {
+            let text = std::fs::read_to_string(self.dir.join(&n)).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {n} (last {lines} lines)\n"));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
     }
 }
 

@@ -75,6 +75,31 @@ async fn controller_service_account_has_least_privilege() -> anyhow::Result<()> 
             "the controller must not {verb} {resource}"
         );
     }
+    // Leader election: its own Lease, and the leader label on pods of its own namespace only.
+    let can_in = |verb: &'static str, resource: &'static str, ns: &'static str| {
+        let bed = bed.clone();
+        async move {
+            let (_, out) = kubectl(&bed, &["auth", "can-i", sa, verb, resource, "-n", ns]).await?;
+            anyhow::Ok(out.trim() == "yes")
+        }
+    };
+    let lease = "leases.coordination.k8s.io/kzscaler-controller";
+    assert!(can_in("update", lease, "kzscaler-system").await?);
+    assert!(can_in("patch", "pods", "kzscaler-system").await?);
+    assert!(
+        !can_in(
+            "update",
+            "leases.coordination.k8s.io/someone-else",
+            "kzscaler-system"
+        )
+        .await?,
+        "only its own Lease"
+    );
+    assert!(!can_in("update", lease, "default").await?);
+    assert!(
+        !can_in("patch", "pods", "default").await?,
+        "pods outside kzscaler-system"
+    );
     let webhook = "--as=system:serviceaccount:kzscaler-system:kzscaler-webhook";
     let (_, out) = kubectl(&bed, &["auth", "can-i", webhook, "list", "pods", "-A"]).await?;
     assert_eq!(out.trim(), "no", "the webhook reads nothing from the API");

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams, PostParams};
 use kzscaler_core::wire::State;
 use kzscaler_e2e::fixtures::service;
-use kzscaler_e2e::kz::{Filter, PrivateMesh, cluster, managed_deployment, wait_filter_sees};
+use kzscaler_e2e::kz::{Filter, PrivateMesh, Setup, cluster, managed_deployment, wait_filter_sees};
 use kzscaler_e2e::meshsim::envoy::Files;
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::{TestBed, filter_module};
@@ -170,7 +170,15 @@ async fn main() -> anyhow::Result<()> {
         ),
         (
             "kzscaler",
-            PrivateMesh::start(&bed, &format!("{}-kz", ns.name)).await?,
+            PrivateMesh::start_setup(
+                &bed,
+                &format!("{}-kz", ns.name),
+                Setup {
+                    namespace: Some(ns.name.clone()),
+                    ..Setup::kzscaler()?
+                },
+            )
+            .await?,
         ),
     ];
     let kz_ctl = setups[2].1.controller_addr.to_string();

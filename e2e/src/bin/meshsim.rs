@@ -42,8 +42,10 @@ struct Args {
     envoy_pid_file: Option<PathBuf>,
     /// The kzscaler controller's filter API (host:port); Envoy reaches it through the cluster
     /// outbound|8080||kzscaler-controller.kzscaler-system.svc.cluster.local, as a sidecar would.
+    /// Repeat it for several replicas: Envoy then sends to the one whose /leaderz answers 200,
+    /// as the controller's Service selects the leader's pod in a cluster.
     #[arg(long)]
-    controller: Option<SocketAddr>,
+    controller: Vec<SocketAddr>,
 }
 
 #[tokio::main]

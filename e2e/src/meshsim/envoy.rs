@@ -129,16 +129,31 @@ pub fn bootstrap(files: &Files, b: &Bootstrap) -> Value {
 }
 
 /// A static cluster named like the one an Istio sidecar has for the controller's Service,
-/// pointing at a controller on this machine.
-pub fn controller_cluster(name: &str, addr: std::net::SocketAddr) -> Value {
+/// pointing at controller replicas on this machine. In a cluster the Service selects the
+/// leader's pod (label `kzscaler.io/leader`); here Envoy's active health check on `/leaderz`
+/// plays that part. With no healthy replica (during a failover) Envoy's panic mode sends to
+/// all of them, and followers answer 503.
+pub fn controller_cluster(name: &str, addrs: &[std::net::SocketAddr]) -> Value {
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .map(|a| json!({"endpoint": {"address": socket(*a)}}))
+        .collect();
     json!({
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(addr)}}]}]
-        }
+            "endpoints": [{"lb_endpoints": endpoints}]
+        },
+        "health_checks": [{
+            "timeout": "1s",
+            "interval": "0.25s",
+            "no_traffic_interval": "0.25s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "http_health_check": {"path": "/leaderz"}
+        }]
     })
 }
 

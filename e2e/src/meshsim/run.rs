@@ -43,9 +43,9 @@ pub struct Options {
     pub concurrency: u32,
     /// Where to write Envoy's pid, so that the test bed can stop it even if the simulator dies.
     pub envoy_pid_file: Option<PathBuf>,
-    /// The kzscaler controller's filter API on this machine, reached through a cluster named
-    /// like the sidecar's cluster for the controller's Service.
-    pub controller: Option<SocketAddr>,
+    /// The kzscaler controller replicas' filter API on this machine, reached through a cluster
+    /// named like the sidecar's cluster for the controller's Service.
+    pub controller: Vec<SocketAddr>,
 }
 
 /// Runs until Envoy exits, a watch cannot start, or SIGTERM/SIGINT arrives.
@@ -81,11 +81,14 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             listen: opts.listen,
             admin: opts.admin,
             wasm: opts.wasm.clone(),
-            static_clusters: opts
-                .controller
-                .map(|addr| envoy::controller_cluster(CONTROLLER_CLUSTER, addr))
-                .into_iter()
-                .collect(),
+            static_clusters: if opts.controller.is_empty() {
+                Vec::new()
+            } else {
+                vec![envoy::controller_cluster(
+                    CONTROLLER_CLUSTER,
+                    &opts.controller,
+                )]
+            },
         },
     );
     envoy::write_if_changed(&files.bootstrap(), &boot)?;
