@@ -266,3 +266,40 @@ async fn traffic_across_sleep_and_wake_cycles_gets_no_error() -> anyhow::Result<
     assert_eq!(sleeps.len(), 3);
     ns.cleanup().await
 }
+
+#[tokio::test]
+async fn requests_at_every_point_of_the_scale_down_get_200() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "sweep", &[]).await?;
+    // Idle 2 s, then draining for 0.9 s (test bed), then the scale to 0: pauses from 1.8 s to
+    // 3.8 s land before, during and after the drain and the scale-down.
+    managed(&ns, "web", "2s", &[]).await?;
+    let host = format!("web.{}", ns.name);
+    let mut statuses: BTreeMap<u16, u32> = BTreeMap::new();
+    let mut seen = Vec::new();
+    for step in 0..=8u64 {
+        let pause = Duration::from_millis(1800 + 250 * step);
+        tokio::time::sleep(pause).await;
+        let before = replicas(&ns, "web").await?;
+        // Three at once, as callers would.
+        let paths: Vec<String> = (0..3).map(|i| format!("/p{step}/{i}")).collect();
+        let sends = paths.iter().map(|p| bed.get(&host, p, REQ));
+        for r in futures::future::join_all(sends).await {
+            let r = r?;
+            *statuses.entry(r.status).or_default() += 1;
+            seen.push((pause.as_millis(), before, r.status));
+        }
+    }
+    eprintln!("[e2e] (pause ms, replicas just before, status): {seen:?}");
+    eprintln!("[e2e] statuses: {statuses:?}");
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(_, before, _)| *before == 0),
+        "some pause should have let it fall asleep: {seen:?}"
+    );
+    ns.cleanup().await
+}
