@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /v1/snapshot` | 200 [`Snapshot`] with `ETag: "<version>"`; 304 when `If-None-Match` matches |
 //! | `POST /v1/activate` [`ActivateRequest`] | 200 `{"state":"awake"}` once a ready endpoint exists; 504 `{"state":..,"message":..}` when the deadline passes first; 404 for a destination that is not managed; 502 when scaling failed; 400 for a bad body; 503 on a replica that is not the leader |
-//! | `POST /v1/activity` [`ActivityReport`] | 204; each cluster with requests or requests in flight counts as activity of its Deployment; 400 for a bad body; 503 on a replica that is not the leader |
+//! | `POST /v1/activity` [`ActivityReport`] | 204; each outbound cluster, and each inbound Deployment, with requests or requests in flight counts as activity of that Deployment; 400 for a bad body; 503 on a replica that is not the leader |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once the first lists of every watched kind are in; 503 before |
 //! | `GET /leaderz` | 200 while this replica leads; 503 naming the leader while it follows |
@@ -235,6 +235,14 @@ async fn activity<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) ->
         .filter(|c| c.requests > 0 || c.in_flight > 0)
     {
         api.idle.touch_cluster(&cache, &c.cluster);
+    }
+    for i in report
+        .inbound
+        .iter()
+        .filter(|i| i.requests > 0 || i.in_flight > 0)
+    {
+        api.idle
+            .touch_deployment(&cache, &i.namespace, &i.deployment);
     }
     StatusCode::NO_CONTENT.into_response()
 }

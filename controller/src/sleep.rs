@@ -34,6 +34,19 @@ pub struct Idle {
 }
 
 impl Idle {
+    /// Counts activity on a Deployment reported by its own pods (inbound), if managed.
+    pub fn touch_deployment(&self, cache: &Cache, namespace: &str, name: &str) {
+        let key = Key {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        if cache.managed(&key).is_some()
+            && let Ok(mut a) = self.activity.lock()
+        {
+            a.touch(&key, now_ms());
+        }
+    }
+
     /// Counts activity on the Deployment behind `cluster`, if managed.
     pub fn touch_cluster(&self, cache: &Cache, cluster: &str) {
         if let Some((key, _, _)) = cache.destination(cluster)

@@ -94,9 +94,10 @@ pub struct ActivityReport {
     /// Per outbound cluster: requests started since the last report.
     #[serde(default)]
     pub outbound: Vec<ClusterCount>,
-    /// Requests served by the reporting pod, and in flight now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inbound: Option<InboundCount>,
+    /// Requests served by the reporting pod's own workload (its inbound side), when that
+    /// workload is managed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inbound: Vec<InboundCount>,
 }
 
 /// Requests to one cluster.
@@ -111,18 +112,23 @@ pub struct ClusterCount {
     pub in_flight: u64,
 }
 
-/// Inbound requests of one pod.
+/// Inbound requests served by a pod of a managed Deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboundCount {
     /// Namespace of the pod.
     pub namespace: String,
-    /// The pod.
-    pub pod: String,
+    /// Its Deployment (Istio's `WORKLOAD_NAME` node metadata).
+    pub deployment: String,
     /// Requests served since the last report.
-    pub served: u64,
+    pub requests: u64,
     /// Requests in flight now (long streams keep a service awake).
+    #[serde(default)]
     pub in_flight: u64,
 }
+
+/// Prefix of the counter key of inbound requests (`inbound|<namespace>/<deployment>`); the
+/// same prefix starts Istio's inbound cluster names.
+pub const INBOUND_PREFIX: &str = "inbound|";
 
 #[cfg(test)]
 mod tests {

@@ -117,6 +117,8 @@ pub struct PrivateMesh {
     pub dir: std::path::PathBuf,
     /// The Lease the controllers share.
     pub lease: String,
+    /// The inbound listener, when the Envoy plays a pod's sidecar ([`Setup::pod_of`]).
+    pub inbound: Option<String>,
     args: Vec<String>,
     kubeconfig: std::path::PathBuf,
     meshsim: Child,
@@ -147,6 +149,9 @@ pub struct Setup {
     pub controllers: usize,
     /// Extra controller flags.
     pub controller_args: Vec<String>,
+    /// Make the Envoy also the sidecar of a pod of this Deployment (in `namespace`), with an
+    /// inbound listener at [`PrivateMesh::inbound`].
+    pub pod_of: Option<String>,
 }
 
 impl Setup {
@@ -157,6 +162,7 @@ impl Setup {
             filter: Filter::kzscaler()?,
             controllers: 1,
             controller_args: Vec::new(),
+            pod_of: None,
         })
     }
 }
@@ -264,6 +270,12 @@ impl PrivateMesh {
         for c in &controllers {
             cmd.args(["--controller", &c.addr.to_string()]);
         }
+        let mut inbound = None;
+        if let (Some(ns), Some(deployment)) = (&setup.namespace, &setup.pod_of) {
+            let addr = free_addr()?;
+            cmd.args(["--pod", &format!("{ns}/{deployment}={addr}")]);
+            inbound = Some(addr.to_string());
+        }
         if let Filter::Module(module, config) = &setup.filter {
             cmd.arg("--wasm")
                 .arg(module)
@@ -281,6 +293,7 @@ impl PrivateMesh {
             envoy: listen.to_string(),
             dir: dir.clone(),
             lease,
+            inbound,
             args,
             kubeconfig: bed.kubeconfig.clone(),
             meshsim,
@@ -376,6 +389,7 @@ impl PrivateMesh {
             .map(|i| format!("controller-{i}.log"))
             .collect();
         names.push("meshsim.log".into());
+        names.push("envoy.log".into());
         for n in names {
             let text = std::fs::read_to_string(self.dir.join(&n)).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();

@@ -31,6 +31,7 @@ fn start_envoy(
             config: config.to_owned(),
         }),
         static_clusters: vec![],
+        pod: None,
     };
     let mesh = Mesh::default();
     envoy::write_if_changed(&files.cds(), &envoy::cds(&files, &mesh))?;

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
 use kzscaler_core::wire::State;
 use kzscaler_e2e::fixtures::service;
-use kzscaler_e2e::kz::{cluster, managed_deployment, wait_filter_sees};
+use kzscaler_e2e::kz::{PrivateMesh, Setup, cluster, managed_deployment, wait_filter_sees};
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
 
@@ -301,5 +301,64 @@ async fn requests_at_every_point_of_the_scale_down_get_200() -> anyhow::Result<(
         seen.iter().any(|(_, before, _)| *before == 0),
         "some pause should have let it fall asleep: {seen:?}"
     );
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn requests_served_by_its_own_pods_keep_it_awake() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "inbound", &[]).await?;
+    // A private Envoy that is also the sidecar of a "web" pod: requests reach that pod from
+    // outside the mesh, so only its inbound side sees them.
+    let mesh = PrivateMesh::start_setup(
+        &bed,
+        &ns.name,
+        Setup {
+            namespace: Some(ns.name.clone()),
+            pod_of: Some("web".into()),
+            ..Setup::kzscaler()?
+        },
+    )
+    .await?;
+    let ctl = mesh.controller_addr.to_string();
+    let inbound = mesh
+        .inbound
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no inbound listener"))?;
+    let mut d = managed_deployment("web", 1, "30s");
+    d.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("kzscaler.io/idle-timeout".into(), "2s".into());
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service("web", "web", 80, "http"))
+        .await?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &d)
+        .await?;
+    wait_filter_sees(&ns, &ctl, &cluster(&ns.name, "web", 80), State::Awake).await?;
+    // Three idle timeouts of inbound traffic only.
+    for i in 0..15 {
+        let r = bed
+            .get_from(&inbound, "web", &format!("/in/{i}"), REQ)
+            .await?;
+        assert_eq!(r.status, 200, "inbound request {i}: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(replicas(&ns, "web").await?, 1, "{}", mesh.logs(20));
+    assert!(
+        !annotations(&ns, "web")
+            .await?
+            .contains_key("kzscaler.io/slept-at"),
+        "it never slept"
+    );
+    // And without it, it sleeps: it was the inbound traffic that kept it awake.
+    ns.wait_for(
+        "web to sleep once its inbound traffic stops",
+        Duration::from_secs(12),
+        || async { Ok((replicas(&ns, "web").await? == 0).then_some(())) },
+    )
+    .await?;
+    drop(mesh);
     ns.cleanup().await
 }

@@ -18,7 +18,10 @@ use std::collections::hash_map::Entry;
 use std::rc::Rc;
 
 use kzscaler_core::ClusterName;
-use kzscaler_core::wire::{ActivateRequest, ActivateResponse, ActivityReport, ClusterCount, State};
+use kzscaler_core::wire::{
+    ActivateRequest, ActivateResponse, ActivityReport, ClusterCount, INBOUND_PREFIX, InboundCount,
+    State,
+};
 
 use crate::table::Table;
 
@@ -87,6 +90,9 @@ pub struct Worker {
     tokens: HashMap<u32, String>,
     /// Activity counters, reported on tick.
     pub counters: Counters,
+    /// This pod's own Deployment as `<namespace>/<deployment>` (from Istio's node metadata),
+    /// read at the first inbound request; `Some(None)` when the node does not say.
+    pub own_workload: Option<Option<String>>,
 }
 
 /// Per managed cluster: requests since the last report, and requests in flight. A separate
@@ -146,6 +152,7 @@ impl Worker {
             clusters: HashMap::new(),
             tokens: HashMap::new(),
             counters: Counters::default(),
+            own_workload: None,
         }
     }
 }
@@ -190,23 +197,31 @@ impl Counters {
         if self.counts.is_empty() {
             return None;
         }
-        let mut outbound: Vec<ClusterCount> = self
-            .counts
-            .iter_mut()
-            .map(|(cluster, c)| {
-                let requests = std::mem::take(&mut c.0);
-                ClusterCount {
-                    cluster: cluster.to_string(),
+        let mut report = ActivityReport::default();
+        for (key, c) in &mut self.counts {
+            let requests = std::mem::take(&mut c.0);
+            match key
+                .strip_prefix(INBOUND_PREFIX)
+                .and_then(|w| w.split_once('/'))
+            {
+                Some((namespace, deployment)) => report.inbound.push(InboundCount {
+                    namespace: namespace.to_owned(),
+                    deployment: deployment.to_owned(),
                     requests,
                     in_flight: c.1,
-                }
-            })
-            .collect();
-        outbound.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-        Some(ActivityReport {
-            outbound,
-            inbound: None,
-        })
+                }),
+                None => report.outbound.push(ClusterCount {
+                    cluster: key.to_string(),
+                    requests,
+                    in_flight: c.1,
+                }),
+            }
+        }
+        report.outbound.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        report
+            .inbound
+            .sort_by(|a, b| (&a.namespace, &a.deployment).cmp(&(&b.namespace, &b.deployment)));
+        Some(report)
     }
 }
 
@@ -503,6 +518,29 @@ mod tests {
         );
         c.end(WEB);
         assert_eq!(c.take_report(), None);
+    }
+
+    #[test]
+    fn inbound_requests_are_reported_for_the_pods_own_deployment() {
+        let mut c = Counters::default();
+        let own: Rc<str> = Rc::from("inbound|shop/web");
+        let web: Rc<str> = Rc::from(WEB);
+        assert!(c.start(&own, || true));
+        assert!(c.start(&own, || true));
+        assert!(c.start(&web, || true));
+        c.end("inbound|shop/web");
+        let r = c.take_report().unwrap();
+        assert_eq!(
+            r.inbound,
+            vec![InboundCount {
+                namespace: "shop".into(),
+                deployment: "web".into(),
+                requests: 2,
+                in_flight: 1,
+            }]
+        );
+        assert_eq!(r.outbound.len(), 1);
+        assert_eq!(r.outbound[0].cluster, WEB);
     }
 
     #[test]

@@ -9,6 +9,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
+use kzscaler_core::wire::INBOUND_PREFIX;
+
 use crate::config::Config;
 use crate::deadline::{envoy_expected_timeout_ms, grpc_timeout_ms, hold_budget_ms};
 use crate::hold::{self, Hold, Reply, Worker};
@@ -31,6 +33,34 @@ fn now_ms() -> u64 {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `<namespace>/<deployment>` of this pod, from the node metadata Istio gives its sidecar.
+fn own_workload() -> Option<String> {
+    // `xds.node` in current Envoys; the top-level `node` in older ones.
+    let get = |key: &str| {
+        [
+            vec!["xds", "node", "metadata", key],
+            vec!["node", "metadata", key],
+        ]
+        .into_iter()
+        .find_map(|path| {
+            hostcalls::get_property(path)
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|s| !s.is_empty())
+        })
+    };
+    let (Some(ns), Some(workload)) = (get("NAMESPACE"), get("WORKLOAD_NAME")) else {
+        log::warn!(
+            "kzscaler: inbound requests are not counted: the node metadata has no NAMESPACE and WORKLOAD_NAME (not an Istio sidecar?)"
+        );
+        return None;
+    };
+    let own = format!("{ns}/{workload}");
+    log::info!("kzscaler: inbound requests count as activity of {own} when it is managed");
+    Some(own)
 }
 
 fn u64_le(bytes: &[u8]) -> Option<u64> {
@@ -391,7 +421,8 @@ impl RootContext for Root {
 }
 
 /// One request. With no managed destination it does nothing. Otherwise it reads the cluster
-/// name, counts the request for a managed one (activity), and holds it only if that
+/// name. Inbound (`inbound|...`): counts it for this pod's own Deployment, if managed.
+/// Outbound: counts it for a managed destination (activity), and holds it only if that
 /// destination is not awake and this Envoy has no endpoint. No callout, no parsing.
 struct Request {
     id: u32,
@@ -442,6 +473,20 @@ impl HttpContext for Request {
             let Ok(cluster) = std::str::from_utf8(&name) else {
                 return Action::Continue;
             };
+            if cluster.starts_with(INBOUND_PREFIX) {
+                // The inbound side of a pod: its requests are its own Deployment's activity.
+                let own = w.own_workload.get_or_insert_with(own_workload);
+                if let Some(e) = own.as_deref().and_then(|o| w.table.workload(o))
+                    && w.counters.start(&e.cluster, || {
+                        e.counts(self.header("user-agent").as_deref(), || {
+                            self.header(":path")
+                        })
+                    })
+                {
+                    self.counted = Some(e.cluster.clone());
+                }
+                return Action::Continue;
+            }
             let Some(e) = w.table.get(cluster) else {
                 return Action::Continue;
             };

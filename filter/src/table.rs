@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use kzscaler_core::wire::{Snapshot, State};
+use kzscaler_core::wire::{INBOUND_PREFIX, Snapshot, State};
 
 /// What the filter needs of one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub struct Table {
     /// The snapshot's version (sent back as `If-None-Match`).
     pub version: u64,
     by_cluster: HashMap<String, Entry>,
+    /// Managed Deployments as `<namespace>/<deployment>`, for inbound counting; the entry's
+    /// `cluster` is the counter key `inbound|<namespace>/<deployment>`.
+    by_workload: HashMap<String, Entry>,
 }
 
 impl Table {
@@ -50,8 +53,23 @@ impl Table {
     pub fn parse(json: &[u8]) -> Result<Self, String> {
         let snap: Snapshot =
             serde_json::from_slice(json).map_err(|e| format!("snapshot is not valid: {e}"))?;
+        let by_workload = snap
+            .destinations
+            .iter()
+            .map(|d| {
+                let workload = format!("{}/{}", d.namespace, d.deployment);
+                let entry = Entry {
+                    cluster: Rc::from(format!("{INBOUND_PREFIX}{workload}").as_str()),
+                    state: d.state,
+                    wake_timeout_ms: d.wake_timeout_ms,
+                    ignore_paths: d.ignore_paths.clone(),
+                };
+                (workload, entry)
+            })
+            .collect();
         Ok(Self {
             version: snap.version,
+            by_workload,
             by_cluster: snap
                 .destinations
                 .into_iter()
@@ -73,6 +91,12 @@ impl Table {
     /// The destination behind a cluster, if managed.
     pub fn get(&self, cluster: &str) -> Option<&Entry> {
         self.by_cluster.get(cluster)
+    }
+
+    /// This pod's own Deployment (`<namespace>/<deployment>`), if managed: inbound requests
+    /// count as its activity.
+    pub fn workload(&self, workload: &str) -> Option<&Entry> {
+        self.by_workload.get(workload)
     }
 
     /// No managed destination at all: nothing to count or hold, not even a lookup.
@@ -103,6 +127,12 @@ mod tests {
             })
         );
         assert_eq!(t.get("outbound|80||db.shop.svc.cluster.local"), None);
+        assert_eq!(
+            t.workload("shop/web").map(|e| &*e.cluster),
+            Some("inbound|shop/web"),
+            "its pods' inbound requests count for it"
+        );
+        assert_eq!(t.workload("shop/db"), None);
         assert!(!t.is_empty());
         assert!(Table::default().is_empty());
     }

@@ -46,6 +46,23 @@ struct Args {
     /// as the controller's Service selects the leader's pod in a cluster.
     #[arg(long)]
     controller: Vec<SocketAddr>,
+    /// Also play the inbound side of a pod of a Deployment: NAMESPACE/DEPLOYMENT=ADDR puts
+    /// Istio's node metadata (NAMESPACE, WORKLOAD_NAME) in the bootstrap and an inbound
+    /// listener on ADDR in front of an application backend.
+    #[arg(long, value_parser = parse_pod)]
+    pod: Option<(String, String, SocketAddr)>,
+}
+
+fn parse_pod(s: &str) -> Result<(String, String, SocketAddr), String> {
+    let expected = "expected NAMESPACE/DEPLOYMENT=HOST:PORT, e.g. shop/web=127.0.0.1:15006";
+    let (workload, addr) = s.split_once('=').ok_or(format!("{s:?}: {expected}"))?;
+    let (ns, deployment) = workload
+        .split_once('/')
+        .ok_or(format!("{s:?}: {expected}"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{s:?}: address {addr:?}: {e}; {expected}"))?;
+    Ok((ns.to_owned(), deployment.to_owned(), addr))
 }
 
 #[tokio::main]
@@ -78,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency: args.concurrency,
             envoy_pid_file: args.envoy_pid_file,
             controller: args.controller,
+            pod: args.pod,
         },
     )
     .await

@@ -39,6 +39,22 @@ pub struct Bootstrap {
     pub wasm: Option<WasmFilter>,
     /// Static clusters added as is (e.g. the controller's).
     pub static_clusters: Vec<Value>,
+    /// The pod this Envoy is the sidecar of, with its inbound side, if it plays one.
+    pub pod: Option<Pod>,
+}
+
+/// The pod a sidecar belongs to: Istio's node metadata, and an inbound listener forwarding to
+/// the application (cluster `inbound|<port>||`, as Istio names it).
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// `NAMESPACE` node metadata.
+    pub namespace: String,
+    /// `WORKLOAD_NAME` node metadata (the Deployment).
+    pub workload: String,
+    /// The inbound listener.
+    pub inbound: std::net::SocketAddr,
+    /// The application behind it.
+    pub app: std::net::SocketAddr,
 }
 
 impl Files {
@@ -104,13 +120,41 @@ pub fn bootstrap(files: &Files, b: &Bootstrap) -> Value {
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
+    let mut clusters = b.static_clusters.clone();
+    let mut listeners = Vec::new();
+    let mut node = json!({"id": "sidecar~127.0.0.1~meshsim.default~default.svc.cluster.local", "cluster": "meshsim"});
+    if let Some(pod) = &b.pod {
+        node["metadata"] = json!({"NAMESPACE": pod.namespace, "WORKLOAD_NAME": pod.workload});
+        let name = format!("inbound|{}||", pod.app.port());
+        clusters.push(json!({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(pod.app)}}]}]}
+        }));
+        listeners.push(json!({
+            "name": "virtualInbound-http",
+            "address": socket(pod.inbound),
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "inbound_http",
+                    "codec_type": "AUTO",
+                    "route_config": {"name": "inbound", "virtual_hosts": [{"name": "inbound", "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": name, "timeout": "0s"}}]}]},
+                    "http_filters": http_filters
+                }
+            }]}]
+        }));
+    }
     json!({
-        "node": {"id": "sidecar~127.0.0.1~meshsim.default~default.svc.cluster.local", "cluster": "meshsim"},
+        "node": node,
         "admin": {"address": socket(b.admin)},
         "dynamic_resources": {"cds_config": path_source(&files.cds())},
         "static_resources": {
-            "clusters": b.static_clusters,
-            "listeners": [{
+            "clusters": clusters,
+            "listeners": listeners.into_iter().chain([json!({
                 "name": "virtualOutbound-http",
                 "address": socket(b.listen),
                 "filter_chains": [{"filters": [{
@@ -123,7 +167,7 @@ pub fn bootstrap(files: &Files, b: &Bootstrap) -> Value {
                         "http_filters": http_filters
                     }
                 }]}]
-            }]
+            })]).collect::<Vec<_>>()
         }
     })
 }
@@ -313,6 +357,7 @@ mod tests {
                 config: "{}".into(),
             }),
             static_clusters: vec![],
+            pod: None,
         };
         let v = bootstrap(&files(), &b);
         let filters = &v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -322,6 +367,44 @@ mod tests {
         assert_eq!(
             filters[0]["typed_config"]["config"]["configuration"]["@type"],
             "type.googleapis.com/google.protobuf.StringValue"
+        );
+    }
+
+    #[test]
+    fn a_pods_sidecar_has_node_metadata_and_an_inbound_listener_with_the_filter() {
+        let b = Bootstrap {
+            listen: "127.0.0.1:15001".parse().unwrap(),
+            admin: "127.0.0.1:15000".parse().unwrap(),
+            wasm: Some(WasmFilter {
+                module: "/f.wasm".into(),
+                config: "{}".into(),
+            }),
+            static_clusters: vec![],
+            pod: Some(Pod {
+                namespace: "shop".into(),
+                workload: "web".into(),
+                inbound: "127.0.0.1:15006".parse().unwrap(),
+                app: "127.0.0.1:8080".parse().unwrap(),
+            }),
+        };
+        let v = bootstrap(&files(), &b);
+        assert_eq!(v["node"]["metadata"]["WORKLOAD_NAME"], "web");
+        assert_eq!(v["node"]["metadata"]["NAMESPACE"], "shop");
+        let inbound = &v["static_resources"]["listeners"][0];
+        assert_eq!(inbound["name"], "virtualInbound-http");
+        let hcm = &inbound["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(hcm["http_filters"][0]["name"], "kzscaler");
+        assert_eq!(
+            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+            "inbound|8080||"
+        );
+        assert_eq!(
+            v["static_resources"]["clusters"][0]["name"],
+            "inbound|8080||"
+        );
+        assert_eq!(
+            v["static_resources"]["listeners"][1]["name"],
+            "virtualOutbound-http"
         );
     }
 }

@@ -46,6 +46,9 @@ pub struct Options {
     /// The kzscaler controller replicas' filter API on this machine, reached through a cluster
     /// named like the sidecar's cluster for the controller's Service.
     pub controller: Vec<SocketAddr>,
+    /// Play the sidecar of a pod of this Deployment (`namespace`, `deployment`): node
+    /// metadata, and an inbound listener on this address in front of an application backend.
+    pub pod: Option<(String, String, SocketAddr)>,
 }
 
 /// Runs until Envoy exits, a watch cannot start, or SIGTERM/SIGINT arrives.
@@ -75,9 +78,36 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let mut state = State::default();
     let mesh = snapshot(&svc_store, &eps_store, &opts.domain);
     state.reconcile(&files, mesh).await?;
+    // The pod's own application, behind the inbound listener.
+    let app = match &opts.pod {
+        Some((namespace, deployment, _)) => Some(
+            super::backend::start(&super::model::EndpointKey {
+                cluster: "inbound|80||".into(),
+                namespace: namespace.clone(),
+                service: deployment.clone(),
+                pod: format!("{deployment}-meshsim"),
+                address: "127.0.0.1".into(),
+                target_port: 80,
+                grpc: false,
+            })
+            .await
+            .context("starting the pod's application backend")?,
+        ),
+        None => None,
+    };
+    let pod = match (&opts.pod, &app) {
+        (Some((namespace, workload, inbound)), Some(app)) => Some(envoy::Pod {
+            namespace: namespace.clone(),
+            workload: workload.clone(),
+            inbound: *inbound,
+            app: app.addr,
+        }),
+        _ => None,
+    };
     let boot = envoy::bootstrap(
         &files,
         &Bootstrap {
+            pod,
             listen: opts.listen,
             admin: opts.admin,
             wasm: opts.wasm.clone(),
