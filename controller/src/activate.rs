@@ -31,14 +31,25 @@ pub trait Scaler: Send + Sync + 'static {
         replicas: u32,
         idle_ms: u64,
     ) -> impl Future<Output = Result<(), String>> + Send;
-    /// Rewrites the recorded state (`awake`/`asleep`) when replicas changed outside kzscaler;
-    /// `why` explains it in an Event.
-    fn correct_state(
+    /// Merges `annotations` (`null` removes one) into the Deployment's, and publishes `note`
+    /// as an Event about it.
+    fn annotate(
         &self,
         key: &Key,
-        state: &'static str,
-        why: String,
+        annotations: serde_json::Value,
+        note: Option<Note>,
     ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// An Event to publish about a Deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// The Event's reason, e.g. `StateCorrected`.
+    pub reason: &'static str,
+    /// The Event's message, with the numbers.
+    pub message: String,
 }
 
 /// How long a wake took, phase by phase, from the first activate.
@@ -105,12 +116,33 @@ impl<S: Scaler> Activator<S> {
     pub async fn activate(self: &Arc<Self>, cluster: &str, deadline: Duration) -> Outcome {
         let start = Instant::now();
         let mut changes = self.changes.clone();
+        // A sleep being committed: its endpoints are about to go. Wait for it to land, then
+        // wake it as usual (the Sleeper marks it in the same lock as its decision, so an
+        // activate either cancels the sleep or sees the mark).
+        loop {
+            let closing = {
+                let cache = self.cache.read().await;
+                match cache.destination(cluster) {
+                    None => return Outcome::NotManaged,
+                    Some((key, ..)) => cache.is_closing(key),
+                }
+            };
+            if !closing {
+                break;
+            }
+            let left = deadline.saturating_sub(start.elapsed());
+            match tokio::time::timeout(left, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Outcome::TimedOut(State::Draining),
+            }
+        }
         let (key, deadline, op) = {
             let cache = self.cache.read().await;
             let Some((key, dest, managed)) = cache.destination(cluster) else {
                 return Outcome::NotManaged;
             };
-            if managed.ready_endpoints > 0 {
+            // Ready endpoints of a Deployment at 0 replicas are on their way out.
+            if managed.desired > 0 && managed.ready_endpoints > 0 {
                 return Outcome::Ready;
             }
             let deadline = deadline.min(Duration::from_millis(dest.wake_timeout_ms));
@@ -131,7 +163,9 @@ impl<S: Scaler> Activator<S> {
                 let cache = self.cache.read().await;
                 match cache.destination(cluster) {
                     None => return Outcome::NotManaged,
-                    Some((_, _, m)) if m.ready_endpoints > 0 => return Outcome::Ready,
+                    Some((_, _, m)) if m.desired > 0 && m.ready_endpoints > 0 => {
+                        return Outcome::Ready;
+                    }
                     Some(_) => {}
                 }
             }
@@ -322,7 +356,12 @@ mod tests {
         async fn sleep(&self, _key: &Key, _replicas: u32, _idle_ms: u64) -> Result<(), String> {
             Ok(())
         }
-        async fn correct_state(&self, _: &Key, _: &'static str, _: String) -> Result<(), String> {
+        async fn annotate(
+            &self,
+            _: &Key,
+            _: serde_json::Value,
+            _: Option<Note>,
+        ) -> Result<(), String> {
             Ok(())
         }
     }
@@ -368,6 +407,36 @@ mod tests {
             Outcome::Ready
         );
         assert_eq!(fake.scales.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_activate_during_a_committed_sleep_waits_for_it_and_wakes_it_again() {
+        let (act, fake) = setup(Duration::from_millis(20), false);
+        let key = Key {
+            namespace: "shop".into(),
+            name: "web".into(),
+        };
+        {
+            let mut c = fake.cache.write().await;
+            c.update(built(1, true));
+            c.set_closing(&key, true);
+        }
+        let waiting = {
+            let act = act.clone();
+            tokio::spawn(async move { act.activate(WEB, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "no 'ready' for an endpoint about to go"
+        );
+        assert_eq!(fake.scales.load(Ordering::SeqCst), 0);
+        // The sleep lands: 0 replicas clears the mark, and the waiting activate wakes it.
+        fake.cache.write().await.update(built(0, false));
+        fake.tx.send_modify(|v| *v += 1);
+        assert_eq!(waiting.await.unwrap(), Outcome::Ready);
+        assert_eq!(fake.scales.load(Ordering::SeqCst), 1);
+        assert!(!fake.cache.read().await.is_closing(&key));
     }
 
     #[tokio::test]

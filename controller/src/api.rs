@@ -150,9 +150,12 @@ async fn activate<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) ->
             );
         }
     };
-    // An activation is activity: it cancels a drain and restarts the idle clock.
-    api.idle
-        .touch_cluster(&*api.cache.read().await, &req.cluster);
+    // An activation is activity (unless only probes or ignored paths are held): it cancels a
+    // drain and restarts the idle clock.
+    if req.activity {
+        api.idle
+            .touch_cluster(&*api.cache.read().await, &req.cluster);
+    }
     let outcome = api
         .activator
         .activate(&req.cluster, Duration::from_millis(req.deadline_ms))
@@ -297,7 +300,12 @@ mod tests {
         async fn sleep(&self, _: &Key, _: u32, _: u64) -> Result<(), String> {
             Ok(())
         }
-        async fn correct_state(&self, _: &Key, _: &'static str, _: String) -> Result<(), String> {
+        async fn annotate(
+            &self,
+            _: &Key,
+            _: serde_json::Value,
+            _: Option<crate::activate::Note>,
+        ) -> Result<(), String> {
             Ok(())
         }
     }

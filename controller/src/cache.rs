@@ -52,6 +52,10 @@ pub struct Managed {
     pub replicas_before_sleep: Option<u32>,
     /// [`kzscaler_core::names::STATE`] as last written (by the leader).
     pub recorded_state: Option<String>,
+    /// [`kzscaler_core::names::LAST_REQUEST`] as last written, in ms since the epoch.
+    pub recorded_last_request: Option<u64>,
+    /// [`kzscaler_core::names::ACTION`]: what `kubectl kzscaler` asked for.
+    pub action: Option<String>,
     /// The minReplicas of an HPA targeting it.
     pub hpa_min: Option<u32>,
     /// Ready endpoints over all its Services.
@@ -197,6 +201,11 @@ impl Built {
                         .unwrap_or(0),
                     replicas_before_sleep,
                     recorded_state: annotations.get(kzscaler_core::names::STATE).cloned(),
+                    recorded_last_request: annotations
+                        .get(kzscaler_core::names::LAST_REQUEST)
+                        .and_then(|v| v.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                        .and_then(|t| u64::try_from(t.as_millisecond()).ok()),
+                    action: annotations.get(kzscaler_core::names::ACTION).cloned(),
                     hpa_min: None,
                     ready_endpoints: 0,
                     reference,
@@ -336,6 +345,8 @@ pub struct Cache {
     built: Built,
     snapshot: Snapshot,
     draining: BTreeSet<Key>,
+    /// Deployments whose scale to 0 is committed, until the cache shows 0 replicas.
+    closing: BTreeSet<Key>,
 }
 
 impl Cache {
@@ -350,13 +361,33 @@ impl Cache {
                 destinations: Vec::new(),
             },
             draining: BTreeSet::new(),
+            closing: BTreeSet::new(),
         }
     }
 
     /// Replaces the content; returns whether the snapshot changed.
     pub fn update(&mut self, built: Built) -> bool {
         self.built = built;
+        let managed = &self.built.managed;
+        self.closing
+            .retain(|k| managed.get(k).is_some_and(|m| m.desired > 0));
         self.publish()
+    }
+
+    /// Marks a Deployment whose scale to 0 is committed (or no longer): an activate waits for
+    /// the sleep to land and then wakes it, instead of answering "ready" for an endpoint about
+    /// to go. The mark goes by itself once the cache shows 0 replicas.
+    pub fn set_closing(&mut self, key: &Key, closing: bool) {
+        if closing {
+            self.closing.insert(key.clone());
+        } else {
+            self.closing.remove(key);
+        }
+    }
+
+    /// Whether a Deployment's scale to 0 is committed and not yet seen.
+    pub fn is_closing(&self, key: &Key) -> bool {
+        self.closing.contains(key)
     }
 
     /// Marks a Deployment draining (about to sleep) or not; returns whether the snapshot

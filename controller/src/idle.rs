@@ -67,12 +67,26 @@ pub fn decide(f: Facts) -> Step {
 /// The [`kzscaler_core::names::STATE`] annotation that matches the replica count, when the
 /// recorded one does not: `spec.replicas` > 0 is awake (a user scaled an asleep Deployment by
 /// hand, or a controller stopped mid-wake), 0 is asleep (scaled down by hand).
-pub fn corrected_state(desired: i32, recorded: Option<&str>) -> Option<&'static str> {
+/// A `draining` record is stale when this controller is not draining it (a controller
+/// stopped mid-drain).
+pub fn corrected_state(
+    desired: i32,
+    recorded: Option<&str>,
+    draining: bool,
+) -> Option<&'static str> {
     match (desired > 0, recorded) {
         (true, Some("asleep")) => Some("awake"),
-        (false, Some("awake")) => Some("asleep"),
+        (true, Some("draining")) if !draining => Some("awake"),
+        (false, Some("awake" | "draining")) => Some("asleep"),
         _ => None,
     }
+}
+
+/// Whether the recorded last request is old enough to be rewritten: at most once a minute, or
+/// every quarter of the idle timeout when that is shorter (at least a second).
+pub fn last_request_due(last: u64, recorded: Option<u64>, idle_timeout: Duration) -> bool {
+    let refresh = (ms(idle_timeout) / 4).clamp(1_000, 60_000);
+    recorded.is_none_or(|r| last.saturating_sub(r) >= refresh)
 }
 
 /// Last activity per Deployment. A Deployment first seen now counts as active now, so a
@@ -80,9 +94,22 @@ pub fn corrected_state(desired: i32, recorded: Option<&str>) -> Option<&'static 
 #[derive(Debug, Default)]
 pub struct Activity {
     last: HashMap<Key, u64>,
+    /// Last real request (reports, activations), as opposed to clock starts.
+    requests: HashMap<Key, u64>,
 }
 
 impl Activity {
+    /// Records a request (reported by a filter) now.
+    pub fn request(&mut self, key: &Key, now: u64) {
+        self.last.insert(key.clone(), now);
+        self.requests.insert(key.clone(), now);
+    }
+
+    /// The last real request seen, if any.
+    pub fn last_request(&self, key: &Key) -> Option<u64> {
+        self.requests.get(key).copied()
+    }
+
     /// Records activity now.
     pub fn touch(&mut self, key: &Key, now: u64) {
         self.last.insert(key.clone(), now);
@@ -97,11 +124,13 @@ impl Activity {
     /// restart (a replica that just became leader has seen no activity reports).
     pub fn clear(&mut self) {
         self.last.clear();
+        self.requests.clear();
     }
 
     /// Forgets Deployments that are no longer managed.
     pub fn retain(&mut self, keep: impl Fn(&Key) -> bool) {
         self.last.retain(|k, _| keep(k));
+        self.requests.retain(|k, _| keep(k));
     }
 }
 
@@ -111,13 +140,37 @@ mod tests {
 
     #[test]
     fn recorded_state_follows_replicas_set_by_hand() {
-        assert_eq!(corrected_state(2, Some("asleep")), Some("awake"));
-        assert_eq!(corrected_state(0, Some("awake")), Some("asleep"));
-        assert_eq!(corrected_state(1, Some("awake")), None);
-        assert_eq!(corrected_state(0, Some("asleep")), None);
+        assert_eq!(corrected_state(2, Some("asleep"), false), Some("awake"));
+        assert_eq!(corrected_state(0, Some("awake"), false), Some("asleep"));
+        assert_eq!(corrected_state(1, Some("awake"), false), None);
+        assert_eq!(corrected_state(0, Some("asleep"), false), None);
         // Never recorded: nothing to correct (kzscaler has not acted on it yet).
-        assert_eq!(corrected_state(0, None), None);
-        assert_eq!(corrected_state(3, None), None);
+        assert_eq!(corrected_state(0, None, false), None);
+        assert_eq!(corrected_state(3, None, false), None);
+    }
+
+    #[test]
+    fn a_draining_record_left_by_a_stopped_controller_is_corrected() {
+        assert_eq!(corrected_state(1, Some("draining"), true), None);
+        assert_eq!(corrected_state(1, Some("draining"), false), Some("awake"));
+        assert_eq!(corrected_state(0, Some("draining"), false), Some("asleep"));
+    }
+
+    #[test]
+    fn last_request_is_rewritten_at_most_every_minute_or_quarter_idle_timeout() {
+        let ten_min = Duration::from_secs(600);
+        assert!(last_request_due(100_000, None, ten_min));
+        assert!(!last_request_due(159_999, Some(100_000), ten_min));
+        assert!(last_request_due(160_000, Some(100_000), ten_min));
+        let four_s = Duration::from_secs(4);
+        assert!(last_request_due(101_000, Some(100_000), four_s));
+        assert!(!last_request_due(100_999, Some(100_000), four_s));
+        // Never more often than once a second.
+        assert!(!last_request_due(
+            100_500,
+            Some(100_000),
+            Duration::from_millis(400)
+        ));
     }
 
     fn facts() -> Facts {

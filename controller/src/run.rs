@@ -26,7 +26,7 @@ use kzscaler_core::wire::State;
 use serde_json::json;
 use tokio::sync::{Notify, RwLock, watch};
 
-use crate::activate::{Activator, Scaler, WakeRecord};
+use crate::activate::{Activator, Note, Scaler, WakeRecord};
 use crate::api::{self, Api as HttpApi};
 use crate::cache::{Built, Cache, Key, Problem};
 use crate::lease::Leadership;
@@ -182,10 +182,17 @@ impl Scaler for KubeScaler {
         let ev = Event {
             type_: EventType::Normal,
             reason: "Slept".into(),
-            note: Some(format!(
-                "no activity for {:.1}s: scaled {replicas} -> 0; a request will wake it to {replicas}",
-                idle_ms as f64 / 1000.0
-            )),
+            note: Some(if idle_ms == 0 {
+                format!(
+                    "on request ({}: sleep): scaled {replicas} -> 0; a request will wake it to {replicas}",
+                    names::ACTION
+                )
+            } else {
+                format!(
+                    "no activity for {:.1}s: scaled {replicas} -> 0; a request will wake it to {replicas}",
+                    idle_ms as f64 / 1000.0
+                )
+            }),
             action: "Sleep".into(),
             secondary: None,
         };
@@ -195,27 +202,33 @@ impl Scaler for KubeScaler {
         Ok(())
     }
 
-    async fn correct_state(
+    async fn annotate(
         &self,
         key: &Key,
-        state: &'static str,
-        why: String,
+        annotations: serde_json::Value,
+        note: Option<Note>,
     ) -> Result<(), String> {
         let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
-        let patch = json!({"metadata": {"annotations": {names::STATE: state}}});
+        let patch = json!({"metadata": {"annotations": annotations}});
         let dep = api
             .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
             .await
-            .map_err(|e| format!("correcting the state of {key}: {e}"))?;
-        let ev = Event {
-            type_: EventType::Normal,
-            reason: "StateCorrected".into(),
-            note: Some(why),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &dep.object_ref(&())).await {
-            tracing::warn!(deployment = %key, error = %e, "could not publish the StateCorrected event");
+            .map_err(|e| format!("annotating {key}: {e}"))?;
+        if let Some(note) = note {
+            let ev = Event {
+                type_: if note.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: note.reason.into(),
+                note: Some(note.message),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = self.recorder.publish(&ev, &dep.object_ref(&())).await {
+                tracing::warn!(deployment = %key, error = %e, reason = note.reason, "could not publish an event");
+            }
         }
         Ok(())
     }

@@ -10,11 +10,12 @@ use std::time::Duration;
 use kzscaler_core::wire::State;
 use tokio::sync::{RwLock, watch};
 
-use crate::activate::Scaler;
+use crate::activate::{Note, Scaler};
 use crate::cache::{Cache, Key};
-use crate::idle::{Activity, Facts, Step, corrected_state, decide};
+use crate::idle::{Activity, Facts, Step, corrected_state, decide, last_request_due};
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
+use kzscaler_core::names;
 
 /// How long the recorded state may disagree with the replica count before it is corrected
 /// (a wake writes `awake` itself once the endpoints are ready).
@@ -43,7 +44,7 @@ impl Idle {
         if cache.managed(&key).is_some()
             && let Ok(mut a) = self.activity.lock()
         {
-            a.touch(&key, now_ms());
+            a.request(&key, now_ms());
         }
     }
 
@@ -52,7 +53,7 @@ impl Idle {
         if let Some((key, _, _)) = cache.destination(cluster)
             && let Ok(mut a) = self.activity.lock()
         {
-            a.touch(key, now_ms());
+            a.request(key, now_ms());
         }
     }
 }
@@ -99,8 +100,11 @@ impl<S: Scaler> Sleeper<S> {
                 self.lead(leading, &mut memory).await;
             }
             if leading {
+                self.act_on_requests().await;
                 self.pass(&mut memory.draining).await;
-                self.correct_states(&mut memory.mismatched).await;
+                self.correct_states(&mut memory.mismatched, &memory.draining)
+                    .await;
+                self.record_last_requests().await;
             }
         }
     }
@@ -125,8 +129,117 @@ impl<S: Scaler> Sleeper<S> {
         memory.leading = leading;
     }
 
+    /// Acts on `kzscaler.io/action` (set by `kubectl kzscaler wake|sleep`) and removes it.
+    async fn act_on_requests(&self) {
+        let asked: Vec<(Key, String, i32, u32)> = {
+            let cache = self.cache.read().await;
+            cache
+                .all_managed()
+                .iter()
+                .filter_map(|(k, m)| {
+                    let a = m.action.clone()?;
+                    Some((k.clone(), a, m.desired, m.wake_replicas()))
+                })
+                .collect()
+        };
+        for (key, action, desired, wake_to) in asked {
+            let now = now_ms();
+            let (state, note) = match action.as_str() {
+                "wake" if desired == 0 => {
+                    if let Err(e) = self.scaler.scale(&key, wake_to).await {
+                        tracing::warn!(deployment = %key, error = %e, "could not wake on request; retrying");
+                        continue;
+                    }
+                    (
+                        Some("awake"),
+                        Some(Note {
+                            warning: false,
+                            reason: "Woke",
+                            message: format!(
+                                "woken on request ({}: wake): scaled 0 -> {wake_to}",
+                                names::ACTION
+                            ),
+                        }),
+                    )
+                }
+                "wake" => (None, None),
+                "sleep" => {
+                    // As if idle for a whole timeout: the usual drain, then the scale to 0.
+                    // A request during the drain still cancels it.
+                    if let Ok(mut a) = self.idle.activity.lock() {
+                        a.touch(&key, 0);
+                    }
+                    (None, None)
+                }
+                other => (
+                    None,
+                    Some(Note {
+                        warning: true,
+                        reason: "InvalidAnnotation",
+                        message: format!(
+                            "annotation {}: {other:?} is not valid: expected \"wake\" or \"sleep\"; removed",
+                            names::ACTION
+                        ),
+                    }),
+                ),
+            };
+            if action == "wake"
+                && let Ok(mut a) = self.idle.activity.lock()
+            {
+                a.touch(&key, now);
+            }
+            let mut patch = serde_json::json!({ names::ACTION: null });
+            if let Some(s) = state {
+                patch[names::STATE] = serde_json::json!(s);
+            }
+            match self.scaler.annotate(&key, patch, note).await {
+                Ok(()) => {
+                    tracing::info!(deployment = %key, action = %action, "acted on a kubectl kzscaler request")
+                }
+                Err(e) => {
+                    tracing::warn!(deployment = %key, error = %e, "could not remove {}", names::ACTION)
+                }
+            }
+        }
+    }
+
+    /// Writes `kzscaler.io/last-request` for Deployments with requests since it was written,
+    /// rate-limited (see [`last_request_due`]).
+    async fn record_last_requests(&self) {
+        let due: Vec<(Key, u64)> = {
+            let cache = self.cache.read().await;
+            let Ok(activity) = self.idle.activity.lock() else {
+                return;
+            };
+            cache
+                .all_managed()
+                .iter()
+                .filter_map(|(k, m)| {
+                    let last = activity.last_request(k)?;
+                    last_request_due(last, m.recorded_last_request, m.spec.idle_timeout)
+                        .then(|| (k.clone(), last))
+                })
+                .collect()
+        };
+        for (key, last) in due {
+            let at = i64::try_from(last)
+                .ok()
+                .and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            let patch = serde_json::json!({ names::LAST_REQUEST: at });
+            if let Err(e) = self.scaler.annotate(&key, patch, None).await {
+                tracing::warn!(deployment = %key, error = %e, "could not record the last request");
+            }
+        }
+    }
+
     /// Rewrites `kzscaler.io/state` where it has disagreed with the replicas for a while.
-    async fn correct_states(&self, mismatched: &mut HashMap<Key, u64>) {
+    async fn correct_states(
+        &self,
+        mismatched: &mut HashMap<Key, u64>,
+        draining: &HashMap<Key, u64>,
+    ) {
         let now = now_ms();
         let wrong: Vec<(Key, &'static str, i32)> = {
             let cache = self.cache.read().await;
@@ -134,8 +247,12 @@ impl<S: Scaler> Sleeper<S> {
                 .all_managed()
                 .iter()
                 .filter_map(|(k, m)| {
-                    corrected_state(m.desired, m.recorded_state.as_deref())
-                        .map(|s| (k.clone(), s, m.desired))
+                    corrected_state(
+                        m.desired,
+                        m.recorded_state.as_deref(),
+                        draining.contains_key(k),
+                    )
+                    .map(|s| (k.clone(), s, m.desired))
                 })
                 .collect()
         };
@@ -147,12 +264,18 @@ impl<S: Scaler> Sleeper<S> {
             }
             let why = if state == "awake" {
                 format!(
-                    "kzscaler.io/state said asleep but the Deployment has {desired} replica(s), set outside kzscaler: treated as awake; the idle timeout starts now"
+                    "kzscaler.io/state did not say awake but the Deployment has {desired} replica(s), set outside kzscaler (or by a controller that stopped): treated as awake; the idle timeout starts now"
                 )
             } else {
                 "kzscaler.io/state said awake but the Deployment has 0 replicas, set outside kzscaler: treated as asleep; a request wakes it".to_owned()
             };
-            match self.scaler.correct_state(&key, state, why).await {
+            let note = Note {
+                warning: false,
+                reason: "StateCorrected",
+                message: why,
+            };
+            let patch = serde_json::json!({ names::STATE: state });
+            match self.scaler.annotate(&key, patch, Some(note)).await {
                 Ok(()) => {
                     tracing::info!(deployment = %key, state, replicas = desired, "replicas changed outside kzscaler: state corrected");
                     mismatched.remove(&key);
@@ -183,6 +306,7 @@ impl<S: Scaler> Sleeper<S> {
                 .collect()
         };
         let mut to_sleep = Vec::new();
+        let mut marks: Vec<(Key, &'static str)> = Vec::new();
         let mut changed = false;
         {
             // The cache lock first: no await while the activity lock is held.
@@ -213,6 +337,7 @@ impl<S: Scaler> Sleeper<S> {
                         tracing::info!(deployment = %key, idle_ms = now - facts.last_active, "idle: draining before sleep");
                         draining.insert(key.clone(), now);
                         changed |= cache.set_draining(key, true);
+                        marks.push((key.clone(), "draining"));
                     }
                     Step::Undrain => {
                         if *state == State::Awake {
@@ -220,9 +345,19 @@ impl<S: Scaler> Sleeper<S> {
                         }
                         draining.remove(key);
                         changed |= cache.set_draining(key, false);
+                        if *state == State::Awake {
+                            marks.push((key.clone(), "awake"));
+                        }
                     }
                     Step::Sleep => {
-                        let idle_ms = now.saturating_sub(facts.last_active);
+                        // Committed, in the same lock as the decision: see Cache::set_closing.
+                        cache.set_closing(key, true);
+                        // 0: asked to sleep (kubectl kzscaler sleep), not idle.
+                        let idle_ms = if facts.last_active == 0 {
+                            0
+                        } else {
+                            now.saturating_sub(facts.last_active)
+                        };
                         to_sleep.push((key.clone(), *desired, idle_ms));
                     }
                 }
@@ -230,6 +365,13 @@ impl<S: Scaler> Sleeper<S> {
         }
         if changed {
             self.changes.send_modify(|v| *v += 1);
+        }
+        // kzscaler.io/state shows draining too (kubectl kzscaler status reads it).
+        for (key, state) in marks {
+            let patch = serde_json::json!({ names::STATE: state });
+            if let Err(e) = self.scaler.annotate(&key, patch, None).await {
+                tracing::warn!(deployment = %key, error = %e, "could not record the state {state}");
+            }
         }
         for (key, desired, idle_ms) in to_sleep {
             let replicas = u32::try_from(desired).unwrap_or(1);
@@ -246,9 +388,15 @@ impl<S: Scaler> Sleeper<S> {
                     if let Ok(mut a) = self.idle.activity.lock() {
                         a.touch(&key, now);
                     }
-                    if self.cache.write().await.set_draining(&key, false) {
-                        self.changes.send_modify(|v| *v += 1);
-                    }
+                    let undrained = {
+                        let mut cache = self.cache.write().await;
+                        cache.set_closing(&key, false);
+                        cache.set_draining(&key, false)
+                    };
+                    self.changes.send_modify(|v| *v += 1);
+                    let _ = undrained;
+                    let patch = serde_json::json!({ names::STATE: "awake" });
+                    let _ = self.scaler.annotate(&key, patch, None).await;
                 }
             }
         }

@@ -24,7 +24,14 @@ pub const IGNORE_PATHS: &str = "kzscaler.io/ignore-paths";
 /// Deployment annotation: `"true"` pins the Deployment awake.
 pub const PAUSED: &str = "kzscaler.io/paused";
 
-/// Written by the controller: `awake` or `asleep`, the last transition it made.
+/// Set by `kubectl kzscaler wake|sleep`: `wake` or `sleep`; the controller acts on it and
+/// removes it.
+pub const ACTION: &str = "kzscaler.io/action";
+/// Written by the controller: when it last saw a request (RFC 3339), refreshed at most every
+/// minute (or a quarter of the idle timeout when shorter).
+pub const LAST_REQUEST: &str = "kzscaler.io/last-request";
+
+/// Written by the controller: `awake`, `draining` or `asleep`, the last transition it made.
 pub const STATE: &str = "kzscaler.io/state";
 /// Written by the controller before sleeping: the replica count to wake back to.
 pub const REPLICAS_BEFORE_SLEEP: &str = "kzscaler.io/replicas-before-sleep";

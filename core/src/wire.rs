@@ -38,6 +38,13 @@ impl State {
     pub fn must_hold(self) -> bool {
         matches!(self, State::Asleep | State::Waking | State::Draining)
     }
+
+    /// Whether a request must be held even though this Envoy has endpoints: while draining,
+    /// every request asks the controller first (activate cancels the sleep and answers at
+    /// once), so none can reach an endpoint that a committed sleep is about to remove.
+    pub fn hold_despite_endpoints(self) -> bool {
+        self == State::Draining
+    }
 }
 
 /// One managed destination (a Service port whose Service selects a managed Deployment).
@@ -76,6 +83,14 @@ pub struct ActivateRequest {
     pub cluster: String,
     /// How long the caller will wait, in milliseconds; the controller answers before then.
     pub deadline_ms: u64,
+    /// Whether the held requests count as activity (false when all are probes or ignored
+    /// paths: they may wake a sleeping Deployment but never cancel a sleep).
+    #[serde(default = "yes")]
+    pub activity: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The controller's answer to [`ActivateRequest`].
@@ -162,6 +177,9 @@ mod tests {
         assert!(State::Waking.must_hold());
         assert!(State::Draining.must_hold());
         assert!(!State::Awake.must_hold());
+        assert!(State::Draining.hold_despite_endpoints());
+        assert!(!State::Awake.hold_despite_endpoints());
+        assert!(!State::Asleep.hold_despite_endpoints());
     }
 
     #[test]

@@ -287,6 +287,9 @@ async fn requests_at_every_point_of_the_scale_down_get_200() -> anyhow::Result<(
         for r in futures::future::join_all(sends).await {
             let r = r?;
             *statuses.entry(r.status).or_default() += 1;
+            if r.status != 200 {
+                eprintln!("[e2e] after a {pause:?} pause: {} {}", r.status, r.body);
+            }
             seen.push((pause.as_millis(), before, r.status));
         }
     }

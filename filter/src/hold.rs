@@ -75,8 +75,12 @@ struct Activation {
     ready: bool,
     /// Ticks on which this Envoy's counter showed endpoints (see [`SIGHTINGS_BEFORE_RESUME`]).
     endpoints_seen: u8,
+    /// When activate said ready.
+    ready_at_ms: u64,
     retry_at_ms: u64,
     backoff_ms: u64,
+    /// Some held request counts as activity (not only probes or ignored paths).
+    activity: bool,
 }
 
 /// Per-worker state: the snapshot table, the held requests, the activations in flight.
@@ -109,6 +113,9 @@ const MAX_BACKOFF_MS: u64 = 1_000;
 /// first sighting gave 503s (REFERENCE.md); waiting event-loop turns lets the list catch up,
 /// and two give a margin on a loaded machine.
 const SIGHTINGS_BEFORE_RESUME: u8 = 2;
+/// How long a "ready" answer is trusted while this Envoy shows no endpoint; then activate is
+/// asked again (Envoy learns of new endpoints within milliseconds).
+const READY_STALE_MS: u64 = 1_000;
 /// Extra time the activate callout gets beyond the deadline the controller is told.
 const CALL_SLACK_MS: u64 = 500;
 
@@ -239,6 +246,7 @@ impl Worker {
         budget_ms: u64,
         grpc: bool,
         now_ms: u64,
+        activity: bool,
     ) -> Hold {
         if self.held.len() >= self.max_held {
             return Hold::Reply(unavailable(
@@ -266,7 +274,10 @@ impl Worker {
             budget_ms,
             grpc,
         });
-        self.clusters.entry(cluster.to_owned()).or_default();
+        self.clusters
+            .entry(cluster.to_owned())
+            .or_default()
+            .activity |= activity;
         Hold::Paused
     }
 
@@ -306,6 +317,12 @@ impl Worker {
                     } else {
                         act.endpoints_seen += 1;
                     }
+                } else if now.saturating_sub(act.ready_at_ms) >= READY_STALE_MS {
+                    // "Ready" but no endpoint here for long: it went away (a sleep landed).
+                    // Ask again rather than wait for an endpoint that is not coming.
+                    act.ready = false;
+                    act.endpoints_seen = 0;
+                    act.retry_at_ms = now;
                 }
             } else if act.inflight.is_none() && now >= act.retry_at_ms {
                 let deadline = self
@@ -319,6 +336,7 @@ impl Worker {
                 let body = serde_json::to_vec(&ActivateRequest {
                     cluster: cluster.clone(),
                     deadline_ms: left,
+                    activity: act.activity,
                 })
                 .unwrap_or_default();
                 match host.call_activate(&body, left + CALL_SLACK_MS) {
@@ -376,6 +394,7 @@ impl Worker {
                     .is_ok_and(|r| r.state == State::Awake) =>
             {
                 act.ready = true;
+                act.ready_at_ms = now;
                 // Endpoints already here: the next tick resumes (it is the yield to the event
                 // loop the worker's host list needs), saving a tick.
                 if let Some(first) = self.held.iter().find(|h| h.cluster == cluster)
@@ -451,14 +470,54 @@ mod tests {
     const AWAKE: &[u8] = br#"{"state":"awake"}"#;
 
     #[test]
+    fn a_ready_answer_without_endpoints_for_a_second_asks_again() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost::default();
+        w.hold(1, WEB, 10_000, false, 0, true);
+        w.tick(&mut host);
+        let token = host.calls[0].0;
+        w.on_activate_response(&mut host, token, Some(200), AWAKE);
+        host.now = 999;
+        w.tick(&mut host);
+        assert_eq!(host.calls.len(), 1, "trusted for a second");
+        host.now = 1_000;
+        w.tick(&mut host);
+        w.tick(&mut host);
+        assert_eq!(host.calls.len(), 2, "asked again: {:?}", host.calls);
+        assert!(host.resumed.is_empty() && host.replies.is_empty());
+    }
+
+    #[test]
+    fn activate_says_whether_held_requests_are_activity() {
+        let mut host = FakeHost::default();
+        let mut probes = Worker::new(10);
+        probes.hold(1, WEB, 5_000, false, 0, false);
+        probes.tick(&mut host);
+        assert!(
+            host.calls[0].1.contains(r#""activity":false"#),
+            "{}",
+            host.calls[0].1
+        );
+        let mut mixed = Worker::new(10);
+        mixed.hold(1, WEB, 5_000, false, 0, false);
+        mixed.hold(2, WEB, 5_000, false, 0, true);
+        mixed.tick(&mut host);
+        assert!(
+            host.calls[1].1.contains(r#""activity":true"#),
+            "{}",
+            host.calls[1].1
+        );
+    }
+
+    #[test]
     fn holds_until_activate_says_ready_and_endpoints_are_seen_twice() {
         let mut w = Worker::new(10);
         let mut host = FakeHost {
             now: 1_000,
             ..Default::default()
         };
-        assert_eq!(w.hold(1, WEB, 5_000, false, host.now), Hold::Paused);
-        assert_eq!(w.hold(2, WEB, 5_000, false, host.now), Hold::Paused);
+        assert_eq!(w.hold(1, WEB, 5_000, false, host.now, true), Hold::Paused);
+        assert_eq!(w.hold(2, WEB, 5_000, false, host.now, true), Hold::Paused);
         w.tick(&mut host);
         w.tick(&mut host);
         assert_eq!(host.calls.len(), 1, "one activate for both requests");
@@ -486,7 +545,7 @@ mod tests {
     fn endpoints_already_visible_when_activate_answers_count_as_a_sighting() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(1, WEB, 5_000, false, 0);
+        w.hold(1, WEB, 5_000, false, 0, true);
         w.tick(&mut host);
         host.endpoints = 1;
         w.on_activate_response(&mut host, 100, Some(200), AWAKE);
@@ -561,7 +620,7 @@ mod tests {
             now: 0,
             ..Default::default()
         };
-        w.hold(7, WEB, 300, false, 0);
+        w.hold(7, WEB, 300, false, 0, true);
         w.tick(&mut host);
         host.now = 299;
         w.tick(&mut host);
@@ -583,7 +642,7 @@ mod tests {
     fn grpc_requests_get_unavailable_in_a_200() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(3, WEB, 10, true, 0);
+        w.hold(3, WEB, 10, true, 0, true);
         host.now = 10;
         w.tick(&mut host);
         let reply = &host.replies[0].1;
@@ -599,14 +658,14 @@ mod tests {
     #[test]
     fn past_max_held_answers_at_once() {
         let mut w = Worker::new(1);
-        assert_eq!(w.hold(1, WEB, 1_000, false, 0), Hold::Paused);
-        let second = w.hold(2, WEB, 1_000, false, 0);
+        assert_eq!(w.hold(1, WEB, 1_000, false, 0, true), Hold::Paused);
+        let second = w.hold(2, WEB, 1_000, false, 0, true);
         assert!(
             matches!(&second, Hold::Reply(r) if r.status == 503 && r.body.contains("max_held_requests")),
             "the second request must be answered at once: {second:?}"
         );
         assert!(
-            matches!(w.hold(3, WEB, 0, false, 0), Hold::Reply(_)),
+            matches!(w.hold(3, WEB, 0, false, 0, true), Hold::Reply(_)),
             "no budget, no hold"
         );
     }
@@ -618,7 +677,7 @@ mod tests {
             refuse_calls: true,
             ..Default::default()
         };
-        w.hold(1, WEB, 1_000, false, 0);
+        w.hold(1, WEB, 1_000, false, 0, true);
         w.tick(&mut host);
         host.refuse_calls = false;
         host.now = 10;
@@ -643,7 +702,7 @@ mod tests {
     fn not_managed_answer_lets_requests_through() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(1, WEB, 1_000, false, 0);
+        w.hold(1, WEB, 1_000, false, 0, true);
         w.tick(&mut host);
         w.on_activate_response(&mut host, 100, Some(404), b"{}");
         assert_eq!(host.resumed, vec![1]);
@@ -653,7 +712,7 @@ mod tests {
     fn a_request_whose_caller_left_is_never_touched() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(1, WEB, 100, false, 0);
+        w.hold(1, WEB, 100, false, 0, true);
         w.forget(1);
         host.now = 1_000;
         w.tick(&mut host);
@@ -665,7 +724,7 @@ mod tests {
     fn a_late_answer_for_a_finished_activation_is_ignored() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(1, WEB, 100, false, 0);
+        w.hold(1, WEB, 100, false, 0, true);
         w.tick(&mut host);
         host.now = 100;
         w.tick(&mut host); // deadline: answered, cluster forgotten

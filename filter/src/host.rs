@@ -503,13 +503,14 @@ impl HttpContext for Request {
         if !state.must_hold() {
             return Action::Continue;
         }
-        // This Envoy already routes to an endpoint: nothing to wait for.
+        // This Envoy already routes to an endpoint: nothing to wait for (except while
+        // draining: see State::hold_despite_endpoints).
         let endpoints = hostcalls::get_property(vec!["upstream", "num_endpoints"])
             .ok()
             .flatten()
             .and_then(|b| u64_le(&b))
             .unwrap_or(0);
-        if endpoints > 0 {
+        if endpoints > 0 && !state.hold_despite_endpoints() {
             return Action::Continue;
         }
         let grpc = self
@@ -526,9 +527,14 @@ impl HttpContext for Request {
                     .and_then(grpc_timeout_ms),
             ],
         );
-        let decision = worker
-            .borrow_mut()
-            .hold(self.id, &cluster, budget, grpc, now_ms());
+        let decision = worker.borrow_mut().hold(
+            self.id,
+            &cluster,
+            budget,
+            grpc,
+            now_ms(),
+            self.counted.is_some(),
+        );
         match decision {
             Hold::Paused => {
                 self.held = true;
