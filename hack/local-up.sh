@@ -165,16 +165,17 @@ kubectl wait --for condition=established --timeout=60s crd/wasmplugins.extension
 ok "Istio CRDs established"
 
 # === kzscaler: controller, filter, and the mesh simulator with its Envoy ===
-step "kzscaler: cargo build (controller, mesh simulator) and the filter (.wasm)"
+step "kzscaler: cargo build (controller, webhook, kubectl plugin, mesh simulator) and the filter (.wasm)"
 log=$KZSCALER_STATE_DIR/logs/build.log
 {
   rustup target add wasm32-wasip1 &&
-    cargo build -p kzscaler-controller -p kzscaler-webhook -p kzscaler-e2e --bins &&
+    cargo build -p kzscaler-controller -p kzscaler-webhook -p kubectl-kzscaler -p kzscaler-e2e --bins &&
     cargo build -p kzscaler-filter --target wasm32-wasip1 --profile wasm
 } >"$log" 2>&1 || fail "kzscaler build" "$log" "cargo build failed"
 ok "built (log $log)"
 WASM=$REPO_ROOT/target/wasm32-wasip1/wasm/kzscaler_filter.wasm
-for b in kzscaler-controller kzscaler-webhook kzscaler-meshsim; do
+# .local/bin is on the PATH .local/env sets, so `kubectl kzscaler` finds the plugin there.
+for b in kzscaler-controller kzscaler-webhook kzscaler-meshsim kubectl-kzscaler; do
   ln -sfn "$REPO_ROOT/target/debug/$b" "$KZSCALER_BIN_DIR/$b"
 done
 # A rebuilt binary or filter replaces the running one.

@@ -67,6 +67,28 @@ struct Held {
     deadline_ms: u64,
     budget_ms: u64,
     grpc: bool,
+    why: Why,
+}
+
+/// What the request path knows about a request it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ask {
+    /// A gRPC request (answered with grpc-status 14 at the deadline).
+    pub grpc: bool,
+    /// It counts as activity (not a probe or an ignored path).
+    pub activity: bool,
+    /// Why it is held.
+    pub why: Why,
+}
+
+/// Why a request is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// This Envoy has no endpoint: it waits for the wake.
+    NoEndpoint,
+    /// Draining: endpoints exist, but the controller is asked first. If it cannot be asked
+    /// (down, failing over), the request goes through: the service is up.
+    AskFirst,
 }
 
 #[derive(Debug, Default)]
@@ -239,15 +261,12 @@ impl Worker {
     }
 
     /// Holds request `ctx` to `cluster` for at most `budget_ms`.
-    pub fn hold(
-        &mut self,
-        ctx: u32,
-        cluster: &str,
-        budget_ms: u64,
-        grpc: bool,
-        now_ms: u64,
-        activity: bool,
-    ) -> Hold {
+    pub fn hold(&mut self, ctx: u32, cluster: &str, budget_ms: u64, now_ms: u64, ask: Ask) -> Hold {
+        let Ask {
+            grpc,
+            activity,
+            why,
+        } = ask;
         if self.held.len() >= self.max_held {
             return Hold::Reply(unavailable(
                 grpc,
@@ -273,6 +292,7 @@ impl Worker {
             deadline_ms: now_ms.saturating_add(budget_ms),
             budget_ms,
             grpc,
+            why,
         });
         self.clusters
             .entry(cluster.to_owned())
@@ -306,6 +326,7 @@ impl Worker {
             .retain(|cluster, _| held.iter().any(|h| &h.cluster == cluster));
 
         let mut resume: Vec<String> = Vec::new();
+        let mut unasked: Vec<String> = Vec::new();
         for (cluster, act) in &mut self.clusters {
             if act.ready {
                 let Some(first) = self.held.iter().find(|h| &h.cluster == cluster) else {
@@ -347,12 +368,32 @@ impl Worker {
                     Err(e) => {
                         log::warn!("kzscaler: cannot call activate for {cluster}: {e}; retrying");
                         act.backoff(now);
+                        unasked.push(cluster.clone());
                     }
                 }
             }
         }
         for cluster in resume {
             self.release(host, &cluster);
+        }
+        for cluster in unasked {
+            self.pass_unasked(host, &cluster);
+        }
+    }
+
+    /// The controller could not be asked: requests held only to ask first go through.
+    fn pass_unasked(&mut self, host: &mut impl Host, cluster: &str) {
+        self.held.retain(|h| {
+            if h.cluster == cluster && h.why == Why::AskFirst {
+                host.resume(h.ctx);
+                false
+            } else {
+                true
+            }
+        });
+        let held = &self.held;
+        if !held.iter().any(|h| h.cluster == cluster) {
+            self.clusters.remove(cluster);
         }
     }
 
@@ -416,6 +457,7 @@ impl Worker {
                     String::from_utf8_lossy(body)
                 );
                 act.backoff(now);
+                self.pass_unasked(host, &cluster);
             }
         }
     }
@@ -473,7 +515,17 @@ mod tests {
     fn a_ready_answer_without_endpoints_for_a_second_asks_again() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(1, WEB, 10_000, false, 0, true);
+        w.hold(
+            1,
+            WEB,
+            10_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
         w.tick(&mut host);
         let token = host.calls[0].0;
         w.on_activate_response(&mut host, token, Some(200), AWAKE);
@@ -488,10 +540,75 @@ mod tests {
     }
 
     #[test]
+    fn draining_requests_go_through_when_the_controller_cannot_be_asked() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost {
+            endpoints: 1,
+            ..Default::default()
+        };
+        w.hold(
+            1,
+            WEB,
+            10_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::AskFirst,
+            },
+        );
+        w.hold(
+            2,
+            WEB,
+            10_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
+        w.tick(&mut host);
+        let token = host.calls[0].0;
+        w.on_activate_response(&mut host, token, Some(503), b"not the leader");
+        assert_eq!(host.resumed, [1], "the service is up: no reason to wait");
+        assert!(w.holding(), "request 2 still waits for the wake");
+        let mut down = Worker::new(10);
+        let mut host = FakeHost {
+            refuse_calls: true,
+            ..Default::default()
+        };
+        down.hold(
+            3,
+            WEB,
+            10_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::AskFirst,
+            },
+        );
+        down.tick(&mut host);
+        assert_eq!(host.resumed, [3]);
+        assert!(!down.holding());
+    }
+
+    #[test]
     fn activate_says_whether_held_requests_are_activity() {
         let mut host = FakeHost::default();
         let mut probes = Worker::new(10);
-        probes.hold(1, WEB, 5_000, false, 0, false);
+        probes.hold(
+            1,
+            WEB,
+            5_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: false,
+                why: Why::NoEndpoint,
+            },
+        );
         probes.tick(&mut host);
         assert!(
             host.calls[0].1.contains(r#""activity":false"#),
@@ -499,8 +616,28 @@ mod tests {
             host.calls[0].1
         );
         let mut mixed = Worker::new(10);
-        mixed.hold(1, WEB, 5_000, false, 0, false);
-        mixed.hold(2, WEB, 5_000, false, 0, true);
+        mixed.hold(
+            1,
+            WEB,
+            5_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: false,
+                why: Why::NoEndpoint,
+            },
+        );
+        mixed.hold(
+            2,
+            WEB,
+            5_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
         mixed.tick(&mut host);
         assert!(
             host.calls[1].1.contains(r#""activity":true"#),
@@ -516,8 +653,34 @@ mod tests {
             now: 1_000,
             ..Default::default()
         };
-        assert_eq!(w.hold(1, WEB, 5_000, false, host.now, true), Hold::Paused);
-        assert_eq!(w.hold(2, WEB, 5_000, false, host.now, true), Hold::Paused);
+        assert_eq!(
+            w.hold(
+                1,
+                WEB,
+                5_000,
+                host.now,
+                Ask {
+                    grpc: false,
+                    activity: true,
+                    why: Why::NoEndpoint
+                }
+            ),
+            Hold::Paused
+        );
+        assert_eq!(
+            w.hold(
+                2,
+                WEB,
+                5_000,
+                host.now,
+                Ask {
+                    grpc: false,
+                    activity: true,
+                    why: Why::NoEndpoint
+                }
+            ),
+            Hold::Paused
+        );
         w.tick(&mut host);
         w.tick(&mut host);
         assert_eq!(host.calls.len(), 1, "one activate for both requests");
@@ -545,7 +708,17 @@ mod tests {
     fn endpoints_already_visible_when_activate_answers_count_as_a_sighting() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(1, WEB, 5_000, false, 0, true);
+        w.hold(
+            1,
+            WEB,
+            5_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
         w.tick(&mut host);
         host.endpoints = 1;
         w.on_activate_response(&mut host, 100, Some(200), AWAKE);
@@ -620,7 +793,17 @@ mod tests {
             now: 0,
             ..Default::default()
         };
-        w.hold(7, WEB, 300, false, 0, true);
+        w.hold(
+            7,
+            WEB,
+            300,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
         w.tick(&mut host);
         host.now = 299;
         w.tick(&mut host);
@@ -642,7 +825,17 @@ mod tests {
     fn grpc_requests_get_unavailable_in_a_200() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(3, WEB, 10, true, 0, true);
+        w.hold(
+            3,
+            WEB,
+            10,
+            0,
+            Ask {
+                grpc: true,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
         host.now = 10;
         w.tick(&mut host);
         let reply = &host.replies[0].1;
@@ -658,14 +851,50 @@ mod tests {
     #[test]
     fn past_max_held_answers_at_once() {
         let mut w = Worker::new(1);
-        assert_eq!(w.hold(1, WEB, 1_000, false, 0, true), Hold::Paused);
-        let second = w.hold(2, WEB, 1_000, false, 0, true);
+        assert_eq!(
+            w.hold(
+                1,
+                WEB,
+                1_000,
+                0,
+                Ask {
+                    grpc: false,
+                    activity: true,
+                    why: Why::NoEndpoint
+                }
+            ),
+            Hold::Paused
+        );
+        let second = w.hold(
+            2,
+            WEB,
+            1_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
         assert!(
             matches!(&second, Hold::Reply(r) if r.status == 503 && r.body.contains("max_held_requests")),
             "the second request must be answered at once: {second:?}"
         );
         assert!(
-            matches!(w.hold(3, WEB, 0, false, 0, true), Hold::Reply(_)),
+            matches!(
+                w.hold(
+                    3,
+                    WEB,
+                    0,
+                    0,
+                    Ask {
+                        grpc: false,
+                        activity: true,
+                        why: Why::NoEndpoint
+                    }
+                ),
+                Hold::Reply(_)
+            ),
             "no budget, no hold"
         );
     }
@@ -677,7 +906,17 @@ mod tests {
             refuse_calls: true,
             ..Default::default()
         };
-        w.hold(1, WEB, 1_000, false, 0, true);
+        w.hold(
+            1,
+            WEB,
+            1_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
         w.tick(&mut host);
         host.refuse_calls = false;
         host.now = 10;
@@ -702,7 +941,17 @@ mod tests {
     fn not_managed_answer_lets_requests_through() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(1, WEB, 1_000, false, 0, true);
+        w.hold(
+            1,
+            WEB,
+            1_000,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
         w.tick(&mut host);
         w.on_activate_response(&mut host, 100, Some(404), b"{}");
         assert_eq!(host.resumed, vec![1]);
@@ -712,7 +961,17 @@ mod tests {
     fn a_request_whose_caller_left_is_never_touched() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(1, WEB, 100, false, 0, true);
+        w.hold(
+            1,
+            WEB,
+            100,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
         w.forget(1);
         host.now = 1_000;
         w.tick(&mut host);
@@ -724,7 +983,17 @@ mod tests {
     fn a_late_answer_for_a_finished_activation_is_ignored() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(1, WEB, 100, false, 0, true);
+        w.hold(
+            1,
+            WEB,
+            100,
+            0,
+            Ask {
+                grpc: false,
+                activity: true,
+                why: Why::NoEndpoint,
+            },
+        );
         w.tick(&mut host);
         host.now = 100;
         w.tick(&mut host); // deadline: answered, cluster forgotten

@@ -527,14 +527,18 @@ impl HttpContext for Request {
                     .and_then(grpc_timeout_ms),
             ],
         );
-        let decision = worker.borrow_mut().hold(
-            self.id,
-            &cluster,
-            budget,
+        let ask = hold::Ask {
             grpc,
-            now_ms(),
-            self.counted.is_some(),
-        );
+            activity: self.counted.is_some(),
+            why: if endpoints > 0 {
+                hold::Why::AskFirst
+            } else {
+                hold::Why::NoEndpoint
+            },
+        };
+        let decision = worker
+            .borrow_mut()
+            .hold(self.id, &cluster, budget, now_ms(), ask);
         match decision {
             Hold::Paused => {
                 self.held = true;
