@@ -205,6 +205,11 @@ impl<S: Scaler> Activator<S> {
         }
     }
 
+    /// Whether a wake of `key` is in flight (its record is not written yet).
+    pub fn is_waking(&self, key: &Key) -> bool {
+        self.inflight.lock().is_ok_and(|m| m.contains_key(key))
+    }
+
     /// Starts a wake unless one runs or the Deployment already has replicas. Returns the
     /// wake in flight, if any.
     fn ensure_waking(

@@ -284,6 +284,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         recorder: recorder.clone(),
     });
     let activator = Activator::new(cache.clone(), changes_rx, scaler.clone(), metrics.clone());
+    let waking = activator.clone();
     let idle = Arc::new(crate::sleep::Idle::default());
 
     let (deps, deps_w) = reflector::store::<Deployment>();
@@ -359,6 +360,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             drain_period: opts.drain_period,
             leadership: leadership.clone(),
             metrics: metrics.clone(),
+            activator: waking,
         }
         .run(),
     );

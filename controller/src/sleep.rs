@@ -17,9 +17,9 @@ use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use kzscaler_core::names;
 
-/// How long the recorded state may disagree with the replica count before it is corrected
-/// (a wake writes `awake` itself once the endpoints are ready).
-const CORRECT_AFTER_MS: u64 = 3_000;
+/// How long the recorded state may disagree with the replicas before it is corrected: the
+/// time for the watch to bring back what a finished wake wrote (wakes in flight are skipped).
+const CORRECT_AFTER_MS: u64 = 1_000;
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
@@ -75,6 +75,8 @@ pub struct Sleeper<S> {
     pub leadership: watch::Receiver<Leadership>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Wakes in flight (they record the state themselves).
+    pub activator: Arc<crate::activate::Activator<S>>,
 }
 
 /// What the sleeper remembers between passes.
@@ -101,9 +103,9 @@ impl<S: Scaler> Sleeper<S> {
             }
             if leading {
                 self.act_on_requests().await;
-                self.pass(&mut memory.draining).await;
                 self.correct_states(&mut memory.mismatched, &memory.draining)
                     .await;
+                self.pass(&mut memory.draining).await;
                 self.record_last_requests().await;
             }
         }
@@ -246,6 +248,7 @@ impl<S: Scaler> Sleeper<S> {
             cache
                 .all_managed()
                 .iter()
+                .filter(|(k, _)| !self.activator.is_waking(k))
                 .filter_map(|(k, m)| {
                     corrected_state(
                         m.desired,

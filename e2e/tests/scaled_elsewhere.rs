@@ -64,19 +64,22 @@ async fn an_asleep_deployment_scaled_by_hand_is_treated_as_awake() -> anyhow::Re
             &Patch::Merge(json!({"spec": {"replicas": 2}})),
         )
         .await?;
-    ns.wait_for(
-        "kzscaler.io/state to become awake",
-        Duration::from_secs(15),
-        || async {
-            let (_, a) = deployment(&ns, "web").await?;
-            Ok((a.get("kzscaler.io/state").map(String::as_str) == Some("awake")).then_some(()))
-        },
-    )
-    .await?;
-    let events = kubectl_events(&ns).await?;
-    assert!(
-        events.contains("StateCorrected") && events.contains("set outside kzscaler"),
-        "{events}"
+    // The record is corrected (an Event says why); it stays up meanwhile.
+    let events = ns
+        .wait_for(
+            "a StateCorrected Event",
+            Duration::from_secs(15),
+            || async {
+                let e = kubectl_events(&ns).await?;
+                Ok(e.contains("StateCorrected").then_some(e))
+            },
+        )
+        .await?;
+    assert!(events.contains("set outside kzscaler"), "{events}");
+    assert_eq!(
+        deployment(&ns, "web").await?.0,
+        2,
+        "still up when corrected"
     );
     // Awake means a full idle timeout from now on, not an instant sleep on a stale clock.
     ns.wait_for(
