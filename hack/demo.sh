@@ -105,12 +105,18 @@ done
 kubectl -n "$NS" get deployment hello
 kubectl -n "$NS" get events --field-selector reason=Slept --sort-by=.metadata.creationTimestamp -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | tail -n 1 || true
 
+step "the kubectl plugin: kubectl kzscaler status -n $NS"
+kubectl kzscaler status -n "$NS" || fail "demo" "$KZSCALER_STATE_DIR/logs/controller.log" "kubectl kzscaler status failed"
+
 cat <<MSG
 
 The test bed is still running. Try it yourself:
   source .local/env
   curl -H 'Host: hello.$NS' http://\$KZSCALER_ENVOY/      # held, woken, answered
   kubectl -n $NS get deployment hello -w                  # asleep again 10s later
+  kubectl kzscaler status -n $NS                          # state, last request, last wake
+  kubectl kzscaler explain hello -n $NS                   # why it is in that state
+  kubectl kzscaler wake hello -n $NS                      # wake it without a request
   curl http://\$KZSCALER_CONTROLLER/v1/snapshot            # what the filters see
   curl http://\$KZSCALER_CONTROLLER/metrics | grep kzscaler_
 Stop it with: hack/local-down.sh
