@@ -56,7 +56,8 @@ pub fn decide(f: Facts) -> Step {
         return if draining { Step::Undrain } else { Step::Stay };
     }
     match f.draining_since {
-        Some(since) if f.last_active > since => Step::Undrain,
+        // `>=`: activity in the very millisecond the drain began still cancels it.
+        Some(since) if f.last_active >= since => Step::Undrain,
         Some(since) if f.now.saturating_sub(since) >= ms(f.drain_period) => Step::Sleep,
         Some(_) => Step::Stay,
         None if f.now.saturating_sub(f.last_active) >= ms(f.idle_timeout) => Step::Drain,

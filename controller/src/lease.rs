@@ -176,19 +176,30 @@ pub async fn run(
             _ = stop.changed() => break,
         }
         let started = tokio::time::Instant::now();
-        let held = match attempt(&api, &s, &mut tracker).await {
-            Ok(Ok(())) => {
+        // A stalled API server must not keep a leader acting past its renew deadline (the
+        // others take over at one lease duration): the attempt gets only what is left of it.
+        let budget = last_renew
+            .map_or(s.renew_deadline(), |t| {
+                s.renew_deadline().saturating_sub(t.elapsed())
+            })
+            .max(Duration::from_millis(100));
+        let held = match tokio::time::timeout(budget, attempt(&api, &s, &mut tracker)).await {
+            Ok(Ok(Ok(()))) => {
                 last_renew = Some(started);
                 true
             }
-            Ok(Err(holder)) => {
+            Ok(Ok(Err(holder))) => {
                 last_renew = None;
                 set(&tx, false, holder, &s);
                 continue;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(lease = %format!("{}/{}", s.namespace, s.name), error = %e, "lease: read or write failed");
                 // Still leader while the last renew is within the renew deadline.
+                last_renew.is_some_and(|t| t.elapsed() < s.renew_deadline())
+            }
+            Err(_) => {
+                tracing::warn!(lease = %format!("{}/{}", s.namespace, s.name), waited_ms = budget.as_millis(), "lease: the API server did not answer in time");
                 last_renew.is_some_and(|t| t.elapsed() < s.renew_deadline())
             }
         };

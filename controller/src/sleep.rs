@@ -86,15 +86,23 @@ struct Memory {
     draining: HashMap<Key, u64>,
     /// Since when each Deployment's recorded state disagrees with its replicas.
     mismatched: HashMap<Key, u64>,
+    /// `kzscaler.io/action` values acted on, and when: not acted on again until the watch
+    /// shows the annotation gone (or 5 s passed).
+    acted: HashMap<Key, (String, u64)>,
     /// Leading in the last pass.
     leading: bool,
 }
+
+/// How long an action just acted on is not acted on again (the watch brings its removal).
+const ACTED_MS: u64 = 5_000;
 
 impl<S: Scaler> Sleeper<S> {
     /// Runs forever.
     pub async fn run(self) {
         let mut memory = Memory::default();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // A slow pass must not be followed at once by another on the same stale cache.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let leading = self.leadership.borrow().leader;
@@ -102,7 +110,7 @@ impl<S: Scaler> Sleeper<S> {
                 self.lead(leading, &mut memory).await;
             }
             if leading {
-                self.act_on_requests().await;
+                self.act_on_requests(&mut memory.acted).await;
                 self.correct_states(&mut memory.mismatched, &memory.draining)
                     .await;
                 self.pass(&mut memory.draining).await;
@@ -132,7 +140,7 @@ impl<S: Scaler> Sleeper<S> {
     }
 
     /// Acts on `kzscaler.io/action` (set by `kubectl kzscaler wake|sleep`) and removes it.
-    async fn act_on_requests(&self) {
+    async fn act_on_requests(&self, acted: &mut HashMap<Key, (String, u64)>) {
         let asked: Vec<(Key, String, i32, u32)> = {
             let cache = self.cache.read().await;
             cache
@@ -144,12 +152,20 @@ impl<S: Scaler> Sleeper<S> {
                 })
                 .collect()
         };
+        let now = now_ms();
+        acted.retain(|k, (a, at)| {
+            now.saturating_sub(*at) < ACTED_MS
+                && asked.iter().any(|(ak, aa, ..)| ak == k && aa == a)
+        });
         for (key, action, desired, wake_to) in asked {
-            let now = now_ms();
+            if acted.contains_key(&key) || (action == "wake" && self.activator.is_waking(&key)) {
+                continue;
+            }
             let (state, note) = match action.as_str() {
                 "wake" if desired == 0 => {
                     if let Err(e) = self.scaler.scale(&key, wake_to).await {
-                        tracing::warn!(deployment = %key, error = %e, "could not wake on request; retrying");
+                        tracing::warn!(deployment = %key, error = %e, "could not wake on request; retrying in 5s");
+                        acted.insert(key.clone(), (action.clone(), now));
                         continue;
                     }
                     (
@@ -194,6 +210,7 @@ impl<S: Scaler> Sleeper<S> {
             if let Some(s) = state {
                 patch[names::STATE] = serde_json::json!(s);
             }
+            acted.insert(key.clone(), (action.clone(), now));
             match self.scaler.annotate(&key, patch, note).await {
                 Ok(()) => {
                     tracing::info!(deployment = %key, action = %action, "acted on a kubectl kzscaler request")
@@ -291,12 +308,19 @@ impl<S: Scaler> Sleeper<S> {
     }
 
     async fn pass(&self, draining: &mut HashMap<Key, u64>) {
-        let now = now_ms();
-        let managed: Vec<(Key, i32, State, Duration, bool)> = {
-            let cache = self.cache.read().await;
-            cache
+        let mut to_sleep = Vec::new();
+        let mut marks: Vec<(Key, &'static str)> = Vec::new();
+        let mut changed = false;
+        {
+            // The cache lock first: no await while the activity lock is held. The decision
+            // reads the cache under the same lock that marks a committed sleep.
+            let mut cache = self.cache.write().await;
+            let now = now_ms();
+            // A committed sleep waits for the cache to show 0 replicas: nothing to decide.
+            let managed: Vec<(Key, i32, State, Duration, bool)> = cache
                 .all_managed()
                 .iter()
+                .filter(|(k, _)| !cache.is_closing(k))
                 .map(|(k, m)| {
                     (
                         k.clone(),
@@ -306,19 +330,13 @@ impl<S: Scaler> Sleeper<S> {
                         m.spec.paused,
                     )
                 })
-                .collect()
-        };
-        let mut to_sleep = Vec::new();
-        let mut marks: Vec<(Key, &'static str)> = Vec::new();
-        let mut changed = false;
-        {
-            // The cache lock first: no await while the activity lock is held.
-            let mut cache = self.cache.write().await;
+                .collect();
             let Ok(mut activity) = self.idle.activity.lock() else {
                 return;
             };
-            activity.retain(|k| managed.iter().any(|(m, ..)| m == k));
-            draining.retain(|k, _| managed.iter().any(|(m, ..)| m == k));
+            let all = cache.all_managed();
+            activity.retain(|k| all.contains_key(k));
+            draining.retain(|k, _| all.contains_key(k));
             for (key, desired, state, idle_timeout, paused) in &managed {
                 if *state != State::Awake {
                     // The idle clock starts when it is awake again, however it woke (a wake,
@@ -389,7 +407,7 @@ impl<S: Scaler> Sleeper<S> {
                     tracing::warn!(deployment = %key, error = %e, "could not put it to sleep; will retry after the idle timeout");
                     draining.remove(&key);
                     if let Ok(mut a) = self.idle.activity.lock() {
-                        a.touch(&key, now);
+                        a.touch(&key, now_ms());
                     }
                     let undrained = {
                         let mut cache = self.cache.write().await;

@@ -1,17 +1,6 @@
 //! How many replicas a wake asks for.
 
-/// The replica count a sleeping Deployment wakes to: max(1, the HPA's minReplicas, the count
-/// before sleep, `kzscaler.io/wake-replicas`).
-pub fn wake_replicas(
-    hpa_min: Option<u32>,
-    before_sleep: Option<u32>,
-    annotated: Option<u32>,
-) -> u32 {
-    [hpa_min, before_sleep, annotated]
-        .into_iter()
-        .flatten()
-        .fold(1, u32::max)
-}
+pub use kzscaler_core::spec::wake_replicas;
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,19 @@ pub struct ManagedSpec {
     pub paused: bool,
 }
 
+/// The replica count a wake scales to: the largest of 1, an HPA's minReplicas, the count
+/// before sleep (`kzscaler.io/replicas-before-sleep`) and `kzscaler.io/wake-replicas`.
+pub fn wake_replicas(
+    hpa_min: Option<u32>,
+    before_sleep: Option<u32>,
+    annotated: Option<u32>,
+) -> u32 {
+    [hpa_min, before_sleep, annotated]
+        .into_iter()
+        .flatten()
+        .fold(1, u32::max)
+}
+
 /// A kzscaler annotation with a value that cannot be used. The message names the annotation,
 /// the value and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -58,6 +58,8 @@ pub enum Hold {
     Paused,
     /// Answer now (too many held, or no time to wait).
     Reply(Reply),
+    /// Let it through now: it was only to be asked about, and its service is up.
+    Pass,
 }
 
 #[derive(Debug)]
@@ -103,6 +105,8 @@ struct Activation {
     backoff_ms: u64,
     /// Some held request counts as activity (not only probes or ignored paths).
     activity: bool,
+    /// Ask again when the call in flight returns (activity joined after it was sent).
+    reask: bool,
 }
 
 /// Per-worker state: the snapshot table, the held requests, the activations in flight.
@@ -267,6 +271,10 @@ impl Worker {
             activity,
             why,
         } = ask;
+        if why == Why::AskFirst && (self.held.len() >= self.max_held || budget_ms == 0) {
+            // Endpoints exist: better through than refused.
+            return Hold::Pass;
+        }
         if self.held.len() >= self.max_held {
             return Hold::Reply(unavailable(
                 grpc,
@@ -294,10 +302,13 @@ impl Worker {
             grpc,
             why,
         });
-        self.clusters
-            .entry(cluster.to_owned())
-            .or_default()
-            .activity |= activity;
+        let act = self.clusters.entry(cluster.to_owned()).or_default();
+        if activity && !act.activity && act.inflight.is_some() {
+            // A call that said "not activity" is on its way: its answer cannot have cancelled
+            // a sleep, so this request asks again once it is back.
+            act.reask = true;
+        }
+        act.activity |= activity;
         Hold::Paused
     }
 
@@ -429,6 +440,10 @@ impl Worker {
             return;
         }
         act.inflight = None;
+        if std::mem::take(&mut act.reask) && status.is_some_and(|s| s != 404) {
+            act.retry_at_ms = now;
+            return;
+        }
         match status {
             Some(200)
                 if serde_json::from_slice::<ActivateResponse>(body)
@@ -457,7 +472,11 @@ impl Worker {
                     String::from_utf8_lossy(body)
                 );
                 act.backoff(now);
-                self.pass_unasked(host, &cluster);
+                // Only when the controller could not be asked (no answer, or a replica that
+                // does not lead): a 504 or 502 is an answer, and the endpoints may be going.
+                if matches!(other, None | Some(503)) {
+                    self.pass_unasked(host, &cluster);
+                }
             }
         }
     }
@@ -592,6 +611,74 @@ mod tests {
         down.tick(&mut host);
         assert_eq!(host.resumed, [3]);
         assert!(!down.holding());
+    }
+
+    #[test]
+    fn a_real_request_joining_a_probe_only_call_asks_again() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost {
+            endpoints: 1,
+            ..Default::default()
+        };
+        let probe = Ask {
+            grpc: false,
+            activity: false,
+            why: Why::AskFirst,
+        };
+        w.hold(1, WEB, 10_000, 0, probe);
+        w.tick(&mut host);
+        w.hold(
+            2,
+            WEB,
+            10_000,
+            0,
+            Ask {
+                activity: true,
+                ..probe
+            },
+        );
+        let token = host.calls[0].0;
+        w.on_activate_response(&mut host, token, Some(200), AWAKE);
+        assert!(host.resumed.is_empty(), "not on the probe's answer");
+        w.tick(&mut host);
+        assert_eq!(host.calls.len(), 2);
+        assert!(
+            host.calls[1].1.contains(r#""activity":true"#),
+            "{}",
+            host.calls[1].1
+        );
+    }
+
+    #[test]
+    fn ask_first_requests_pass_rather_than_fail_when_they_cannot_be_held() {
+        let mut w = Worker::new(1);
+        let ask = Ask {
+            grpc: false,
+            activity: true,
+            why: Why::AskFirst,
+        };
+        assert_eq!(w.hold(1, WEB, 10_000, 0, ask), Hold::Paused);
+        assert_eq!(w.hold(2, WEB, 10_000, 0, ask), Hold::Pass, "over max_held");
+        assert_eq!(w.hold(3, WEB, 0, 0, ask), Hold::Pass, "no time left");
+    }
+
+    #[test]
+    fn a_504_is_an_answer_not_a_reason_to_pass() {
+        let mut w = Worker::new(10);
+        let mut host = FakeHost {
+            endpoints: 1,
+            ..Default::default()
+        };
+        let ask = Ask {
+            grpc: false,
+            activity: true,
+            why: Why::AskFirst,
+        };
+        w.hold(1, WEB, 10_000, 0, ask);
+        w.tick(&mut host);
+        let token = host.calls[0].0;
+        w.on_activate_response(&mut host, token, Some(504), br#"{"state":"draining"}"#);
+        assert!(host.resumed.is_empty() && w.holding());
     }
 
     #[test]

@@ -546,6 +546,7 @@ impl HttpContext for Request {
                 let _ = hostcalls::set_tick_period(self.hold_tick);
                 Action::Pause
             }
+            Hold::Pass => Action::Continue,
             Hold::Reply(r) => {
                 let headers: Vec<(&str, &str)> =
                     r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -90,11 +90,21 @@ pub async fn check_installed(client: &Client) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Ok(None) => bail!(
-            "kzscaler is not installed: no controller found (no Lease {}/{}; install with kubectl apply -k manifests/)",
-            names::SYSTEM_NAMESPACE,
-            names::LEASE_NAME
-        ),
+        Ok(None) => {
+            // Leader election may be off (one replica, --no-leader-elect): then the
+            // controller's Deployment is what shows it is installed.
+            let deployments: Api<Deployment> =
+                Api::namespaced(client.clone(), names::SYSTEM_NAMESPACE);
+            match deployments.get_opt("kzscaler-controller").await {
+                Ok(Some(_)) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 403 => Ok(()),
+                _ => bail!(
+                    "kzscaler is not installed: no controller found (no Lease {ns}/{lease} and no Deployment {ns}/kzscaler-controller; install with kubectl apply -k manifests/)",
+                    ns = names::SYSTEM_NAMESPACE,
+                    lease = names::LEASE_NAME
+                ),
+            }
+        }
         // Not allowed to read Leases: do not stand in the way.
         Err(kube::Error::Api(e)) if e.code == 403 => Ok(()),
         Err(e) => Err(e).context("reading the kzscaler controller's Lease"),
@@ -144,14 +154,15 @@ pub async fn status(scope: &Scope, output: Option<Output>) -> anyhow::Result<()>
         "{}",
         crate::table::render(&header, &cells, state_col.filter(|_| colour))
     );
-    let namespaces: Vec<Namespace> = Api::all(scope.client.clone())
+    // Listing Namespaces may be forbidden: the footer then says so instead of guessing.
+    let namespaces: Option<Vec<Namespace>> = Api::all(scope.client.clone())
         .list(&list_params())
         .await
         .map(|l| l.items)
-        .unwrap_or_default();
+        .ok();
     let pods = list::<Pod>(scope).await?;
     println!();
-    for f in view::footers(&rows, &namespaces, &pods) {
+    for f in view::footers(&rows, namespaces.as_deref(), &pods) {
         println!("{}", view::footer_line(&f));
     }
     for r in rows.iter().filter(|r| r.error.is_some()) {

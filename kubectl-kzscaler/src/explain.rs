@@ -25,12 +25,7 @@ pub fn explain(row: &Row, events: &[EventLine], now: Timestamp) -> String {
         "Deployment {}/{}: {} ({}/{} ready)\n",
         row.namespace, row.name, row.state, row.ready, row.desired
     );
-    let wake_to = row
-        .replicas_before_sleep
-        .as_deref()
-        .and_then(|v| v.parse::<i32>().ok())
-        .unwrap_or(1)
-        .max(row.hpa.as_ref().map_or(1, |h| h.min));
+    let wake_to = row.wake_replicas;
     let why = match row.state {
         "invalid" => format!(
             "kzscaler ignores it until its annotations are fixed: {}",
@@ -133,6 +128,7 @@ mod tests {
             last_request: Some("2026-11-28T11:40:00Z".into()),
             slept_at: Some("2026-11-28T11:55:00Z".into()),
             replicas_before_sleep: Some("2".into()),
+            wake_replicas: 3,
             last_wake: None,
             services: vec!["web".into()],
             hpa: Some(Hpa {

@@ -44,6 +44,8 @@ pub struct Row {
     /// `kzscaler.io/replicas-before-sleep`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas_before_sleep: Option<String>,
+    /// Replicas a wake scales to (as the controller computes it).
+    pub wake_replicas: u32,
     /// `kzscaler.io/last-wake`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_wake: Option<Wake>,
@@ -112,8 +114,8 @@ pub struct Hpa {
 pub struct Footer {
     /// The namespace.
     pub namespace: String,
-    /// Labelled `kzscaler.io/injection=enabled`.
-    pub injection: bool,
+    /// Labelled `kzscaler.io/injection=enabled` (None: namespaces could not be read).
+    pub injection: Option<bool>,
     /// Pods carrying the filter label.
     pub with_filter: usize,
     /// All pods.
@@ -239,6 +241,12 @@ pub fn row(d: &Deployment, services: &[Service], hpas: &[HorizontalPodAutoscaler
         last_request: a.get(names::LAST_REQUEST).cloned(),
         slept_at: a.get(names::SLEPT_AT).cloned(),
         replicas_before_sleep: a.get(names::REPLICAS_BEFORE_SLEEP).cloned(),
+        wake_replicas: kzscaler_core::spec::wake_replicas(
+            hpa.as_ref().and_then(|h| u32::try_from(h.min).ok()),
+            a.get(names::REPLICAS_BEFORE_SLEEP)
+                .and_then(|v| v.trim().parse().ok()),
+            spec.as_ref().and_then(|s| s.wake_replicas),
+        ),
         last_wake: a
             .get(names::LAST_WAKE)
             .and_then(|v| serde_json::from_str(v).ok()),
@@ -251,18 +259,19 @@ pub fn row(d: &Deployment, services: &[Service], hpas: &[HorizontalPodAutoscaler
 }
 
 /// Injection and filter coverage of each namespace that has rows.
-pub fn footers(rows: &[Row], namespaces: &[Namespace], pods: &[Pod]) -> Vec<Footer> {
+pub fn footers(rows: &[Row], namespaces: Option<&[Namespace]>, pods: &[Pod]) -> Vec<Footer> {
     let mut names_seen: Vec<&str> = rows.iter().map(|r| r.namespace.as_str()).collect();
     names_seen.dedup();
     names_seen
         .into_iter()
         .map(|ns| {
-            let injection = namespaces
-                .iter()
-                .find(|n| n.metadata.name.as_deref() == Some(ns))
-                .and_then(|n| n.metadata.labels.as_ref())
-                .and_then(|l| l.get(names::INJECTION_LABEL))
-                .is_some_and(|v| v == names::INJECTION_ENABLED);
+            let injection = namespaces.map(|all| {
+                all.iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(ns))
+                    .and_then(|n| n.metadata.labels.as_ref())
+                    .and_then(|l| l.get(names::INJECTION_LABEL))
+                    .is_some_and(|v| v == names::INJECTION_ENABLED)
+            });
             let here: Vec<&Pod> = pods
                 .iter()
                 .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
@@ -360,7 +369,13 @@ pub fn table(
 
 /// The footer line of one namespace.
 pub fn footer_line(f: &Footer) -> String {
-    if f.injection {
+    if f.injection.is_none() {
+        return format!(
+            "namespace {}: injection unknown (cannot read Namespaces); {}/{} pods carry the filter",
+            f.namespace, f.with_filter, f.pods
+        );
+    }
+    if f.injection == Some(true) {
         format!(
             "namespace {}: injection on ({}={}); {}/{} pods carry the filter and can wake managed services",
             f.namespace,
@@ -484,7 +499,7 @@ mod tests {
     fn footer_says_who_can_wake_what() {
         let f = Footer {
             namespace: "shop".into(),
-            injection: true,
+            injection: Some(true),
             with_filter: 3,
             pods: 5,
         };
