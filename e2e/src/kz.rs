@@ -28,6 +28,37 @@ pub fn managed_deployment(name: &str, replicas: i32, wake_timeout: &str) -> Depl
     d
 }
 
+/// Creates Service `name` (port 80, named `http`) and a managed Deployment `name` with
+/// `replicas`, a 30 s wake timeout and `extra` annotations.
+pub async fn create_managed(
+    ns: &TempNamespace,
+    name: &str,
+    replicas: i32,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let mut d = managed_deployment(name, replicas, "30s");
+    let a = d.metadata.annotations.get_or_insert_default();
+    for (k, v) in extra {
+        a.insert((*k).into(), (*v).into());
+    }
+    ns.api::<k8s_openapi::api::core::v1::Service>()
+        .create(
+            &kube::api::PostParams::default(),
+            &fixtures::service(name, name, 80, "http"),
+        )
+        .await?;
+    ns.api::<Deployment>()
+        .create(&kube::api::PostParams::default(), &d)
+        .await?;
+    Ok(())
+}
+
+/// `spec.replicas` of Deployment `name`.
+pub async fn replicas(ns: &TempNamespace, name: &str) -> anyhow::Result<i32> {
+    let d = ns.api::<Deployment>().get(name).await?;
+    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(0))
+}
+
 /// The outbound cluster name of a Service port.
 pub fn cluster(ns: &str, svc: &str, port: u16) -> String {
     outbound_cluster(svc, ns, "cluster.local", port)

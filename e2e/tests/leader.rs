@@ -4,47 +4,15 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kzscaler_core::wire::State;
-use kzscaler_e2e::fixtures::service;
-use kzscaler_e2e::kz::{PrivateMesh, Setup, cluster, managed_deployment, wait_filter_sees};
+use kzscaler_e2e::kz::{PrivateMesh, Setup, cluster, create_managed, replicas, wait_filter_sees};
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
 use serde_json::json;
 
 const REQ: Duration = Duration::from_secs(30);
-
-async fn create(
-    ns: &TempNamespace,
-    name: &str,
-    replicas: i32,
-    extra: &[(&str, &str)],
-) -> anyhow::Result<()> {
-    let mut d = managed_deployment(name, replicas, "30s");
-    let a = d.metadata.annotations.get_or_insert_default();
-    for (k, v) in extra {
-        a.insert((*k).into(), (*v).into());
-    }
-    ns.api::<Service>()
-        .create(&PostParams::default(), &service(name, name, 80, "http"))
-        .await?;
-    ns.api::<Deployment>()
-        .create(&PostParams::default(), &d)
-        .await?;
-    Ok(())
-}
-
-async fn replicas(ns: &TempNamespace, name: &str) -> anyhow::Result<i32> {
-    Ok(ns
-        .api::<Deployment>()
-        .get(name)
-        .await?
-        .spec
-        .and_then(|s| s.replicas)
-        .unwrap_or(0))
-}
 
 async fn annotation(ns: &TempNamespace, name: &str, key: &str) -> anyhow::Result<Option<String>> {
     Ok(ns
@@ -128,7 +96,7 @@ async fn only_the_leader_scales_and_the_other_replica_takes_over_when_it_is_kill
         mesh.controllers[leader].addr.to_string(),
         mesh.controllers[follower].addr.to_string(),
     );
-    create(&ns, "web", 0, &[]).await?;
+    create_managed(&ns, "web", 0, &[]).await?;
     let web = cluster(&ns.name, "web", 80);
     wait_filter_sees(&ns, &l_addr, &web, State::Asleep).await?;
 
@@ -200,7 +168,7 @@ async fn a_controller_killed_while_draining_loses_no_request_and_carries_on() ->
     )
     .await?;
     let ctl = mesh.controller_addr.to_string();
-    create(&ns, "web", 1, &[("kzscaler.io/idle-timeout", "2s")]).await?;
+    create_managed(&ns, "web", 1, &[("kzscaler.io/idle-timeout", "2s")]).await?;
     let web = cluster(&ns.name, "web", 80);
     wait_filter_sees(&ns, &ctl, &web, State::Draining).await?;
     mesh.kill_controller(0).await?;
@@ -260,7 +228,7 @@ async fn a_controller_killed_while_waking_loses_no_request_and_scales_once() -> 
     let ns = TempNamespace::create(&bed, "killwake", &[]).await?;
     let mut mesh = PrivateMesh::start(&bed, &ns.name).await?;
     let ctl = mesh.controller_addr.to_string();
-    create(&ns, "web", 0, &[]).await?;
+    create_managed(&ns, "web", 0, &[]).await?;
     // Pods that cannot be scheduled keep the wake going until the test lets them run.
     ns.api::<Deployment>()
         .patch(

@@ -6,10 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
-use kzscaler_e2e::fixtures::service;
-use kzscaler_e2e::kz::managed_deployment;
+use kzscaler_e2e::kz::create_managed;
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::{TestBed, testbed_binary, workspace_binary};
 
@@ -102,32 +100,12 @@ fn golden(name: &str, actual: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn deploy(
-    ns: &TempNamespace,
-    name: &str,
-    replicas: i32,
-    extra: &[(&str, &str)],
-) -> anyhow::Result<()> {
-    let mut d = managed_deployment(name, replicas, "30s");
-    let a = d.metadata.annotations.get_or_insert_default();
-    for (k, v) in extra {
-        a.insert((*k).into(), (*v).into());
-    }
-    ns.api::<Service>()
-        .create(&PostParams::default(), &service(name, name, 80, "http"))
-        .await?;
-    ns.api::<Deployment>()
-        .create(&PostParams::default(), &d)
-        .await?;
-    Ok(())
-}
-
 #[tokio::test]
 async fn status_explain_and_actions_match_golden_output() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
     let ns = TempNamespace::create(&bed, "plugin", &[("kzscaler.io/injection", "enabled")]).await?;
-    deploy(&ns, "api", 1, &[("kzscaler.io/idle-timeout", "7m")]).await?;
-    deploy(
+    create_managed(&ns, "api", 1, &[("kzscaler.io/idle-timeout", "7m")]).await?;
+    create_managed(
         &ns,
         "batch",
         0,
@@ -143,7 +121,7 @@ async fn status_explain_and_actions_match_golden_output() -> anyhow::Result<()> 
     )
     .await?;
     // A value only the controller writes, so admission lets it through; kzscaler ignores it.
-    deploy(
+    create_managed(
         &ns,
         "broken",
         1,

@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams, PostParams};
 use kzscaler_core::wire::State;
-use kzscaler_e2e::fixtures::service;
-use kzscaler_e2e::kz::{cluster, managed_deployment, wait_filter_sees};
+use kzscaler_e2e::kz::{cluster, create_managed, wait_filter_sees};
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
 use serde_json::json;
@@ -18,20 +16,12 @@ use serde_json::json;
 const REQ: Duration = Duration::from_secs(30);
 
 async fn create(ns: &TempNamespace, name: &str, replicas: i32, idle: &str) -> anyhow::Result<()> {
-    let mut d = managed_deployment(name, replicas, "30s");
-    let a = d.metadata.annotations.get_or_insert_default();
-    a.insert("kzscaler.io/idle-timeout".into(), idle.into());
+    let mut extra = vec![("kzscaler.io/idle-timeout", idle)];
     if replicas == 0 {
         // As kzscaler leaves a Deployment it put to sleep.
-        a.insert("kzscaler.io/state".into(), "asleep".into());
+        extra.push(("kzscaler.io/state", "asleep"));
     }
-    ns.api::<Service>()
-        .create(&PostParams::default(), &service(name, name, 80, "http"))
-        .await?;
-    ns.api::<Deployment>()
-        .create(&PostParams::default(), &d)
-        .await?;
-    Ok(())
+    create_managed(ns, name, replicas, &extra).await
 }
 
 async fn deployment(

@@ -9,7 +9,9 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::PostParams;
 use kzscaler_core::wire::State;
 use kzscaler_e2e::fixtures::service;
-use kzscaler_e2e::kz::{PrivateMesh, Setup, cluster, managed_deployment, wait_filter_sees};
+use kzscaler_e2e::kz::{
+    PrivateMesh, Setup, cluster, create_managed, managed_deployment, replicas, wait_filter_sees,
+};
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
 
@@ -21,18 +23,9 @@ async fn managed(
     idle: &str,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    let mut d = managed_deployment(name, 1, "30s");
-    let a = d.metadata.annotations.get_or_insert_default();
-    a.insert("kzscaler.io/idle-timeout".into(), idle.into());
-    for (k, v) in extra {
-        a.insert((*k).into(), (*v).into());
-    }
-    ns.api::<Service>()
-        .create(&PostParams::default(), &service(name, name, 80, "http"))
-        .await?;
-    ns.api::<Deployment>()
-        .create(&PostParams::default(), &d)
-        .await?;
+    let mut all = vec![("kzscaler.io/idle-timeout", idle)];
+    all.extend_from_slice(extra);
+    create_managed(ns, name, 1, &all).await?;
     let controller = ns.bed.controller.clone().unwrap_or_default();
     wait_filter_sees(ns, &controller, &cluster(&ns.name, name, 80), State::Awake).await
 }
@@ -45,16 +38,6 @@ async fn annotations(ns: &TempNamespace, name: &str) -> anyhow::Result<BTreeMap<
         .metadata
         .annotations
         .unwrap_or_default())
-}
-
-async fn replicas(ns: &TempNamespace, name: &str) -> anyhow::Result<i32> {
-    Ok(ns
-        .api::<Deployment>()
-        .get(name)
-        .await?
-        .spec
-        .and_then(|s| s.replicas)
-        .unwrap_or(0))
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kzscaler_core::wire::State;
 use kzscaler_e2e::fixtures::service;
-use kzscaler_e2e::kz::{PrivateMesh, cluster, managed_deployment, scale_patches, wait_filter_sees};
+use kzscaler_e2e::kz::{
+    PrivateMesh, cluster, managed_deployment, replicas, scale_patches, wait_filter_sees,
+};
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
 use serde_json::json;
@@ -22,11 +24,6 @@ fn controller(bed: &TestBed) -> anyhow::Result<String> {
     bed.controller
         .clone()
         .context("KZSCALER_CONTROLLER is not set: is the test bed up with the controller (hack/local-up.sh)?")
-}
-
-async fn replicas(ns: &TempNamespace, name: &str) -> anyhow::Result<i32> {
-    let d = ns.api::<Deployment>().get(name).await?;
-    Ok(d.spec.and_then(|s| s.replicas).unwrap_or(0))
 }
 
 /// Creates Service `svc` (port 80) and a managed Deployment of the same name at 0 replicas,
