@@ -354,9 +354,12 @@ pub async fn explain_one(scope: &Scope, name: &str) -> anyhow::Result<()> {
             })
         })
         .map(|e| {
+            // A repeated Event is one object with a series: its last time is the one to show.
             let at = e
-                .event_time
-                .map(|t| t.0)
+                .series
+                .as_ref()
+                .map(|s| s.last_observed_time.0)
+                .or(e.event_time.map(|t| t.0))
                 .or(e.deprecated_last_timestamp.map(|t| t.0))
                 .or(e.metadata.creation_timestamp.map(|t| t.0));
             EventLine {

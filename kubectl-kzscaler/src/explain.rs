@@ -97,9 +97,10 @@ pub fn explain(row: &Row, events: &[EventLine], now: Timestamp) -> String {
         out.push_str("  Events: none.\n");
     } else {
         out.push_str("  Events (latest last):\n");
+        let width = events.iter().map(|e| e.reason.len()).max().unwrap_or(0);
         for e in events {
             out.push_str(&format!(
-                "    {:<7} {:<8} {:<16} {}\n",
+                "    {:<7} {:<8} {:<width$} {}\n",
                 age_of(e.at.as_deref(), now),
                 e.type_,
                 e.reason,
