@@ -345,9 +345,13 @@ pub struct Cache {
     built: Built,
     snapshot: Snapshot,
     draining: BTreeSet<Key>,
-    /// Deployments whose scale to 0 is committed, until the cache shows 0 replicas.
-    closing: BTreeSet<Key>,
+    /// Deployments whose scale to 0 is committed, until the cache shows 0 replicas (or
+    /// [`CLOSING_MAX`] passed: someone scaled it back up before the watch saw the 0).
+    closing: BTreeMap<Key, std::time::Instant>,
 }
+
+/// The longest a committed sleep is waited for.
+const CLOSING_MAX: Duration = Duration::from_secs(10);
 
 impl Cache {
     /// A cache whose first snapshot version is `version + 1`. Start it from the clock, so a
@@ -361,7 +365,7 @@ impl Cache {
                 destinations: Vec::new(),
             },
             draining: BTreeSet::new(),
-            closing: BTreeSet::new(),
+            closing: BTreeMap::new(),
         }
     }
 
@@ -369,8 +373,9 @@ impl Cache {
     pub fn update(&mut self, built: Built) -> bool {
         self.built = built;
         let managed = &self.built.managed;
-        self.closing
-            .retain(|k| managed.get(k).is_some_and(|m| m.desired > 0));
+        self.closing.retain(|k, at| {
+            managed.get(k).is_some_and(|m| m.desired > 0) && at.elapsed() < CLOSING_MAX
+        });
         self.publish()
     }
 
@@ -379,7 +384,7 @@ impl Cache {
     /// to go. The mark goes by itself once the cache shows 0 replicas.
     pub fn set_closing(&mut self, key: &Key, closing: bool) {
         if closing {
-            self.closing.insert(key.clone());
+            self.closing.insert(key.clone(), std::time::Instant::now());
         } else {
             self.closing.remove(key);
         }
@@ -387,7 +392,9 @@ impl Cache {
 
     /// Whether a Deployment's scale to 0 is committed and not yet seen.
     pub fn is_closing(&self, key: &Key) -> bool {
-        self.closing.contains(key)
+        self.closing
+            .get(key)
+            .is_some_and(|at| at.elapsed() < CLOSING_MAX)
     }
 
     /// Marks a Deployment draining (about to sleep) or not; returns whether the snapshot

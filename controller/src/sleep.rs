@@ -409,13 +409,12 @@ impl<S: Scaler> Sleeper<S> {
                     if let Ok(mut a) = self.idle.activity.lock() {
                         a.touch(&key, now_ms());
                     }
-                    let undrained = {
+                    {
                         let mut cache = self.cache.write().await;
                         cache.set_closing(&key, false);
-                        cache.set_draining(&key, false)
-                    };
+                        cache.set_draining(&key, false);
+                    }
                     self.changes.send_modify(|v| *v += 1);
-                    let _ = undrained;
                     let patch = serde_json::json!({ names::STATE: "awake" });
                     let _ = self.scaler.annotate(&key, patch, None).await;
                 }
