@@ -18,6 +18,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use kzscaler_core::cluster::outbound_cluster;
 use kzscaler_core::names::{self, SERVICE_NAME_LABEL};
+use kzscaler_core::spec::replicas_before_sleep;
 use kzscaler_core::wire::{Destination, Snapshot, State};
 
 use kzscaler_core::spec::ManagedSpec;
@@ -67,7 +68,7 @@ pub struct Managed {
 impl Managed {
     /// The replica count a wake scales to.
     pub fn wake_replicas(&self) -> u32 {
-        crate::wake::wake_replicas(
+        kzscaler_core::spec::wake_replicas(
             self.hpa_min,
             self.replicas_before_sleep,
             self.spec.wake_replicas,
@@ -161,25 +162,20 @@ impl Built {
                     continue;
                 }
             };
-            let replicas_before_sleep = match annotations.get(REPLICAS_BEFORE_SLEEP) {
-                None => None,
-                Some(v) => match v.trim().parse::<u32>() {
-                    Ok(n) => Some(n),
-                    Err(_) => {
-                        built.problems.push((
-                            Problem {
-                                kind: "Deployment",
-                                key: key.clone(),
-                                reason: "InvalidAnnotation",
-                                message: format!(
-                                    "annotation {REPLICAS_BEFORE_SLEEP}: {v:?} is not valid: expected a whole number; ignored"
-                                ),
-                            },
-                            reference.clone(),
-                        ));
-                        None
-                    }
-                },
+            let replicas_before_sleep = match replicas_before_sleep(&annotations) {
+                Ok(n) => n,
+                Err(e) => {
+                    built.problems.push((
+                        Problem {
+                            kind: "Deployment",
+                            key: key.clone(),
+                            reason: "InvalidAnnotation",
+                            message: format!("{e}; ignored"),
+                        },
+                        reference.clone(),
+                    ));
+                    None
+                }
             };
             let spec_d = d.spec.as_ref();
             pod_labels.insert(

@@ -17,7 +17,6 @@ pub mod lease;
 pub mod metrics;
 pub mod run;
 pub mod sleep;
-pub mod wake;
 pub mod wasmplugin;
 pub mod watch;
 

@@ -132,11 +132,9 @@ impl Scaler for KubeScaler {
     }
 
     async fn record_wake(&self, key: &Key, wake: &WakeRecord) {
-        let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
         let value = serde_json::to_string(wake).unwrap_or_default();
-        let patch = json!({"metadata": {"annotations": {LAST_WAKE: value, names::STATE: "awake"}}});
-        let dep = match api
-            .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+        let dep = match self
+            .patch_annotations(key, json!({LAST_WAKE: value, names::STATE: "awake"}))
             .await
         {
             Ok(d) => d,
@@ -154,51 +152,37 @@ impl Scaler for KubeScaler {
             fmt(wake.pod_ready_ms),
             fmt(wake.endpoint_ready_ms)
         );
-        let ev = Event {
-            type_: EventType::Normal,
-            reason: "Woke".into(),
-            note: Some(note),
-            action: "Wake".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &dep.object_ref(&())).await {
-            tracing::warn!(deployment = %key, error = %e, "could not publish the Woke event");
-        }
+        self.publish(key, &dep, EventType::Normal, "Woke", "Wake", note)
+            .await;
     }
 
     async fn sleep(&self, key: &Key, replicas: u32, idle_ms: u64) -> Result<(), String> {
-        let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
         let at = k8s_openapi::jiff::Timestamp::now().to_string();
-        let patch = json!({"metadata": {"annotations": {
-            names::STATE: "asleep",
-            names::REPLICAS_BEFORE_SLEEP: replicas.to_string(),
-            names::SLEPT_AT: at,
-        }}});
-        let dep = api
-            .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+        let dep = self
+            .patch_annotations(
+                key,
+                json!({
+                    names::STATE: "asleep",
+                    names::REPLICAS_BEFORE_SLEEP: replicas.to_string(),
+                    names::SLEPT_AT: at,
+                }),
+            )
             .await
             .map_err(|e| format!("recording the sleep on {key}: {e}"))?;
         self.scale(key, 0).await?;
-        let ev = Event {
-            type_: EventType::Normal,
-            reason: "Slept".into(),
-            note: Some(if idle_ms == 0 {
-                format!(
-                    "on request ({}: sleep): scaled {replicas} -> 0; a request will wake it to {replicas}",
-                    names::ACTION
-                )
-            } else {
-                format!(
-                    "no activity for {:.1}s: scaled {replicas} -> 0; a request will wake it to {replicas}",
-                    idle_ms as f64 / 1000.0
-                )
-            }),
-            action: "Sleep".into(),
-            secondary: None,
+        let note = if idle_ms == 0 {
+            format!(
+                "on request ({}: sleep): scaled {replicas} -> 0; a request will wake it to {replicas}",
+                names::ACTION
+            )
+        } else {
+            format!(
+                "no activity for {:.1}s: scaled {replicas} -> 0; a request will wake it to {replicas}",
+                idle_ms as f64 / 1000.0
+            )
         };
-        if let Err(e) = self.recorder.publish(&ev, &dep.object_ref(&())).await {
-            tracing::warn!(deployment = %key, error = %e, "could not publish the Slept event");
-        }
+        self.publish(key, &dep, EventType::Normal, "Slept", "Sleep", note)
+            .await;
         Ok(())
     }
 
@@ -208,29 +192,59 @@ impl Scaler for KubeScaler {
         annotations: serde_json::Value,
         note: Option<Note>,
     ) -> Result<(), String> {
-        let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
-        let patch = json!({"metadata": {"annotations": annotations}});
-        let dep = api
-            .patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+        let dep = self
+            .patch_annotations(key, annotations)
             .await
             .map_err(|e| format!("annotating {key}: {e}"))?;
         if let Some(note) = note {
-            let ev = Event {
-                type_: if note.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: note.reason.into(),
-                note: Some(note.message),
-                action: "Reconcile".into(),
-                secondary: None,
+            let type_ = if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
             };
-            if let Err(e) = self.recorder.publish(&ev, &dep.object_ref(&())).await {
-                tracing::warn!(deployment = %key, error = %e, reason = note.reason, "could not publish an event");
-            }
+            self.publish(key, &dep, type_, note.reason, "Reconcile", note.message)
+                .await;
         }
         Ok(())
+    }
+}
+
+impl KubeScaler {
+    /// Merges `annotations` (`null` removes one) into the Deployment's.
+    async fn patch_annotations(
+        &self,
+        key: &Key,
+        annotations: serde_json::Value,
+    ) -> Result<Deployment, kube::Error> {
+        Api::<Deployment>::namespaced(self.client.clone(), &key.namespace)
+            .patch(
+                &key.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+            )
+            .await
+    }
+
+    /// Publishes an Event about the Deployment; a failure is only logged.
+    async fn publish(
+        &self,
+        key: &Key,
+        dep: &Deployment,
+        type_: EventType,
+        reason: &'static str,
+        action: &'static str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &dep.object_ref(&())).await {
+            tracing::warn!(deployment = %key, error = %e, reason, "could not publish an event");
+        }
     }
 }
 

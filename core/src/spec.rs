@@ -33,6 +33,20 @@ pub fn wake_replicas(
         .fold(1, u32::max)
 }
 
+/// [`names::REPLICAS_BEFORE_SLEEP`] (written by the controller): `Ok(None)` when absent.
+pub fn replicas_before_sleep(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<u32>, SpecError> {
+    match annotations.get(names::REPLICAS_BEFORE_SLEEP) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|_| bad(names::REPLICAS_BEFORE_SLEEP, v, "a whole number")),
+    }
+}
+
 /// A kzscaler annotation with a value that cannot be used. The message names the annotation,
 /// the value and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +138,31 @@ fn bad(annotation: &'static str, value: &str, expected: &str) -> SpecError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wakes_to_at_least_one() {
+        assert_eq!(wake_replicas(None, None, None), 1);
+        assert_eq!(wake_replicas(Some(0), Some(0), None), 1);
+    }
+
+    #[test]
+    fn wakes_to_the_largest_of_hpa_min_previous_and_annotation() {
+        assert_eq!(wake_replicas(Some(2), Some(5), Some(3)), 5);
+        assert_eq!(wake_replicas(Some(4), Some(1), None), 4);
+        assert_eq!(wake_replicas(None, Some(1), Some(3)), 3);
+    }
+
+    #[test]
+    fn replicas_before_sleep_is_a_whole_number_or_absent() {
+        let ann =
+            |v: &str| BTreeMap::from([(names::REPLICAS_BEFORE_SLEEP.to_owned(), v.to_owned())]);
+        assert_eq!(replicas_before_sleep(&BTreeMap::new()), Ok(None));
+        assert_eq!(replicas_before_sleep(&ann(" 3 ")), Ok(Some(3)));
+        assert_eq!(
+            replicas_before_sleep(&ann("lots")).unwrap_err().to_string(),
+            "annotation kzscaler.io/replicas-before-sleep: \"lots\" is not valid: expected a whole number"
+        );
+    }
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

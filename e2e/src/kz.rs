@@ -53,6 +53,15 @@ pub async fn create_managed(
     Ok(())
 }
 
+/// The annotations of Deployment `name`.
+pub async fn annotations(
+    ns: &TempNamespace,
+    name: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let d = ns.api::<Deployment>().get(name).await?;
+    Ok(d.metadata.annotations.unwrap_or_default())
+}
+
 /// `spec.replicas` of Deployment `name`.
 pub async fn replicas(ns: &TempNamespace, name: &str) -> anyhow::Result<i32> {
     let d = ns.api::<Deployment>().get(name).await?;

@@ -7,24 +7,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kzscaler_core::wire::State;
-use kzscaler_e2e::kz::{PrivateMesh, Setup, cluster, create_managed, replicas, wait_filter_sees};
+use kzscaler_e2e::kz::{
+    PrivateMesh, Setup, annotations, cluster, create_managed, replicas, wait_filter_sees,
+};
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
 use serde_json::json;
 
 const REQ: Duration = Duration::from_secs(30);
-
-async fn annotation(ns: &TempNamespace, name: &str, key: &str) -> anyhow::Result<Option<String>> {
-    Ok(ns
-        .api::<Deployment>()
-        .get(name)
-        .await?
-        .metadata
-        .annotations
-        .unwrap_or_default()
-        .get(key)
-        .cloned())
-}
 
 /// `reportingInstance` of the Events with `reason` about Deployment `name`, once there are
 /// `n` of them (the controller publishes a Woke Event just after answering).
@@ -197,15 +187,17 @@ async fn a_controller_killed_while_draining_loses_no_request_and_carries_on() ->
     )
     .await?;
     assert_eq!(
-        annotation(&ns, "web", "kzscaler.io/state")
+        annotations(&ns, "web")
             .await?
-            .as_deref(),
+            .get("kzscaler.io/state")
+            .map(String::as_str),
         Some("asleep")
     );
     assert_eq!(
-        annotation(&ns, "web", "kzscaler.io/replicas-before-sleep")
+        annotations(&ns, "web")
             .await?
-            .as_deref(),
+            .get("kzscaler.io/replicas-before-sleep")
+            .map(String::as_str),
         Some("1")
     );
     wait_filter_sees(&ns, &ctl, &web, State::Asleep).await?;
@@ -282,9 +274,10 @@ async fn a_controller_killed_while_waking_loses_no_request_and_scales_once() -> 
         "kzscaler.io/state to say awake",
         Duration::from_secs(15),
         || async {
-            Ok((annotation(&ns, "web", "kzscaler.io/state")
+            Ok((annotations(&ns, "web")
                 .await?
-                .as_deref()
+                .get("kzscaler.io/state")
+                .map(String::as_str)
                 == Some("awake"))
             .then_some(()))
         },

@@ -10,7 +10,8 @@ use kube::api::PostParams;
 use kzscaler_core::wire::State;
 use kzscaler_e2e::fixtures::service;
 use kzscaler_e2e::kz::{
-    PrivateMesh, Setup, cluster, create_managed, managed_deployment, replicas, wait_filter_sees,
+    PrivateMesh, Setup, annotations, cluster, create_managed, managed_deployment, replicas,
+    wait_filter_sees,
 };
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
@@ -28,16 +29,6 @@ async fn managed(
     create_managed(ns, name, 1, &all).await?;
     let controller = ns.bed.controller.clone().unwrap_or_default();
     wait_filter_sees(ns, &controller, &cluster(&ns.name, name, 80), State::Awake).await
-}
-
-async fn annotations(ns: &TempNamespace, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    Ok(ns
-        .api::<Deployment>()
-        .get(name)
-        .await?
-        .metadata
-        .annotations
-        .unwrap_or_default())
 }
 
 #[tokio::test]

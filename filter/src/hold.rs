@@ -528,23 +528,24 @@ mod tests {
     }
 
     const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
+    /// Held because this Envoy has no endpoint: the usual case.
+    const WAIT: Ask = Ask {
+        grpc: false,
+        activity: true,
+        why: Why::NoEndpoint,
+    };
+    /// Held while draining, only to ask the controller first.
+    const ASK_FIRST: Ask = Ask {
+        why: Why::AskFirst,
+        ..WAIT
+    };
     const AWAKE: &[u8] = br#"{"state":"awake"}"#;
 
     #[test]
     fn a_ready_answer_without_endpoints_for_a_second_asks_again() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(
-            1,
-            WEB,
-            10_000,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        w.hold(1, WEB, 10_000, 0, WAIT);
         w.tick(&mut host);
         let token = host.calls[0].0;
         w.on_activate_response(&mut host, token, Some(200), AWAKE);
@@ -565,28 +566,8 @@ mod tests {
             endpoints: 1,
             ..Default::default()
         };
-        w.hold(
-            1,
-            WEB,
-            10_000,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::AskFirst,
-            },
-        );
-        w.hold(
-            2,
-            WEB,
-            10_000,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        w.hold(1, WEB, 10_000, 0, ASK_FIRST);
+        w.hold(2, WEB, 10_000, 0, WAIT);
         w.tick(&mut host);
         let token = host.calls[0].0;
         w.on_activate_response(&mut host, token, Some(503), b"not the leader");
@@ -597,17 +578,7 @@ mod tests {
             refuse_calls: true,
             ..Default::default()
         };
-        down.hold(
-            3,
-            WEB,
-            10_000,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::AskFirst,
-            },
-        );
+        down.hold(3, WEB, 10_000, 0, ASK_FIRST);
         down.tick(&mut host);
         assert_eq!(host.resumed, [3]);
         assert!(!down.holding());
@@ -621,22 +592,12 @@ mod tests {
             ..Default::default()
         };
         let probe = Ask {
-            grpc: false,
             activity: false,
-            why: Why::AskFirst,
+            ..ASK_FIRST
         };
         w.hold(1, WEB, 10_000, 0, probe);
         w.tick(&mut host);
-        w.hold(
-            2,
-            WEB,
-            10_000,
-            0,
-            Ask {
-                activity: true,
-                ..probe
-            },
-        );
+        w.hold(2, WEB, 10_000, 0, ASK_FIRST);
         let token = host.calls[0].0;
         w.on_activate_response(&mut host, token, Some(200), AWAKE);
         assert!(host.resumed.is_empty(), "not on the probe's answer");
@@ -652,11 +613,7 @@ mod tests {
     #[test]
     fn ask_first_requests_pass_rather_than_fail_when_they_cannot_be_held() {
         let mut w = Worker::new(1);
-        let ask = Ask {
-            grpc: false,
-            activity: true,
-            why: Why::AskFirst,
-        };
+        let ask = ASK_FIRST;
         assert_eq!(w.hold(1, WEB, 10_000, 0, ask), Hold::Paused);
         assert_eq!(w.hold(2, WEB, 10_000, 0, ask), Hold::Pass, "over max_held");
         assert_eq!(w.hold(3, WEB, 0, 0, ask), Hold::Pass, "no time left");
@@ -669,11 +626,7 @@ mod tests {
             endpoints: 1,
             ..Default::default()
         };
-        let ask = Ask {
-            grpc: false,
-            activity: true,
-            why: Why::AskFirst,
-        };
+        let ask = ASK_FIRST;
         w.hold(1, WEB, 10_000, 0, ask);
         w.tick(&mut host);
         let token = host.calls[0].0;
@@ -691,9 +644,8 @@ mod tests {
             5_000,
             0,
             Ask {
-                grpc: false,
                 activity: false,
-                why: Why::NoEndpoint,
+                ..WAIT
             },
         );
         probes.tick(&mut host);
@@ -709,22 +661,11 @@ mod tests {
             5_000,
             0,
             Ask {
-                grpc: false,
                 activity: false,
-                why: Why::NoEndpoint,
+                ..WAIT
             },
         );
-        mixed.hold(
-            2,
-            WEB,
-            5_000,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        mixed.hold(2, WEB, 5_000, 0, WAIT);
         mixed.tick(&mut host);
         assert!(
             host.calls[1].1.contains(r#""activity":true"#),
@@ -740,34 +681,8 @@ mod tests {
             now: 1_000,
             ..Default::default()
         };
-        assert_eq!(
-            w.hold(
-                1,
-                WEB,
-                5_000,
-                host.now,
-                Ask {
-                    grpc: false,
-                    activity: true,
-                    why: Why::NoEndpoint
-                }
-            ),
-            Hold::Paused
-        );
-        assert_eq!(
-            w.hold(
-                2,
-                WEB,
-                5_000,
-                host.now,
-                Ask {
-                    grpc: false,
-                    activity: true,
-                    why: Why::NoEndpoint
-                }
-            ),
-            Hold::Paused
-        );
+        assert_eq!(w.hold(1, WEB, 5_000, host.now, WAIT), Hold::Paused);
+        assert_eq!(w.hold(2, WEB, 5_000, host.now, WAIT), Hold::Paused);
         w.tick(&mut host);
         w.tick(&mut host);
         assert_eq!(host.calls.len(), 1, "one activate for both requests");
@@ -795,17 +710,7 @@ mod tests {
     fn endpoints_already_visible_when_activate_answers_count_as_a_sighting() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(
-            1,
-            WEB,
-            5_000,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        w.hold(1, WEB, 5_000, 0, WAIT);
         w.tick(&mut host);
         host.endpoints = 1;
         w.on_activate_response(&mut host, 100, Some(200), AWAKE);
@@ -880,17 +785,7 @@ mod tests {
             now: 0,
             ..Default::default()
         };
-        w.hold(
-            7,
-            WEB,
-            300,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        w.hold(7, WEB, 300, 0, WAIT);
         w.tick(&mut host);
         host.now = 299;
         w.tick(&mut host);
@@ -912,17 +807,7 @@ mod tests {
     fn grpc_requests_get_unavailable_in_a_200() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(
-            3,
-            WEB,
-            10,
-            0,
-            Ask {
-                grpc: true,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        w.hold(3, WEB, 10, 0, Ask { grpc: true, ..WAIT });
         host.now = 10;
         w.tick(&mut host);
         let reply = &host.replies[0].1;
@@ -938,50 +823,14 @@ mod tests {
     #[test]
     fn past_max_held_answers_at_once() {
         let mut w = Worker::new(1);
-        assert_eq!(
-            w.hold(
-                1,
-                WEB,
-                1_000,
-                0,
-                Ask {
-                    grpc: false,
-                    activity: true,
-                    why: Why::NoEndpoint
-                }
-            ),
-            Hold::Paused
-        );
-        let second = w.hold(
-            2,
-            WEB,
-            1_000,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        assert_eq!(w.hold(1, WEB, 1_000, 0, WAIT), Hold::Paused);
+        let second = w.hold(2, WEB, 1_000, 0, WAIT);
         assert!(
             matches!(&second, Hold::Reply(r) if r.status == 503 && r.body.contains("max_held_requests")),
             "the second request must be answered at once: {second:?}"
         );
         assert!(
-            matches!(
-                w.hold(
-                    3,
-                    WEB,
-                    0,
-                    0,
-                    Ask {
-                        grpc: false,
-                        activity: true,
-                        why: Why::NoEndpoint
-                    }
-                ),
-                Hold::Reply(_)
-            ),
+            matches!(w.hold(3, WEB, 0, 0, WAIT), Hold::Reply(_)),
             "no budget, no hold"
         );
     }
@@ -993,17 +842,7 @@ mod tests {
             refuse_calls: true,
             ..Default::default()
         };
-        w.hold(
-            1,
-            WEB,
-            1_000,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        w.hold(1, WEB, 1_000, 0, WAIT);
         w.tick(&mut host);
         host.refuse_calls = false;
         host.now = 10;
@@ -1028,17 +867,7 @@ mod tests {
     fn not_managed_answer_lets_requests_through() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(
-            1,
-            WEB,
-            1_000,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        w.hold(1, WEB, 1_000, 0, WAIT);
         w.tick(&mut host);
         w.on_activate_response(&mut host, 100, Some(404), b"{}");
         assert_eq!(host.resumed, vec![1]);
@@ -1048,17 +877,7 @@ mod tests {
     fn a_request_whose_caller_left_is_never_touched() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(
-            1,
-            WEB,
-            100,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        w.hold(1, WEB, 100, 0, WAIT);
         w.forget(1);
         host.now = 1_000;
         w.tick(&mut host);
@@ -1070,17 +889,7 @@ mod tests {
     fn a_late_answer_for_a_finished_activation_is_ignored() {
         let mut w = Worker::new(10);
         let mut host = FakeHost::default();
-        w.hold(
-            1,
-            WEB,
-            100,
-            0,
-            Ask {
-                grpc: false,
-                activity: true,
-                why: Why::NoEndpoint,
-            },
-        );
+        w.hold(1, WEB, 100, 0, WAIT);
         w.tick(&mut host);
         host.now = 100;
         w.tick(&mut host); // deadline: answered, cluster forgotten

@@ -473,21 +473,15 @@ impl HttpContext for Request {
             let Ok(cluster) = std::str::from_utf8(&name) else {
                 return Action::Continue;
             };
-            if cluster.starts_with(INBOUND_PREFIX) {
+            let inbound = cluster.starts_with(INBOUND_PREFIX);
+            let entry = if inbound {
                 // The inbound side of a pod: its requests are its own Deployment's activity.
                 let own = w.own_workload.get_or_insert_with(own_workload);
-                if let Some(e) = own.as_deref().and_then(|o| w.table.workload(o))
-                    && w.counters.start(&e.cluster, || {
-                        e.counts(self.header("user-agent").as_deref(), || {
-                            self.header(":path")
-                        })
-                    })
-                {
-                    self.counted = Some(e.cluster.clone());
-                }
-                return Action::Continue;
-            }
-            let Some(e) = w.table.get(cluster) else {
+                own.as_deref().and_then(|o| w.table.workload(o))
+            } else {
+                w.table.get(cluster)
+            };
+            let Some(e) = entry else {
                 return Action::Continue;
             };
             let counted = w.counters.start(&e.cluster, || {
@@ -497,6 +491,9 @@ impl HttpContext for Request {
             });
             if counted {
                 self.counted = Some(e.cluster.clone());
+            }
+            if inbound {
+                return Action::Continue;
             }
             (e.state, e.wake_timeout_ms, e.cluster.clone())
         };

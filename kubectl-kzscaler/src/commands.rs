@@ -182,8 +182,10 @@ async fn managed(scope: &Scope, name: &str) -> anyhow::Result<(Api<Deployment>, 
     let Some(d) = api.get_opt(name).await? else {
         bail!("no Deployment {name:?} in namespace {:?}", scope.namespace);
     };
-    let svcs = list::<Service>(scope).await?;
-    let hpas = list::<HorizontalPodAutoscaler>(scope).await?;
+    let (svcs, hpas) = tokio::try_join!(
+        list::<Service>(scope),
+        list::<HorizontalPodAutoscaler>(scope)
+    )?;
     let Some(row) = view::row(&d, &svcs, &hpas) else {
         bail!(
             "Deployment {:?} in namespace {:?} is not managed by kzscaler (annotate it {}=\"true\")",

@@ -177,14 +177,11 @@ pub fn row(d: &Deployment, services: &[Service], hpas: &[HorizontalPodAutoscaler
         Err(e) => (None, Some(e.to_string())),
     };
     // Written by the controller; a bad value makes it ignore the annotation (with an Event).
+    let before_sleep = kzscaler_core::spec::replicas_before_sleep(&a);
     if error.is_none()
-        && let Some(v) = a.get(names::REPLICAS_BEFORE_SLEEP)
-        && v.trim().parse::<u32>().is_err()
+        && let Err(e) = &before_sleep
     {
-        error = Some(format!(
-            "annotation {}: {v:?} is not valid: expected a whole number",
-            names::REPLICAS_BEFORE_SLEEP
-        ));
+        error = Some(e.to_string());
     }
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let ready = d
@@ -243,8 +240,7 @@ pub fn row(d: &Deployment, services: &[Service], hpas: &[HorizontalPodAutoscaler
         replicas_before_sleep: a.get(names::REPLICAS_BEFORE_SLEEP).cloned(),
         wake_replicas: kzscaler_core::spec::wake_replicas(
             hpa.as_ref().and_then(|h| u32::try_from(h.min).ok()),
-            a.get(names::REPLICAS_BEFORE_SLEEP)
-                .and_then(|v| v.trim().parse().ok()),
+            before_sleep.ok().flatten(),
             spec.as_ref().and_then(|s| s.wake_replicas),
         ),
         last_wake: a

@@ -126,49 +126,72 @@ pub fn bootstrap(files: &Files, b: &Bootstrap) -> Value {
     if let Some(pod) = &b.pod {
         node["metadata"] = json!({"NAMESPACE": pod.namespace, "WORKLOAD_NAME": pod.workload});
         let name = format!("inbound|{}||", pod.app.port());
-        clusters.push(json!({
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(pod.app)}}]}]}
-        }));
-        listeners.push(json!({
-            "name": "virtualInbound-http",
-            "address": socket(pod.inbound),
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": "inbound_http",
-                    "codec_type": "AUTO",
-                    "route_config": {"name": "inbound", "virtual_hosts": [{"name": "inbound", "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": name, "timeout": "0s"}}]}]},
-                    "http_filters": http_filters
-                }
-            }]}]
-        }));
+        clusters.push(static_cluster(&name, &[pod.app]));
+        let routes = json!({"name": "inbound", "virtual_hosts": [{"name": "inbound", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": name, "timeout": "0s"}}]}]});
+        listeners.push(http_listener(
+            "virtualInbound-http",
+            pod.inbound,
+            "inbound_http",
+            ("route_config", routes),
+            &http_filters,
+        ));
     }
+    listeners.push(http_listener(
+        "virtualOutbound-http",
+        b.listen,
+        "outbound_http",
+        (
+            "rds",
+            json!({"route_config_name": ROUTE_NAME, "config_source": path_source(&files.rds())}),
+        ),
+        &http_filters,
+    ));
     json!({
         "node": node,
         "admin": {"address": socket(b.admin)},
         "dynamic_resources": {"cds_config": path_source(&files.cds())},
-        "static_resources": {
-            "clusters": clusters,
-            "listeners": listeners.into_iter().chain([json!({
-                "name": "virtualOutbound-http",
-                "address": socket(b.listen),
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "outbound_http",
-                        "codec_type": "AUTO",
-                        "rds": {"route_config_name": ROUTE_NAME, "config_source": path_source(&files.rds())},
-                        "http_filters": http_filters
-                    }
-                }]}]
-            })]).collect::<Vec<_>>()
-        }
+        "static_resources": {"clusters": clusters, "listeners": listeners}
+    })
+}
+
+/// An HTTP listener (HTTP/1.1 and h2c) with these filters, its routes given as
+/// (`"rds"` or `"route_config"`, the value).
+fn http_listener(
+    name: &str,
+    address: std::net::SocketAddr,
+    stat_prefix: &str,
+    routes: (&str, Value),
+    http_filters: &[Value],
+) -> Value {
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "http_filters": http_filters
+    });
+    hcm[routes.0] = routes.1;
+    json!({
+        "name": name,
+        "address": socket(address),
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": hcm
+        }]}]
+    })
+}
+
+/// A STATIC cluster over these addresses.
+fn static_cluster(name: &str, addrs: &[std::net::SocketAddr]) -> Value {
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .map(|a| json!({"endpoint": {"address": socket(*a)}}))
+        .collect();
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}
     })
 }
 
@@ -178,27 +201,16 @@ pub fn bootstrap(files: &Files, b: &Bootstrap) -> Value {
 /// plays that part. With no healthy replica (during a failover) Envoy's panic mode sends to
 /// all of them, and followers answer 503.
 pub fn controller_cluster(name: &str, addrs: &[std::net::SocketAddr]) -> Value {
-    let endpoints: Vec<Value> = addrs
-        .iter()
-        .map(|a| json!({"endpoint": {"address": socket(*a)}}))
-        .collect();
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": endpoints}]
-        },
-        "health_checks": [{
-            "timeout": "1s",
-            "interval": "0.25s",
-            "no_traffic_interval": "0.25s",
-            "unhealthy_threshold": 1,
-            "healthy_threshold": 1,
-            "http_health_check": {"path": "/leaderz"}
-        }]
-    })
+    let mut cluster = static_cluster(name, addrs);
+    cluster["health_checks"] = json!([{
+        "timeout": "1s",
+        "interval": "0.25s",
+        "no_traffic_interval": "0.25s",
+        "unhealthy_threshold": 1,
+        "healthy_threshold": 1,
+        "http_health_check": {"path": "/leaderz"}
+    }]);
+    cluster
 }
 
 fn socket(a: std::net::SocketAddr) -> Value {
