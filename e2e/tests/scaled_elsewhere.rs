@@ -40,11 +40,11 @@ async fn an_asleep_deployment_scaled_by_hand_is_treated_as_awake() -> anyhow::Re
     let bed = TestBed::connect().await?;
     let ns = TempNamespace::create(&bed, "byhand", &[]).await?;
     let controller = bed.controller.clone().unwrap_or_default();
-    create(&ns, "web", 0, "3s").await?;
+    create(&ns, "web", 0, "6s").await?;
     let web = cluster(&ns.name, "web", 80);
     wait_filter_sees(&ns, &controller, &web, State::Asleep).await?;
     // Asleep for longer than its idle timeout, so a stale idle clock would show.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
 
     let scaled = Instant::now();
     ns.api::<Deployment>()
@@ -74,14 +74,14 @@ async fn an_asleep_deployment_scaled_by_hand_is_treated_as_awake() -> anyhow::Re
     // Awake means a full idle timeout from now on, not an instant sleep on a stale clock.
     ns.wait_for(
         "the hand-scaled Deployment to sleep after its idle timeout",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || async { Ok((deployment(&ns, "web").await?.0 == 0).then_some(())) },
     )
     .await?;
     let slept_after = scaled.elapsed();
     assert!(
-        slept_after >= Duration::from_secs(3),
-        "slept {slept_after:?} after being scaled up, before its 3 s idle timeout"
+        slept_after >= Duration::from_secs(6),
+        "slept {slept_after:?} after being scaled up, before its 6 s idle timeout"
     );
     let (_, a) = deployment(&ns, "web").await?;
     assert_eq!(

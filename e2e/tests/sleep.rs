@@ -251,9 +251,19 @@ async fn requests_at_every_point_of_the_scale_down_get_200() -> anyhow::Result<(
     let host = format!("web.{}", ns.name);
     let mut statuses: BTreeMap<u16, u32> = BTreeMap::new();
     let mut seen = Vec::new();
-    for step in 0..=8u64 {
-        let pause = Duration::from_millis(1800 + 250 * step);
-        tokio::time::sleep(pause).await;
+    // The last step waits until it is asleep (on a loaded machine the sweep's longest pause
+    // may still fall before the scale to 0), so every run covers waking it too.
+    for step in 0..=9u64 {
+        let paused = Instant::now();
+        if step == 9 {
+            ns.wait_for("web to fall asleep", Duration::from_secs(20), || async {
+                Ok((replicas(&ns, "web").await? == 0).then_some(()))
+            })
+            .await?;
+        } else {
+            tokio::time::sleep(Duration::from_millis(1800 + 250 * step)).await;
+        }
+        let pause = paused.elapsed();
         let before = replicas(&ns, "web").await?;
         // Three at once, as callers would.
         let paths: Vec<String> = (0..3).map(|i| format!("/p{step}/{i}")).collect();
@@ -274,10 +284,9 @@ async fn requests_at_every_point_of_the_scale_down_get_200() -> anyhow::Result<(
         vec![200],
         "{seen:?}"
     );
-    assert!(
-        seen.iter().any(|(_, before, _)| *before == 0),
-        "some pause should have let it fall asleep: {seen:?}"
-    );
+    let asleep = seen.iter().filter(|(_, before, _)| *before == 0).count();
+    eprintln!("[e2e] requests sent to it asleep: {asleep}");
+    assert!(asleep >= 3, "the last step should find it asleep: {seen:?}");
     ns.cleanup().await
 }
 

@@ -175,16 +175,33 @@ async fn grpc_call_wakes_the_service_and_a_short_deadline_fails_fast_unavailable
         .connect()
         .await?;
 
-    // Too short to wake: the filter answers UNAVAILABLE before the caller's own deadline
-    // (which would show as DEADLINE_EXCEEDED instead).
+    // Pods that cannot be scheduled, so a 1 s call cannot wake it: the filter answers
+    // UNAVAILABLE before the caller's own deadline (tonic would end the call itself with
+    // CANCELLED, or Envoy with DEADLINE_EXCEEDED, if it did not).
+    let unschedulable = |selector: serde_json::Value| {
+        Patch::Merge(json!({"spec": {"template": {"spec": {"nodeSelector": selector}}}}))
+    };
+    let deployments = ns.api::<Deployment>();
+    deployments
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &unschedulable(json!({"kzscaler-e2e/nowhere": "true"})),
+        )
+        .await?;
     let mut short = tonic::Request::new(HealthCheckRequest::default());
-    short.set_timeout(Duration::from_millis(30));
+    short.set_timeout(Duration::from_secs(1));
     let err = HealthClient::new(chan.clone())
         .check(short)
         .await
         .err()
-        .context("a 30 ms call cannot wake a Deployment")?;
+        .context("a 1 s call cannot wake a Deployment whose pods cannot be scheduled")?;
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+
+    // Schedulable again: the wake already under way completes and the next call is served.
+    deployments
+        .patch("api", &PatchParams::default(), &unschedulable(json!(null)))
+        .await?;
 
     let mut call = tonic::Request::new(HealthCheckRequest::default());
     call.set_timeout(WAKE);
