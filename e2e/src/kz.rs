@@ -90,7 +90,7 @@ pub async fn snapshot(bed: &TestBed, addr: &str) -> anyhow::Result<Snapshot> {
 }
 
 /// Waits until the controller at `addr` lists `cluster` in `state`, then for the filters to
-/// have polled it (three poll periods).
+/// have polled it (five poll periods: a margin for a loaded machine).
 pub async fn wait_filter_sees(
     ns: &TempNamespace,
     addr: &str,
@@ -110,7 +110,7 @@ pub async fn wait_filter_sees(
         },
     )
     .await?;
-    tokio::time::sleep(FILTER_POLL * 3).await;
+    tokio::time::sleep(FILTER_POLL * 5).await;
     Ok(())
 }
 

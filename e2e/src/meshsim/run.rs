@@ -20,6 +20,10 @@ use super::backend::{self, Backend};
 use super::envoy::{self, Bootstrap, Files};
 use super::model::{EndpointKey, Mesh};
 
+/// How long a backend keeps serving after its endpoint left the mesh (a pod's termination
+/// grace period, shortened).
+const BACKEND_GRACE: Duration = Duration::from_secs(1);
+
 /// The cluster name Istio gives the controller's Service port in a sidecar.
 pub const CONTROLLER_CLUSTER: &str =
     "outbound|8080||kzscaler-controller.kzscaler-system.svc.cluster.local";
@@ -195,7 +199,7 @@ struct State {
 
 impl State {
     /// Brings backends and files in line with `mesh`. New backends start before Envoy hears
-    /// of them, and old ones stop only after Envoy has been told they are gone.
+    /// of them, and old ones stop [`BACKEND_GRACE`] after Envoy has been told they are gone.
     async fn reconcile(&mut self, files: &Files, mesh: Mesh) -> anyhow::Result<()> {
         if self.mesh.as_ref() == Some(&mesh) {
             return Ok(());
@@ -224,12 +228,20 @@ impl State {
             .cloned()
             .collect();
         if !gone.is_empty() {
-            // Envoy reloads a renamed file within about a millisecond; give it a margin.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            for key in gone {
-                self.backends.remove(&key);
-                tracing::info!(pod = %key.pod, ns = %key.namespace, service = %key.service, "backend stopped");
-            }
+            // Envoy reloads a renamed file within about a millisecond when idle, later on a
+            // loaded machine. Like a pod's termination grace period, a removed backend keeps
+            // serving for a while; the next reconcile does not wait for it.
+            let stopping: Vec<(EndpointKey, Backend)> = gone
+                .into_iter()
+                .filter_map(|k| self.backends.remove(&k).map(|b| (k, b)))
+                .collect();
+            tokio::spawn(async move {
+                tokio::time::sleep(BACKEND_GRACE).await;
+                for (key, backend) in stopping {
+                    drop(backend);
+                    tracing::info!(pod = %key.pod, ns = %key.namespace, service = %key.service, "backend stopped");
+                }
+            });
         }
         self.mesh = Some(mesh);
         Ok(())
