@@ -4,7 +4,8 @@
 //! Warm path: three private Envoys (same binary, same routes, same backend kind) differ only in
 //! their HTTP filter: none, a no-op Wasm filter, and the kzscaler filter with the destination
 //! awake in its snapshot. Each is loaded in turn, rounds interleaved to spread the machine's
-//! noise, at 1 and 32 connections; throughput and p50/p99 latency are printed with ratios.
+//! noise (each round starting with another setup), at 1 and 32 connections; throughput and
+//! p50/p99 latency are printed with ratios, and the spread of the per-round throughput ratios.
 //!
 //! Cold path: the Deployment is scaled to 0, a request is held by the kzscaler filter, and the
 //! time from the mesh simulator renaming the EDS file with the new endpoint (its mtime) to the
@@ -35,12 +36,12 @@ struct Args {
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
     /// Rounds (setups are interleaved within a round).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
     /// Connection counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     connections: Vec<usize>,
-    /// Cold-path wakes to measure.
+    /// Cold-path wakes to measure (0: only the warm path).
     #[arg(long, default_value_t = 15)]
     wakes: u32,
     /// The no-op module (cargo build -p kzscaler-filter --example noop --target wasm32-wasip1 --profile wasm).
@@ -120,6 +121,21 @@ async fn load(addr: &str, host: &str, conns: usize, secs: f64) -> anyhow::Result
         total.latencies_us.extend(s.latencies_us);
     }
     Ok(total)
+}
+
+/// Median, minimum and maximum (NaN for none).
+fn spread(v: &mut [f64]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
 }
 
 fn mtime(path: &Path) -> Option<SystemTime> {
@@ -203,14 +219,25 @@ async fn main() -> anyhow::Result<()> {
         args.rounds, args.seconds
     );
     println!(
-        "| connections | setup | req/s | p50 µs | p99 µs | errors | req/s vs no-op | p50 vs no-op | p99 vs no-op |"
+        "| connections | setup | req/s | p50 µs | p99 µs | errors | req/s vs no-op | per round: median (min–max) | p50 vs no-op | p99 vs no-op |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &conns in &args.connections {
         let mut results: Vec<Stats> = vec![Stats::default(); setups.len()];
-        for _ in 0..args.rounds {
-            for (i, (_, mesh)) in setups.iter().enumerate() {
-                results[i].merge(load(&mesh.envoy, &host, conns, args.seconds).await?);
+        // Per round, each setup's throughput over the no-op's in the same round: their spread
+        // shows how much of a difference this machine's noise can make.
+        let mut round_ratios: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+        for round in 0..args.rounds as usize {
+            // Each round starts with another setup, so none always follows the same one.
+            let mut rps = vec![0.0; setups.len()];
+            for k in 0..setups.len() {
+                let i = (round + k) % setups.len();
+                let s = load(&setups[i].1.envoy, &host, conns, args.seconds).await?;
+                rps[i] = s.rps();
+                results[i].merge(s);
+            }
+            for (i, r) in rps.iter().enumerate() {
+                round_ratios[i].push(r / rps[1].max(1e-9));
             }
         }
         let (noop_rps, noop_p50, noop_p99) = {
@@ -220,8 +247,9 @@ async fn main() -> anyhow::Result<()> {
         for (i, (name, _)) in setups.iter().enumerate() {
             let r = &mut results[i];
             let (rps, p50, p99) = (r.rps(), r.percentile_us(0.5), r.percentile_us(0.99));
+            let (median, min, max) = spread(&mut round_ratios[i]);
             println!(
-                "| {conns} | {name} | {rps:.0} | {p50:.0} | {p99:.0} | {} | {:.3} | {:.3} | {:.3} |",
+                "| {conns} | {name} | {rps:.0} | {p50:.0} | {p99:.0} | {} | {:.3} | {median:.3} ({min:.3}–{max:.3}) | {:.3} | {:.3} |",
                 r.errors,
                 rps / noop_rps,
                 p50 / noop_p50,
@@ -230,6 +258,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    if args.wakes == 0 {
+        drop(setups);
+        return ns.cleanup().await;
+    }
     println!(
         "\n## Cold path: endpoint in Envoy's EDS file → held request's response ({} wakes)\n",
         args.wakes
