@@ -344,10 +344,11 @@ impl PrivateMesh {
         }
         let addrs: Vec<SocketAddr> = mesh.controllers.iter().map(|c| c.addr).collect();
         crate::wait::until(
-            "the private controllers (one leading) and Envoy to be ready",
+            "the private controllers (one leading) and Envoy to be ready, Envoy routing \
+             the filter's calls to the leader",
             Duration::from_secs(30),
             || async {
-                let mut leading = 0;
+                let mut leaders = Vec::new();
                 for a in &addrs {
                     let a = a.to_string();
                     let get =
@@ -356,13 +357,29 @@ impl PrivateMesh {
                         return Ok(None);
                     }
                     if get("/leaderz").await?.status == 200 {
-                        leading += 1;
+                        leaders.push(a);
                     }
                 }
+                let admin = admin.to_string();
                 let e = bed
-                    .get_from(&admin.to_string(), "x", "/ready", Duration::from_secs(1))
+                    .get_from(&admin, "x", "/ready", Duration::from_secs(1))
                     .await?;
-                Ok((leading == 1 && e.status == 200).then_some(()))
+                let [leader] = leaders.as_slice() else {
+                    return Ok(None);
+                };
+                if e.status != 200 {
+                    return Ok(None);
+                }
+                // Envoy's active health check (/leaderz) has marked the leader healthy:
+                // until then the filter's polls find no healthy upstream.
+                let clusters = bed
+                    .get_from(&admin, "x", "/clusters", Duration::from_secs(1))
+                    .await?;
+                let healthy = format!(
+                    "{}::{leader}::health_flags::healthy",
+                    crate::meshsim::run::CONTROLLER_CLUSTER
+                );
+                Ok(clusters.body.lines().any(|l| l == healthy).then_some(()))
             },
         )
         .await
