@@ -2,12 +2,12 @@
 //!
 //! | method and path | answer |
 //! |---|---|
-//! | `GET /v1/snapshot` | 200 [`Snapshot`] with `ETag: "<version>"`; 304 when `If-None-Match` matches |
-//! | `POST /v1/activate` [`ActivateRequest`] | 200 `{"state":"awake"}` once a ready endpoint exists; 504 `{"state":..,"message":..}` when the deadline passes first; 404 for a destination that is not managed; 502 when scaling failed; 400 for a bad body; 503 on a replica that is not the leader |
-//! | `POST /v1/activity` [`ActivityReport`] | 204; each outbound cluster, and each inbound Deployment, with requests or requests in flight counts as activity of that Deployment; 400 for a bad body; 503 on a replica that is not the leader |
+//! | `GET /v1/snapshot` | 200 [`Snapshot`] with `ETag: "<version>"`; 304 when `If-None-Match` matches; 503 before the first lists are in |
+//! | `POST /v1/activate` [`ActivateRequest`] | 200 `{"state":"awake"}` once a ready endpoint exists; 504 `{"state":..,"message":..}` when the deadline passes first; 404 for a destination that is not managed; 502 when scaling failed; 400 for a bad body; 503 on a replica that is not the leader or has not listed yet |
+//! | `POST /v1/activity` [`ActivityReport`] | 204; each outbound cluster, and each inbound Deployment, with requests or requests in flight counts as activity of that Deployment; 400 for a bad body; 503 on a replica that is not the leader or has not listed yet |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once the first lists of every watched kind are in; 503 before |
-//! | `GET /leaderz` | 200 while this replica leads; 503 naming the leader while it follows |
+//! | `GET /leaderz` | 200 while this replica leads and its first lists are in; 503 naming the leader while it follows, or saying it is not ready |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /v1/module` | the filter's `.wasm`, when started with `--module-file` (404 otherwise) |
 
@@ -66,6 +66,20 @@ impl<S> Api<S> {
             )
         })
     }
+
+    /// `Some(503 answer)` until the first lists are in: before that every Deployment would
+    /// look unmanaged (a 404 lets held requests go to no endpoint) and the snapshot empty.
+    fn not_ready(&self) -> Option<Response> {
+        (!self.ready.load(Ordering::Relaxed)).then(|| {
+            message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "this kzscaler controller replica has not listed Deployments, Services, \
+                 EndpointSlices and HPAs yet; retry"
+                    .to_owned(),
+            )
+        })
+    }
 }
 
 /// The router.
@@ -94,6 +108,10 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
 }
 
 async fn snapshot<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, headers: HeaderMap) -> Response {
+    if let Some(r) = api.not_ready() {
+        api.metrics.snapshot("not_ready");
+        return r;
+    }
     let cache = api.cache.read().await;
     let snap = cache.snapshot();
     let etag = format!("\"{}\"", snap.version);
@@ -135,6 +153,10 @@ fn message(status: StatusCode, state: Option<State>, msg: String) -> Response {
 async fn activate<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) -> Response {
     if let Some(r) = api.not_leader() {
         api.metrics.activate("not_leader");
+        return r;
+    }
+    if let Some(r) = api.not_ready() {
+        api.metrics.activate("not_ready");
         return r;
     }
     let req: ActivateRequest = match serde_json::from_slice(&body) {
@@ -216,7 +238,7 @@ async fn module<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
 }
 
 async fn activity<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) -> Response {
-    if let Some(r) = api.not_leader() {
+    if let Some(r) = api.not_leader().or_else(|| api.not_ready()) {
         return r;
     }
     let report: ActivityReport = match serde_json::from_slice(&body) {
@@ -251,7 +273,7 @@ async fn activity<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, body: Bytes) ->
 }
 
 async fn leaderz<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
-    if let Some(r) = api.not_leader() {
+    if let Some(r) = api.not_leader().or_else(|| api.not_ready()) {
         return r;
     }
     (StatusCode::OK, "leader\n").into_response()
@@ -311,10 +333,14 @@ mod tests {
     }
 
     fn app() -> Router {
-        app_leading(true)
+        app_with(true, true)
     }
 
     fn app_leading(leader: bool) -> Router {
+        app_with(leader, true)
+    }
+
+    fn app_with(leader: bool, ready: bool) -> Router {
         let mut cache = Cache::default();
         let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
             "metadata": {"namespace": "shop", "name": "web", "annotations": {"kzscaler.io/scale-to-zero": "true"}},
@@ -341,7 +367,7 @@ mod tests {
             activator: Activator::new(cache.clone(), rx, Arc::new(Refuse), metrics.clone()),
             cache,
             metrics,
-            ready: Arc::new(AtomicBool::new(true)),
+            ready: Arc::new(AtomicBool::new(ready)),
             module: None,
             idle: Arc::default(),
             leadership: tokio::sync::watch::channel(crate::lease::Leadership {
@@ -421,6 +447,44 @@ mod tests {
             (follower, leader),
             (StatusCode::SERVICE_UNAVAILABLE, StatusCode::OK)
         );
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_has_not_listed_yet_answers_503_not_404_or_an_empty_snapshot() {
+        // A restarted leader must not call a managed Deployment unmanaged (the filter would
+        // let its held requests go to no endpoint) nor hand out an empty snapshot.
+        let activate =
+            r#"{"cluster":"outbound|80||web.shop.svc.cluster.local","deadline_ms":1000}"#;
+        let requests = [
+            Request::post("/v1/activate")
+                .body(Body::from(activate))
+                .unwrap(),
+            Request::post("/v1/activity")
+                .body(Body::from(r#"{"outbound": []}"#))
+                .unwrap(),
+            Request::get("/v1/snapshot").body(Body::empty()).unwrap(),
+            Request::get("/leaderz").body(Body::empty()).unwrap(),
+            Request::get("/readyz").body(Body::empty()).unwrap(),
+        ];
+        for req in requests {
+            let path = req.uri().path().to_owned();
+            let (status, _, body) = send_to(app_with(true, false), req).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+            assert!(
+                body.contains("listed") || body.contains("first lists"),
+                "{path}: {body}"
+            );
+        }
+        // Once listed, the same Deployment is managed.
+        let (status, _, body) = send_to(
+            app_with(true, true),
+            Request::post("/v1/activate")
+                .body(Body::from(activate))
+                .unwrap(),
+        )
+        .await;
+        assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_ne!(status, StatusCode::NOT_FOUND, "{body}");
     }
 
     #[tokio::test]
