@@ -390,9 +390,12 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     tracing::info!(listen = %opts.listen, "serving the filter API, /healthz, /readyz and /metrics");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
+    // Set once every store has its first list; `ready` follows once the cache has been
+    // rebuilt from them (before that, every Deployment would look unmanaged).
+    let listed = Arc::new(AtomicBool::new(false));
     {
         let (d, s, e, h) = (deps.clone(), svcs.clone(), slices.clone(), hpas.clone());
-        let ready = ready.clone();
+        let (listed, changed) = (listed.clone(), changed.clone());
         let n = scope.clone();
         tokio::spawn(async move {
             let all = async {
@@ -406,8 +409,8 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             };
             match all.await {
                 Ok(()) => {
-                    ready.store(true, Ordering::Relaxed);
-                    tracing::info!("first lists in: ready");
+                    listed.store(true, Ordering::Release);
+                    changed.notify_one();
                 }
                 Err(e) => tracing::error!(error = %e, "a watch ended before its first list"),
             }
@@ -425,6 +428,8 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         }
         // Let a burst of watch events land before rebuilding.
         tokio::time::sleep(Duration::from_millis(2)).await;
+        // Read before the stores: a rebuild from complete first lists makes this replica ready.
+        let listed_before_build = listed.load(Ordering::Acquire);
         let mut in_scope = deps.state();
         if let Some(scope) = &scope {
             let names: std::collections::HashSet<String> = scope
@@ -480,6 +485,9 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             }
         };
         changes_tx.send_modify(|v| *v += 1);
+        if listed_before_build && !ready.swap(true, Ordering::Relaxed) {
+            tracing::info!("first lists in and the cache built from them: ready");
+        }
         for (p, reference) in fresh {
             tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, message = %p.message, "skipping a misconfigured object");
             let ev = Event {
