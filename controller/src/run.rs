@@ -235,16 +235,38 @@ impl KubeScaler {
         action: &'static str,
         note: String,
     ) {
-        let ev = Event {
+        publish(
+            &self.recorder,
+            &dep.object_ref(&()),
+            key,
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &dep.object_ref(&())).await {
-            tracing::warn!(deployment = %key, error = %e, reason, "could not publish an event");
-        }
+            reason,
+            action,
+            note,
+        )
+        .await;
+    }
+}
+
+/// Publishes an Event about the object `key` refers to; a failure is only logged.
+async fn publish(
+    recorder: &Recorder,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    key: &Key,
+    type_: EventType,
+    reason: &'static str,
+    action: &'static str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        tracing::warn!(object = %key, error = %e, reason, "could not publish an event");
     }
 }
 
@@ -490,16 +512,16 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         }
         for (p, reference) in fresh {
             tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, message = %p.message, "skipping a misconfigured object");
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: p.reason.into(),
-                note: Some(p.message.clone()),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            if let Err(e) = recorder.publish(&ev, &reference).await {
-                tracing::warn!(object = %p.key, error = %e, "could not publish an event");
-            }
+            publish(
+                &recorder,
+                &reference,
+                &p.key,
+                EventType::Warning,
+                p.reason,
+                "Reconcile",
+                p.message,
+            )
+            .await;
         }
     }
     tracing::info!("stopping");

@@ -8,38 +8,30 @@ pub fn human(secs: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{}s", s % 60)
-        }
+        two(m, "m", s % 60, "s")
     } else if h < 3 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        }
+        two(h, "h", m % 60, "m")
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{}h", h % 24)
-        }
+        two(d, "d", h % 24, "h")
     } else if h < 24 * 365 * 2 {
         format!("{d}d")
     } else if h < 24 * 365 * 8 {
-        let y = d / 365;
-        if d % 365 == 0 {
-            format!("{y}y")
-        } else {
-            format!("{y}y{}d", d % 365)
-        }
+        two(d / 365, "y", d % 365, "d")
     } else {
         format!("{}y", d / 365)
+    }
+}
+
+/// `3m12s`, or `3m` when the smaller unit is 0.
+fn two(n: i64, unit: &str, rest: i64, rest_unit: &str) -> String {
+    if rest == 0 {
+        format!("{n}{unit}")
+    } else {
+        format!("{n}{unit}{rest}{rest_unit}")
     }
 }
 
@@ -52,6 +44,11 @@ pub fn millis(ms: u64) -> String {
     } else {
         human(i64::try_from(ms / 1000).unwrap_or(i64::MAX))
     }
+}
+
+/// [`millis`] of a measured duration.
+pub fn duration(d: std::time::Duration) -> String {
+    millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

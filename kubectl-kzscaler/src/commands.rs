@@ -212,14 +212,15 @@ async fn annotate(
     Ok(())
 }
 
-/// Waits until `done` holds for the Deployment, printing once that it waits.
+/// Waits until `done` holds for the Deployment, printing once that it waits. Returns it and
+/// how long the wait took.
 async fn wait_for(
     api: &Api<Deployment>,
     name: &str,
     what: &str,
     timeout: Duration,
     done: impl Fn(&Deployment) -> bool,
-) -> anyhow::Result<Deployment> {
+) -> anyhow::Result<(Deployment, Duration)> {
     let start = Instant::now();
     eprintln!(
         "waiting up to {}s for {name} to be {what}...",
@@ -228,7 +229,7 @@ async fn wait_for(
     loop {
         let d = api.get(name).await?;
         if done(&d) {
-            return Ok(d);
+            return Ok((d, start.elapsed()));
         }
         if start.elapsed() >= timeout {
             bail!(
@@ -267,8 +268,7 @@ pub async fn wake(scope: &Scope, name: &str, wait: Option<Duration>) -> anyhow::
     annotate(&api, name, json!({ names::ACTION: "wake" })).await?;
     println!("deployment.apps/{name}: wake requested");
     if let Some(timeout) = wait {
-        let start = Instant::now();
-        let d = wait_for(&api, name, "awake", timeout, |d| {
+        let (d, took) = wait_for(&api, name, "awake", timeout, |d| {
             let (ready, desired) = counts(d);
             desired > 0 && ready > 0
         })
@@ -276,7 +276,7 @@ pub async fn wake(scope: &Scope, name: &str, wait: Option<Duration>) -> anyhow::
         let (ready, desired) = counts(&d);
         println!(
             "{name} is awake: {ready}/{desired} ready after {}",
-            crate::age::millis(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX))
+            crate::age::duration(took)
         );
     }
     Ok(())
@@ -302,12 +302,11 @@ pub async fn sleep(scope: &Scope, name: &str, wait: Option<Duration>) -> anyhow:
     annotate(&api, name, json!({ names::ACTION: "sleep" })).await?;
     println!("deployment.apps/{name}: sleep requested (a request during the drain cancels it)");
     if let Some(timeout) = wait {
-        let start = Instant::now();
-        wait_for(&api, name, "asleep", timeout, |d| counts(d).1 == 0).await?;
+        let (_, took) = wait_for(&api, name, "asleep", timeout, |d| counts(d).1 == 0).await?;
         println!(
             "{name} is asleep: scaled {} -> 0 after {}",
             row.desired,
-            crate::age::millis(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX))
+            crate::age::duration(took)
         );
     }
     Ok(())
