@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts the local test bed on 127.0.0.1: etcd, kube-apiserver (RBAC, admission webhooks, audit
-# log), kube-controller-manager, kube-scheduler, kwok with a Ready fake node, the Istio CRDs, and
-# kzscaler's controller, and the mesh simulator with its Envoy running the kzscaler filter.
+# log), kube-controller-manager, kube-scheduler, kwok with a fake node, Istio's CRDs and istiod,
+# the test bed's kubelet (pods in network namespaces of their own, Istio sidecars by
+# pilot-agent), kzscaler's controller and webhook, and a caller pod whose sidecar is the Envoy
+# that tests and the demo send requests to.
 # Idempotent: what already runs is left alone.
 # Writes .local/env (KUBECONFIG, PATH, KZSCALER_ENVOY, KZSCALER_STATE_DIR, ...) for `source`.
 set -euo pipefail
@@ -24,10 +26,13 @@ Ports on 127.0.0.1 (override with the variables):
   kube-apiserver     KZSCALER_APISERVER_PORT=$APISERVER_PORT
   controller-manager KZSCALER_KCM_PORT=$KCM_PORT
   scheduler          KZSCALER_SCHEDULER_PORT=$SCHEDULER_PORT
-  Envoy listener     KZSCALER_ENVOY_PORT=$ENVOY_PORT (admin KZSCALER_ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT)
+  istiod             KZSCALER_ISTIOD_XDS_PORT=$ISTIOD_XDS_PORT (xDS), KZSCALER_ISTIOD_PORT=$ISTIOD_HTTP_PORT (debug)
+  caller's Envoy     KZSCALER_ENVOY_PORT=$ENVOY_PORT (HTTP proxy, admin KZSCALER_ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT)
   controller         KZSCALER_CONTROLLER_PORT=$CONTROLLER_PORT (filter API, /metrics)
   webhook            KZSCALER_WEBHOOK_PORT=$WEBHOOK_PORT (HTTPS)
 The filter's plugin configuration (JSON): KZSCALER_PLUGIN_CONFIG (default {"poll_period_ms": 200})
+Pods get addresses of 10.244.0.0/16 that exist only inside network namespaces the test bed
+creates (kzscaler-*), so it must run as root. Nothing is sent to an address outside them.
 USAGE
     exit 0
     ;;
@@ -36,7 +41,9 @@ USAGE
 esac
 
 "$REPO_ROOT/hack/build-testbed.sh"
-mkdir -p "$KZSCALER_STATE_DIR"/{logs,pids,pki,etcd,meshsim}
+[ "$(id -u)" = 0 ] || fail "test bed" "" "must run as root: pods live in network namespaces it creates (ip netns)"
+command -v ip >/dev/null || fail "test bed" "" "ip (iproute2) is missing: apt-get install iproute2"
+mkdir -p "$KZSCALER_STATE_DIR"/{logs,pids,pki,etcd,kubelet}
 export PATH="$KZSCALER_BIN_DIR:$PATH"
 
 # === certificates and credentials (made once per state dir) ===
@@ -132,9 +139,10 @@ start_component kube-scheduler "$SCHEDULER_PORT" "https_healthz $SCHEDULER_PORT"
 
 # === kwok and its fake node ===
 stages=$KWOK_DIR/stage
+# Pods become Running with an address through our stage; the kubelet marks them Ready.
 cat "$stages/node/fast/node-initialize.yaml" <(echo ---) \
   "$stages/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" <(echo ---) \
-  "$stages/pod/fast/pod-ready.yaml" <(echo ---) "$stages/pod/fast/pod-complete.yaml" <(echo ---) \
+  "$REPO_ROOT/hack/testbed/kwok-pod-running.yaml" <(echo ---) "$stages/pod/fast/pod-complete.yaml" <(echo ---) \
   "$stages/pod/fast/pod-delete.yaml" >"$KZSCALER_STATE_DIR/kwok-stages.yaml"
 start_component kwok "" true 10 \
   kwok --kubeconfig "$KUBECONFIG" --config "$KZSCALER_STATE_DIR/kwok-stages.yaml" \
@@ -156,16 +164,27 @@ kubectl wait --for=condition=Ready node/kwok-node-0 --timeout=60s >>"$KZSCALER_S
   fail "kwok" "$KZSCALER_STATE_DIR/logs/kwok.log" "node kwok-node-0 did not become Ready within 60s"
 ok "node kwok-node-0 Ready"
 
-# === Istio CRDs ===
-step "Istio CRDs ($ISTIO_API_VERSION)"
+# === Istio: CRDs and istiod ===
+step "Istio CRDs (istio.io/istio $ISTIO_VERSION)"
 log=$KZSCALER_STATE_DIR/logs/istio-crds.log
-kubectl apply --server-side --force-conflicts -f "$ISTIO_DIR/crds.yaml" >"$log" 2>&1 || fail "istio CRDs" "$log" "kubectl apply failed"
-kubectl wait --for condition=established --timeout=60s crd/wasmplugins.extensions.istio.io >>"$log" 2>&1 ||
-  fail "istio CRDs" "$log" "CRD wasmplugins.extensions.istio.io not established"
-ok "Istio CRDs established"
+kubectl apply --server-side --force-conflicts -f "$ISTIOD_DIR/crd-all.gen.yaml" >"$log" 2>&1 || fail "istio CRDs" "$log" "kubectl apply failed"
+kubectl wait --for condition=established --timeout=60s crd/wasmplugins.extensions.istio.io crd/peerauthentications.security.istio.io >>"$log" 2>&1 ||
+  fail "istio CRDs" "$log" "CRDs wasmplugins/peerauthentications not established"
+kubectl apply -f "$REPO_ROOT/hack/testbed/istio.yaml" >>"$log" 2>&1 || fail "istio-system" "$log" "kubectl apply of hack/testbed/istio.yaml failed"
+ok "Istio CRDs established, istio-system with mTLS off"
+istiod_ready() { curl -sf "http://127.0.0.1:$ISTIOD_HTTP_PORT/ready" >/dev/null; }
+# Out of cluster, no CA, no injection or validation webhooks. Istio's own Envoy extensions that
+# upstream Envoy lacks are switched off (ALPN, metadata exchange); a short debounce.
+start_component istiod "$ISTIOD_XDS_PORT $ISTIOD_HTTP_PORT $ISTIOD_MONITORING_PORT" istiod_ready 60 \
+  env POD_NAMESPACE=istio-system CLUSTER_ID=Kubernetes INJECT_ENABLED=false ENABLE_CA_SERVER=false \
+  VALIDATION_WEBHOOK_CONFIG_NAME= INJECTION_WEBHOOK_CONFIG_NAME= \
+  PILOT_ENABLE_ALPN_FILTER=false PILOT_ENABLE_METADATA_EXCHANGE=false PILOT_DEBOUNCE_AFTER=10ms \
+  pilot-discovery discovery --kubeconfig "$KUBECONFIG" --meshConfig "$REPO_ROOT/hack/testbed/mesh.yaml" \
+  --domain cluster.local --grpcAddr "127.0.0.1:$ISTIOD_XDS_PORT" --secureGRPCAddr "" --httpsAddr "" \
+  --httpAddr "127.0.0.1:$ISTIOD_HTTP_PORT" --monitoringAddr "127.0.0.1:$ISTIOD_MONITORING_PORT" --ctrlz_port 0
 
 # === kzscaler: controller, filter, and the mesh simulator with its Envoy ===
-step "kzscaler: cargo build (controller, webhook, kubectl plugin, mesh simulator) and the filter (.wasm)"
+step "kzscaler: cargo build (controller, webhook, kubectl plugin, test bed kubelet) and the filter (.wasm)"
 log=$KZSCALER_STATE_DIR/logs/build.log
 {
   rustup target add wasm32-wasip1 &&
@@ -175,7 +194,7 @@ log=$KZSCALER_STATE_DIR/logs/build.log
 ok "built (log $log)"
 WASM=$REPO_ROOT/target/wasm32-wasip1/wasm/kzscaler_filter.wasm
 # .local/bin is on the PATH .local/env sets, so `kubectl kzscaler` finds the plugin there.
-for b in kzscaler-controller kzscaler-webhook kzscaler-meshsim kubectl-kzscaler; do
+for b in kzscaler-controller kzscaler-webhook kzscaler-kubelet kzscaler-meshsim kubectl-kzscaler; do
   ln -sfn "$REPO_ROOT/target/debug/$b" "$KZSCALER_BIN_DIR/$b"
 done
 # A rebuilt binary or filter replaces the running one.
@@ -187,14 +206,20 @@ restart_if_newer() { # NAME FILE...
     if [ "$f" -nt "$PIDS/$name.pid" ]; then
       step "$name: $(basename "$f") was rebuilt; restarting"
       stop_component "$name"
-      [ "$name" = meshsim ] && stop_component envoy
       return 0
     fi
   done
 }
 restart_if_newer controller "$REPO_ROOT/target/debug/kzscaler-controller" "$WASM"
 restart_if_newer webhook "$REPO_ROOT/target/debug/kzscaler-webhook"
-restart_if_newer meshsim "$REPO_ROOT/target/debug/kzscaler-meshsim" "$WASM"
+restart_if_newer kubelet "$REPO_ROOT/target/debug/kzscaler-kubelet"
+
+# The kubelet: pods' network namespaces (kzscaler-*), their containers, their Istio sidecars.
+kubelet_ready() { [ -e /run/netns/kzscaler-node ]; }
+start_component kubelet "" kubelet_ready 30 \
+  kzscaler-kubelet --dir "$KZSCALER_STATE_DIR/kubelet" --netns-prefix kzscaler \
+  --pilot-agent "$KZSCALER_BIN_DIR/pilot-agent" --envoy "$KZSCALER_BIN_DIR/envoy" \
+  --bootstrap-template "$ISTIOD_DIR/envoy_bootstrap.json" --discovery "127.0.0.1:$ISTIOD_XDS_PORT"
 
 # Ready: caches synced and leading (Lease kzscaler-system/kzscaler-controller; a controller
 # killed earlier holds it for up to --lease-duration-seconds).
@@ -220,8 +245,13 @@ PLUGIN_CONFIG=${KZSCALER_PLUGIN_CONFIG:-'{"poll_period_ms": 200}'}
 # The controller serves the module and keeps a WasmPlugin in each opted-in namespace. Tests
 # that kill controllers run their own for one namespace labelled kzscaler.io/e2e-controller,
 # which this one leaves alone.
+# Its pod (kzscaler-system/kzscaler-controller-testbed) forwards the Service's endpoint to it.
+log=$KZSCALER_STATE_DIR/logs/controller-pod.log
+sed "s|@PORT@|$CONTROLLER_PORT|" "$REPO_ROOT/hack/testbed/controller-pod.yaml" | kubectl apply -f - >"$log" 2>&1 ||
+  fail "controller pod" "$log" "kubectl apply of hack/testbed/controller-pod.yaml failed"
 start_component controller "$CONTROLLER_PORT" controller_ready 60 \
-  env KUBECONFIG="$CONTROLLER_KUBECONFIG" kzscaler-controller --listen "127.0.0.1:$CONTROLLER_PORT" \
+  env KUBECONFIG="$CONTROLLER_KUBECONFIG" POD_NAME=kzscaler-controller-testbed POD_NAMESPACE=kzscaler-system \
+  kzscaler-controller --listen "127.0.0.1:$CONTROLLER_PORT" --label-pod \
   --module-file "$WASM" --module-url "http://127.0.0.1:$CONTROLLER_PORT/v1/module" \
   --plugin-config "$PLUGIN_CONFIG" --wasmplugin-resync-seconds 2 --lease-duration-seconds 5 \
   --namespace-selector '!kzscaler.io/e2e-controller'
@@ -238,12 +268,34 @@ sed -e "s|@URL@|https://127.0.0.1:$WEBHOOK_PORT|" -e "s|@CABUNDLE@|$(base64 -w0 
   fail "webhook configuration" "$log" "kubectl apply failed"
 ok "webhook configurations registered (mutating pods, validating deployments)"
 
-start_component meshsim "$ENVOY_PORT $ENVOY_ADMIN_PORT" envoy_ready 60 \
-  kzscaler-meshsim --dir "$KZSCALER_STATE_DIR/meshsim" --envoy "$KZSCALER_BIN_DIR/envoy" \
-  --listen "127.0.0.1:$ENVOY_PORT" --admin "127.0.0.1:$ENVOY_ADMIN_PORT" --envoy-pid-file "$PIDS/envoy.pid" \
-  --controller "127.0.0.1:$CONTROLLER_PORT" --wasm "$WASM" --plugin-config "$PLUGIN_CONFIG"
-# Envoy's own log, under logs/ beside the others.
-ln -sfn "$KZSCALER_STATE_DIR/meshsim/envoy.log" "$KZSCALER_STATE_DIR/logs/envoy.log"
+# The caller: a pod in the opted-in namespace kzscaler-testbed whose sidecar istiod configures.
+log=$KZSCALER_STATE_DIR/logs/caller.log
+sed -e "s|@ENVOY_PORT@|$ENVOY_PORT|" -e "s|@ADMIN_PORT@|$ENVOY_ADMIN_PORT|" "$REPO_ROOT/hack/testbed/caller.yaml" |
+  kubectl apply -f - >"$log" 2>&1 || fail "caller pod" "$log" "kubectl apply of hack/testbed/caller.yaml failed"
+CALLER_LOG=$KZSCALER_STATE_DIR/kubelet/kzscaler-testbed/caller/pilot-agent.log
+ln -sfn "$CALLER_LOG" "$KZSCALER_STATE_DIR/logs/envoy.log"
+step "caller: waiting for its sidecar (pilot-agent, Envoy configured by istiod, the filter through ECDS)"
+# Loaded means a Wasm filter in Envoy's ECDS config (pilot-agent substitutes an RBAC filter when
+# the module download fails, so a name alone proves nothing).
+filter_loaded() {
+  curl -sf "http://127.0.0.1:$ENVOY_ADMIN_PORT/config_dump?resource=ecds_filters" 2>/dev/null |
+    grep -q 'envoy.extensions.filters.http.wasm.v3.Wasm'
+}
+waited=0
+until envoy_ready && filter_loaded; do
+  if [ "$waited" -ge 300 ]; then
+    fail "caller sidecar" "$CALLER_LOG" "not ready with the kzscaler filter after 60s (kubelet log: $KZSCALER_STATE_DIR/logs/kubelet.log)"
+  fi
+  sleep 0.2
+  waited=$((waited + 1))
+done
+ok "caller's Envoy ready on 127.0.0.1:$ENVOY_PORT with the kzscaler filter from the WasmPlugin"
+# A NACK means Envoy refused part of istiod's config (an extension upstream Envoy lacks, say).
+nacks=$(curl -sf "http://127.0.0.1:$ISTIOD_HTTP_PORT/debug/syncz" | tr '{' '\n' | grep -i 'nack' || true)
+if [ -n "$nacks" ]; then
+  grep -i 'nack\|registered implementation\|rejected' "$CALLER_LOG" | tail -n 5 >&2 || true
+  fail "istiod config" "$CALLER_LOG" "Envoy NACKed istiod's config: $nacks"
+fi
 
 # === .local/env ===
 cat >"$REPO_ROOT/.local/env" <<ENV
@@ -257,5 +309,6 @@ export KZSCALER_APISERVER="https://127.0.0.1:$APISERVER_PORT"
 export KZSCALER_AUDIT_LOG="$KZSCALER_STATE_DIR/logs/audit.log"
 export KZSCALER_CONTROLLER="127.0.0.1:$CONTROLLER_PORT"
 export KZSCALER_WEBHOOK="127.0.0.1:$WEBHOOK_PORT"
+export KZSCALER_ISTIOD="127.0.0.1:$ISTIOD_HTTP_PORT"
 ENV
 ok "test bed up. Use it with: source .local/env"

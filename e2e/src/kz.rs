@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 
 use crate::fixtures;
 use crate::namespace::TempNamespace;
-use crate::testbed::{TestBed, envoy_binary, filter_module, workspace_binary};
+use crate::testbed::{TestBed, filter_module, workspace_binary};
 
 /// The filter's poll period on the test bed (`hack/local-up.sh`'s plugin configuration).
 pub const FILTER_POLL: Duration = Duration::from_millis(200);
@@ -137,8 +137,15 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// Controllers and a mesh simulator (with its Envoy and the filter) of a test's own, so the
-/// test can stop them without disturbing the shared test bed. Dropping it stops all.
+/// Controllers and a caller with its own Istio sidecar, of a test's own, so the test can stop
+/// them without disturbing the shared test bed. Dropping it stops the controllers.
+///
+/// Everything lives in one namespace (the test's): the controllers' pods (the kubelet forwards
+/// their port 8080 to each controller process on 127.0.0.1) behind a Service
+/// `kzscaler-controller` that selects the leader's pod, and a `caller` pod whose sidecar
+/// (pilot-agent and Envoy, configured by istiod) is [`PrivateMesh::envoy`]. The controllers
+/// write the namespace's WasmPlugin, whose plugin configuration points the filter at their
+/// Service, so the filter's calls use the cluster istiod generates for it.
 ///
 /// Its controllers elect a leader with a Lease of their own (`kzscaler-private-<name>`, 2 s),
 /// so they never wait for the shared controller. They manage only the namespace named in the
@@ -151,17 +158,19 @@ pub struct PrivateMesh {
     pub controller_addr: SocketAddr,
     /// Every controller replica.
     pub controllers: Vec<Controller>,
-    /// Envoy's HTTP listener.
+    /// The caller's Envoy (its HTTP proxy listener, through a hostPort on 127.0.0.1).
     pub envoy: String,
-    /// The simulator's folder (Envoy files and logs).
+    /// The caller's Envoy admin interface on 127.0.0.1.
+    pub admin: String,
+    /// The namespace everything lives in.
+    pub namespace: String,
+    /// Folder of the controllers' logs.
     pub dir: std::path::PathBuf,
     /// The Lease the controllers share.
     pub lease: String,
-    /// The inbound listener, when the Envoy plays a pod's sidecar ([`Setup::pod_of`]).
-    pub inbound: Option<String>,
     args: Vec<String>,
     kubeconfig: std::path::PathBuf,
-    meshsim: Child,
+    state_dir: std::path::PathBuf,
     _dir: tempfile_dir::Dir,
 }
 
@@ -170,7 +179,7 @@ pub struct PrivateMesh {
 pub struct Controller {
     /// Its filter API.
     pub addr: SocketAddr,
-    /// Its identity (Lease holder, Events' reportingInstance).
+    /// Its identity (Lease holder, Events' reportingInstance) and its pod's name.
     pub identity: String,
     child: Option<Child>,
 }
@@ -181,17 +190,15 @@ pub const PRIVATE_LABEL: &str = "kzscaler.io/e2e-controller";
 /// How a [`PrivateMesh`] is set up.
 #[derive(Debug, Clone)]
 pub struct Setup {
-    /// The namespace its controllers manage (none: they manage nothing).
+    /// The namespace its controllers manage and its caller lives in (none: a namespace of
+    /// its own, `<name>`, that it creates and the controllers manage).
     pub namespace: Option<String>,
-    /// The filter Envoy runs.
+    /// The filter the caller's sidecar runs.
     pub filter: Filter,
     /// Controller replicas.
     pub controllers: usize,
     /// Extra controller flags.
     pub controller_args: Vec<String>,
-    /// Make the Envoy also the sidecar of a pod of this Deployment (in `namespace`), with an
-    /// inbound listener at [`PrivateMesh::inbound`].
-    pub pod_of: Option<String>,
 }
 
 impl Setup {
@@ -202,7 +209,6 @@ impl Setup {
             filter: Filter::kzscaler()?,
             controllers: 1,
             controller_args: Vec::new(),
-            pod_of: None,
         })
     }
 }
@@ -218,28 +224,101 @@ mod tempfile_dir {
     }
 }
 
-/// Which filter a private Envoy runs.
+/// Which filter a private caller's sidecar runs.
 #[derive(Debug, Clone)]
 pub enum Filter {
-    /// No Wasm filter at all.
+    /// No Wasm filter at all (the namespace is not opted in).
     None,
-    /// A Wasm module with this plugin configuration.
+    /// A Wasm module with this plugin configuration, from a WasmPlugin of the test's own
+    /// (`file://` URL) instead of the controllers'.
     Module(std::path::PathBuf, String),
+    /// The kzscaler filter from the controllers' own WasmPlugin, with this plugin
+    /// configuration (its controller cluster is filled in).
+    Kzscaler(String),
 }
 
 impl Filter {
     /// The kzscaler filter as the test bed configures it.
     pub fn kzscaler() -> anyhow::Result<Self> {
-        Ok(Self::Module(
-            filter_module()?,
-            r#"{"poll_period_ms": 200}"#.into(),
-        ))
+        filter_module()?;
+        Ok(Self::Kzscaler(r#"{"poll_period_ms": 200}"#.into()))
     }
 }
 
+/// A container that Istio's injector would add: pilot-agent and Envoy, run by the test bed's
+/// kubelet. `proxy_port` (Envoy's HTTP proxy listener, 15080 inside the pod) and `admin`
+/// (Envoy's admin port, the same number inside and out) are hostPorts on 127.0.0.1.
+pub fn sidecar_container(proxy_port: Option<u16>, admin: u16) -> serde_json::Value {
+    let mut ports = vec![serde_json::json!({"name": "admin", "containerPort": admin, "hostPort": admin, "hostIP": "127.0.0.1"})];
+    let mut env = Vec::new();
+    if let Some(p) = proxy_port {
+        ports.push(serde_json::json!({"name": "http-proxy", "containerPort": 15080, "hostPort": p, "hostIP": "127.0.0.1"}));
+        env.push(serde_json::json!({"name": "ISTIO_META_HTTP_PROXY_PORT", "value": "15080"}));
+    }
+    serde_json::json!({"name": "istio-proxy", "image": "docker.io/istio/proxyv2:testbed", "env": env, "ports": ports})
+}
+
+/// A free port on 127.0.0.1 (for a hostPort or a process of the test's own).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(free_addr()?.port())
+}
+
+/// Creates the caller pod `name` in `ns` with a sidecar whose HTTP proxy listener and admin
+/// port are on 127.0.0.1 at the ports returned (proxy, admin).
+pub async fn create_caller(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> anyhow::Result<(String, String)> {
+    let (proxy, admin) = (free_port()?, free_port()?);
+    let mut all = serde_json::Map::new();
+    all.insert("app".into(), serde_json::json!(name));
+    for (k, v) in labels {
+        all.insert((*k).into(), serde_json::json!(v));
+    }
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": all},
+        "spec": {
+            "nodeSelector": {fixtures::KWOK_NODE_LABEL.0: fixtures::KWOK_NODE_LABEL.1},
+            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+            "automountServiceAccountToken": false,
+            "containers": [sidecar_container(Some(proxy), admin)],
+        }
+    }))?;
+    kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+        .create(&kube::api::PostParams::default(), &pod)
+        .await
+        .with_context(|| format!("creating the caller pod {ns}/{name}"))?;
+    Ok((format!("127.0.0.1:{proxy}"), format!("127.0.0.1:{admin}")))
+}
+
+/// Whether this Envoy's ECDS holds a Wasm filter (pilot-agent puts an RBAC filter in its place
+/// when the module cannot be fetched, so the name alone proves nothing).
+pub async fn wasm_filter_loaded(bed: &TestBed, admin: &str) -> anyhow::Result<bool> {
+    let r = bed
+        .get_from(admin, "x", "/config_dump?resource=ecds_filters", Duration::from_secs(2))
+        .await?;
+    Ok(r.status == 200 && r.body.contains("envoy.extensions.filters.http.wasm.v3.Wasm"))
+}
+
+/// Hosts of `cluster` that this Envoy's `/clusters` lists as healthy.
+pub async fn healthy_hosts(bed: &TestBed, admin: &str, cluster: &str) -> anyhow::Result<Vec<String>> {
+    let r = bed
+        .get_from(admin, "x", "/clusters", Duration::from_secs(2))
+        .await?;
+    let prefix = format!("{cluster}::");
+    Ok(r.body
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| l.strip_suffix("::health_flags::healthy"))
+        .map(str::to_owned)
+        .collect())
+}
+
 impl PrivateMesh {
-    /// Starts a controller managing namespace `ns` and a mesh simulator running the kzscaler
-    /// filter, and waits until they are ready.
+    /// Starts a controller managing namespace `ns` and a caller there whose sidecar runs the
+    /// kzscaler filter, and waits until they are ready.
     pub async fn start(bed: &TestBed, ns: &str) -> anyhow::Result<Self> {
         let setup = Setup {
             namespace: Some(ns.to_owned()),
@@ -248,7 +327,7 @@ impl PrivateMesh {
         Self::start_setup(bed, ns, setup).await
     }
 
-    /// A mesh with another filter (or none), whose controller manages nothing.
+    /// A mesh with another filter (or none) in a namespace `name` of its own.
     pub async fn start_with(bed: &TestBed, name: &str, filter: Filter) -> anyhow::Result<Self> {
         let setup = Setup {
             filter,
@@ -257,12 +336,49 @@ impl PrivateMesh {
         Self::start_setup(bed, name, setup).await
     }
 
-    /// Starts `setup.controllers` controllers and a mesh simulator whose Envoy reaches the
-    /// leader among them; waits until all are ready and one leads.
+    /// Starts `setup.controllers` controllers and a caller whose sidecar reaches the leader
+    /// among them; waits until all are ready, one leads, and the caller's Envoy has the filter
+    /// and a healthy route to the leader.
     pub async fn start_setup(bed: &TestBed, name: &str, setup: Setup) -> anyhow::Result<Self> {
+        use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
         let dir = bed.state_dir.join("private").join(name);
         std::fs::create_dir_all(&dir)?;
+        let ns = match &setup.namespace {
+            Some(ns) => ns.clone(),
+            None => {
+                let created: Namespace = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "labels": {crate::namespace::E2E_LABEL: "true"}}
+                }))?;
+                kube::Api::<Namespace>::all(bed.client.clone())
+                    .create(&kube::api::PostParams::default(), &created)
+                    .await
+                    .with_context(|| format!("creating namespace {name}"))?;
+                name.to_owned()
+            }
+        };
+        let mut labels = serde_json::json!({PRIVATE_LABEL: name});
+        if !matches!(setup.filter, Filter::None) {
+            labels[kzscaler_core::names::INJECTION_LABEL] =
+                serde_json::json!(kzscaler_core::names::INJECTION_ENABLED);
+        }
+        kube::Api::<Namespace>::all(bed.client.clone())
+            .patch(
+                &ns,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"metadata": {"labels": labels}})),
+            )
+            .await
+            .with_context(|| format!("labelling namespace {ns} for the private controllers"))?;
         let lease = format!("kzscaler-private-{name}");
+        let mut controllers = Vec::new();
+        for i in 0..setup.controllers.max(1) {
+            controllers.push(Controller {
+                addr: free_addr()?,
+                identity: format!("kzscaler-controller-{i}"),
+                child: None,
+            });
+        }
+        let cluster = format!("outbound|8080||kzscaler-controller.{ns}.svc.cluster.local");
         let mut args = vec![
             "--lease-name".to_owned(),
             lease.clone(),
@@ -272,83 +388,86 @@ impl PrivateMesh {
             "2".to_owned(),
             "--namespace-selector".to_owned(),
             format!("{PRIVATE_LABEL}={name}"),
-            "--no-wasmplugins".to_owned(),
+            "--label-pod".to_owned(),
+            "--wasmplugin-resync-seconds".to_owned(),
+            "2".to_owned(),
+            "--module-file".to_owned(),
+            filter_module()?.display().to_string(),
+            "--module-url".to_owned(),
+            format!("http://{}/v1/module", controllers[0].addr),
         ];
-        if let Some(ns) = &setup.namespace {
-            let patch = serde_json::json!({"metadata": {"labels": {PRIVATE_LABEL: name}}});
-            kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(bed.client.clone())
-                .patch(
-                    ns,
-                    &kube::api::PatchParams::default(),
-                    &kube::api::Patch::Merge(patch),
-                )
-                .await
-                .with_context(|| format!("labelling namespace {ns} for the private controllers"))?;
+        match &setup.filter {
+            Filter::Kzscaler(config) => {
+                let mut config: serde_json::Value = serde_json::from_str(config)
+                    .with_context(|| format!("plugin configuration {config:?}"))?;
+                config["controller_cluster"] = serde_json::json!(cluster);
+                config["controller_authority"] =
+                    serde_json::json!(format!("kzscaler-controller.{ns}:8080"));
+                args.extend(["--plugin-config".to_owned(), config.to_string()]);
+            }
+            Filter::None | Filter::Module(..) => args.push("--no-wasmplugins".to_owned()),
         }
         args.extend(setup.controller_args.iter().cloned());
-        let mut controllers = Vec::new();
-        for i in 0..setup.controllers.max(1) {
-            controllers.push(Controller {
-                addr: free_addr()?,
-                identity: format!("{name}-{i}"),
-                child: None,
-            });
-        }
-        let (listen, admin) = (free_addr()?, free_addr()?);
-        let mut cmd = Command::new(workspace_binary("kzscaler-meshsim")?);
-        cmd.arg("--dir")
-            .arg(&dir)
-            .arg("--envoy")
-            .arg(envoy_binary()?)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .args(["--concurrency", "1"]);
+        // The controllers' pods and Service.
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "kzscaler-controller"},
+            "spec": {
+                "selector": {"app.kubernetes.io/name": "kzscaler-controller", kzscaler_core::names::LEADER_LABEL: "true"},
+                "ports": [{"name": "http", "port": 8080, "targetPort": "http"}]
+            }
+        }))?;
+        let pods = kube::Api::<Pod>::namespaced(bed.client.clone(), &ns);
+        kube::Api::<Service>::namespaced(bed.client.clone(), &ns)
+            .create(&kube::api::PostParams::default(), &service)
+            .await
+            .context("creating the private controllers' Service")?;
         for c in &controllers {
-            cmd.args(["--controller", &c.addr.to_string()]);
-        }
-        let mut inbound = None;
-        if let (Some(ns), Some(deployment)) = (&setup.namespace, &setup.pod_of) {
-            let addr = free_addr()?;
-            cmd.args(["--pod", &format!("{ns}/{deployment}={addr}")]);
-            inbound = Some(addr.to_string());
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": c.identity, "labels": {"app.kubernetes.io/name": "kzscaler-controller", kzscaler_core::names::INJECT_LABEL: "false"}},
+                "spec": {
+                    "nodeSelector": {fixtures::KWOK_NODE_LABEL.0: fixtures::KWOK_NODE_LABEL.1},
+                    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+                    "automountServiceAccountToken": false,
+                    "containers": [{
+                        "name": "controller", "image": crate::kubelet::pods::FORWARD_IMAGE,
+                        "args": [format!("8080={}", c.addr)],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1}
+                    }]
+                }
+            }))?;
+            pods.create(&kube::api::PostParams::default(), &pod)
+                .await
+                .with_context(|| format!("creating the controller pod {}", c.identity))?;
         }
         if let Filter::Module(module, config) = &setup.filter {
-            cmd.arg("--wasm")
-                .arg(module)
-                .args(["--plugin-config", config]);
+            create_wasmplugin(bed, &ns, module, config).await?;
         }
-        let meshsim = cmd
-            .env("KUBECONFIG", &bed.kubeconfig)
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("meshsim.log"))?)
-            .kill_on_drop(true)
-            .spawn()?;
+        let (envoy, admin) = create_caller(&bed.client, &ns, "caller", &[]).await?;
         let mut mesh = Self {
             controller_addr: controllers[0].addr,
             controllers,
-            envoy: listen.to_string(),
+            envoy,
+            admin,
+            namespace: ns.clone(),
             dir: dir.clone(),
             lease,
-            inbound,
             args,
             kubeconfig: bed.kubeconfig.clone(),
-            meshsim,
+            state_dir: bed.state_dir.clone(),
             _dir: tempfile_dir::Dir(dir.clone()),
         };
         for i in 0..mesh.controllers.len() {
             mesh.spawn_controller(i)?;
         }
         let addrs: Vec<SocketAddr> = mesh.controllers.iter().map(|c| c.addr).collect();
+        let (admin, filter) = (mesh.admin.clone(), setup.filter.clone());
         crate::wait::until(
-            "the private controllers (one leading) and Envoy to be ready, Envoy routing \
-             the filter's calls to the leader",
-            Duration::from_secs(30),
+            "the private controllers (one leading) and the caller's sidecar to be ready, with \
+             its filter loaded and a healthy route to the leader",
+            Duration::from_secs(60),
             || async {
-                let mut leaders = Vec::new();
+                let mut leaders = 0;
                 for a in &addrs {
                     let a = a.to_string();
                     let get =
@@ -357,33 +476,32 @@ impl PrivateMesh {
                         return Ok(None);
                     }
                     if get("/leaderz").await?.status == 200 {
-                        leaders.push(a);
+                        leaders += 1;
                     }
                 }
-                let admin = admin.to_string();
-                let e = bed
-                    .get_from(&admin, "x", "/ready", Duration::from_secs(1))
-                    .await?;
-                let [leader] = leaders.as_slice() else {
-                    return Ok(None);
-                };
-                if e.status != 200 {
+                if leaders != 1 {
                     return Ok(None);
                 }
-                // Envoy's active health check (/leaderz) has marked the leader healthy:
-                // until then the filter's polls find no healthy upstream.
-                let clusters = bed
-                    .get_from(&admin, "x", "/clusters", Duration::from_secs(1))
-                    .await?;
-                let healthy = format!(
-                    "{}::{leader}::health_flags::healthy",
-                    crate::meshsim::run::CONTROLLER_CLUSTER
-                );
-                Ok(clusters.body.lines().any(|l| l == healthy).then_some(()))
+                let Ok(ready) = bed.get_from(&admin, "x", "/ready", Duration::from_secs(1)).await else {
+                    return Ok(None);
+                };
+                if ready.status != 200 {
+                    return Ok(None);
+                }
+                if matches!(filter, Filter::None) {
+                    return Ok(Some(()));
+                }
+                if !wasm_filter_loaded(bed, &admin).await? {
+                    return Ok(None);
+                }
+                if matches!(filter, Filter::Module(..)) {
+                    return Ok(Some(()));
+                }
+                Ok((healthy_hosts(bed, &admin, &cluster).await?.len() == 1).then_some(()))
             },
         )
         .await
-        .with_context(|| format!("logs in {}", dir.display()))?;
+        .with_context(|| format!("logs:\n{}", mesh.logs(15)))?;
         Ok(mesh)
     }
 
@@ -397,6 +515,8 @@ impl PrivateMesh {
             .args(["--listen", &c.addr.to_string(), "--identity", &c.identity])
             .args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
+            .env("POD_NAME", &c.identity)
+            .env("POD_NAMESPACE", &self.namespace)
             .stdin(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -439,18 +559,24 @@ impl PrivateMesh {
         None
     }
 
-    /// The last lines of every log of this mesh.
+    /// The last lines of every log of this mesh: controllers, and the caller's pilot-agent
+    /// (with its Envoy's).
     pub fn logs(&self, lines: usize) -> String {
-        let mut out = String::new();
-        let mut names: Vec<String> = (0..self.controllers.len())
-            .map(|i| format!("controller-{i}.log"))
+        let mut files: Vec<std::path::PathBuf> = (0..self.controllers.len())
+            .map(|i| self.dir.join(format!("controller-{i}.log")))
             .collect();
-        names.push("meshsim.log".into());
-        names.push("envoy.log".into());
-        for n in names {
-            let text = std::fs::read_to_string(self.dir.join(&n)).unwrap_or_default();
+        files.push(
+            self.state_dir
+                .join("kubelet")
+                .join(&self.namespace)
+                .join("caller")
+                .join("pilot-agent.log"),
+        );
+        let mut out = String::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("--- {n} (last {lines} lines)\n"));
+            out.push_str(&format!("--- {} (last {lines} lines)\n", f.display()));
             for l in &all[all.len().saturating_sub(lines)..] {
                 out.push_str(l);
                 out.push('\n');
@@ -460,19 +586,100 @@ impl PrivateMesh {
     }
 }
 
-impl Drop for PrivateMesh {
-    fn drop(&mut self) {
-        // SIGKILL leaves Envoy behind; the simulator stops it on SIGTERM.
-        if let Some(pid) = self.meshsim.id() {
-            let _ = std::process::Command::new("kill")
-                .arg(pid.to_string())
-                .status();
-            for _ in 0..100 {
-                if self.meshsim.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+/// A WasmPlugin `kzscaler-test` in `ns` loading `module` (a `file://` URL, which pilot-agent
+/// passes to Envoy as is) into the pods the webhook labels.
+pub async fn create_wasmplugin(
+    bed: &TestBed,
+    ns: &str,
+    module: &Path,
+    config: &str,
+) -> anyhow::Result<()> {
+    let config: serde_json::Value =
+        serde_json::from_str(config).with_context(|| format!("plugin configuration {config:?}"))?;
+    let wp = serde_json::json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "kzscaler-test", "namespace": ns},
+        "spec": {
+            "selector": {"matchLabels": {kzscaler_core::names::FILTER_LABEL: "true"}},
+            "url": format!("file://{}", module.display()),
+            "failStrategy": "FAIL_OPEN",
+            "pluginConfig": config,
+        }
+    });
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        bed.client.clone(),
+        ns,
+        &kzscaler_controller::wasmplugin::api_resource(),
+    );
+    api.create(&kube::api::PostParams::default(), &serde_json::from_value(wp)?)
+        .await
+        .with_context(|| format!("creating WasmPlugin {ns}/kzscaler-test"))?;
+    Ok(())
+}
+
+/// Gives a Deployment's pods their own sidecar with an inbound side: the app moves to
+/// `app_port`, the sidecar's ingress listener (see [`create_ingress_sidecar`]) takes `port`,
+/// and `host_port` on 127.0.0.1 reaches that listener from outside the mesh.
+pub fn with_inbound_sidecar(
+    d: &mut Deployment,
+    port: u16,
+    app_port: u16,
+    host_port: u16,
+    admin: u16,
+) -> anyhow::Result<()> {
+    let pod = d
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .context("the Deployment has no pod template")?;
+    for c in &mut pod.containers {
+        for p in c.ports.iter_mut().flatten() {
+            p.container_port = i32::from(app_port);
         }
     }
+    let mut sidecar = sidecar_container(None, admin);
+    if let Some(ports) = sidecar["ports"].as_array_mut() {
+        ports.push(serde_json::json!({"name": "http-inbound", "containerPort": port, "hostPort": host_port, "hostIP": "127.0.0.1"}));
+    }
+    pod.containers.push(serde_json::from_value(sidecar)?);
+    Ok(())
+}
+
+/// A `Sidecar` resource for the pods labelled `app: <app>`: an ingress listener on `port`
+/// (all addresses) in front of the app on 127.0.0.1:`app_port`, as Istio sets up a pod's
+/// inbound side without traffic capture.
+pub async fn create_ingress_sidecar(
+    ns: &TempNamespace,
+    app: &str,
+    port: u16,
+    app_port: u16,
+) -> anyhow::Result<()> {
+    let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        "Sidecar",
+    ));
+    let sidecar = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": app, "namespace": ns.name},
+        "spec": {
+            "workloadSelector": {"labels": {"app": app}},
+            "ingress": [{
+                "port": {"number": port, "protocol": "HTTP", "name": "http"},
+                "bind": "0.0.0.0",
+                "captureMode": "NONE",
+                "defaultEndpoint": format!("127.0.0.1:{app_port}"),
+            }],
+        }
+    });
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(ns.bed.client.clone(), &ns.name, &ar)
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(sidecar)?,
+        )
+        .await
+        .with_context(|| format!("creating Sidecar {}/{app}", ns.name))?;
+    Ok(())
 }

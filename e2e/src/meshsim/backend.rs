@@ -44,8 +44,8 @@ impl Drop for Backend {
 
 /// Starts the backend for one endpoint on an ephemeral port of 127.0.0.1.
 pub async fn start(key: &EndpointKey) -> std::io::Result<Backend> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let identity = Identity {
         pod: key.pod.clone(),
         namespace: key.namespace.clone(),
@@ -53,7 +53,18 @@ pub async fn start(key: &EndpointKey) -> std::io::Result<Backend> {
         address: key.address.clone(),
         target_port: key.target_port,
     };
-    let grpc = key.grpc;
+    serve(listener, identity, key.grpc)
+}
+
+/// Serves HTTP (or gRPC) on a listening socket made elsewhere (e.g. inside a pod's network
+/// namespace). Needs a Tokio runtime.
+pub fn serve(
+    listener: std::net::TcpListener,
+    identity: Identity,
+    grpc: bool,
+) -> std::io::Result<Backend> {
+    let listener = TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
@@ -89,13 +100,19 @@ pub async fn start(key: &EndpointKey) -> std::io::Result<Backend> {
     Ok(Backend { addr, task })
 }
 
+/// Who a backend says it is, in every HTTP answer.
 #[derive(Debug, Clone)]
-struct Identity {
-    pod: String,
-    namespace: String,
-    service: String,
-    address: String,
-    target_port: i32,
+pub struct Identity {
+    /// The pod.
+    pub pod: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The Service (or workload) it serves.
+    pub service: String,
+    /// The pod's address.
+    pub address: String,
+    /// The port it serves.
+    pub target_port: i32,
 }
 
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<u64> {

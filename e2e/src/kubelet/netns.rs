@@ -1,0 +1,159 @@
+//! The pods' network: one network namespace per pod, each with a veth on one bridge that lives
+//! in the test bed's own "node" namespace. Nothing here touches the machine's own namespace:
+//! pod addresses exist only inside these namespaces.
+//!
+//! ```text
+//!  netns <prefix>-node: bridge br0 ──┬── veth ── netns <prefix>-10-244-0-5: eth0 10.244.0.5/16
+//!                                    └── veth ── netns <prefix>-10-244-0-6: eth0 10.244.0.6/16
+//! ```
+//!
+//! A socket belongs to the namespace of the thread that created it, and keeps working from any
+//! thread. So [`in_netns`] creates sockets on a fresh thread that has entered a pod's namespace,
+//! and the async runtime drives them from anywhere.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, bail};
+use nix::sched::CloneFlags;
+
+/// The node namespace and bridge every pod namespace is attached to.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// Prefix of every namespace name (e.g. `kzscaler`).
+    pub prefix: String,
+    /// The pod CIDR's prefix length (16 for 10.244.0.0/16).
+    pub prefix_len: u8,
+}
+
+/// Runs `ip ARGS...`; fails with its stderr.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2): is it installed?")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn netns_exists(name: &str) -> bool {
+    std::path::Path::new("/run/netns").join(name).exists()
+}
+
+impl Network {
+    /// The node namespace's name.
+    pub fn node(&self) -> String {
+        format!("{}-node", self.prefix)
+    }
+
+    /// A pod namespace's name: the prefix and the address, e.g. `kzscaler-10-244-0-5`.
+    pub fn pod_netns(&self, ip: Ipv4Addr) -> String {
+        let [a, b, c, d] = ip.octets();
+        format!("{}-{a}-{b}-{c}-{d}", self.prefix)
+    }
+
+    /// Creates the node namespace and its bridge unless they exist.
+    pub fn setup(&self) -> anyhow::Result<()> {
+        let node = self.node();
+        if !netns_exists(&node) {
+            ip(&["netns", "add", &node])?;
+            ip(&["-n", &node, "link", "set", "lo", "up"])?;
+            ip(&["-n", &node, "link", "add", "br0", "type", "bridge"])?;
+            ip(&["-n", &node, "link", "set", "br0", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// A namespace for the pod with this address, attached to the bridge (an old one for the
+    /// same address is replaced).
+    pub fn add_pod(&self, ip_addr: Ipv4Addr) -> anyhow::Result<String> {
+        let name = self.pod_netns(ip_addr);
+        if netns_exists(&name) {
+            self.remove_pod(ip_addr)?;
+        }
+        let node = self.node();
+        // Interface names have at most 15 bytes: "v" and the address in hex.
+        let veth = format!("v{:08x}", u32::from(ip_addr));
+        let cidr = format!("{ip_addr}/{}", self.prefix_len);
+        ip(&["netns", "add", &name])?;
+        let attach = || -> anyhow::Result<()> {
+            ip(&["-n", &name, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+                "netns", &name,
+            ])?;
+            ip(&["-n", &node, "link", "set", &veth, "master", "br0", "up"])?;
+            ip(&["-n", &name, "addr", "add", &cidr, "dev", "eth0"])?;
+            ip(&["-n", &name, "link", "set", "eth0", "up"])
+        };
+        if let Err(e) = attach() {
+            let _ = ip(&["netns", "del", &name]);
+            return Err(e.context(format!("attaching pod namespace {name} to the bridge")));
+        }
+        Ok(name)
+    }
+
+    /// Deletes the pod's namespace (its veth goes with it).
+    pub fn remove_pod(&self, ip_addr: Ipv4Addr) -> anyhow::Result<()> {
+        let name = self.pod_netns(ip_addr);
+        if netns_exists(&name) {
+            ip(&["netns", "del", &name])?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every namespace of this network (pods and node).
+    pub fn teardown(&self) {
+        let Ok(dir) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        let prefix = format!("{}-", self.prefix);
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                let _ = ip(&["netns", "del", &name]);
+            }
+        }
+    }
+}
+
+/// Runs `f` on a new thread inside network namespace `netns` and returns what it made
+/// (sockets made there stay in that namespace). A fresh thread each time: a thread that has
+/// entered a namespace is never reused for anything else.
+pub fn in_netns<T, F>(netns: &str, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+{
+    let path = std::path::Path::new("/run/netns").join(netns);
+    let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let joined = std::thread::spawn(move || -> anyhow::Result<T> {
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).context("setns")?;
+        Ok(f()?)
+    })
+    .join();
+    match joined {
+        Ok(r) => r.with_context(|| format!("in network namespace {netns}")),
+        Err(_) => bail!("the thread in network namespace {netns} panicked"),
+    }
+}
+
+/// A listening socket inside `netns`, non-blocking, ready for `tokio::net::TcpListener::from_std`.
+pub fn listen_in(netns: &str, addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    in_netns(netns, move || {
+        let l = std::net::TcpListener::bind(addr)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })
+}
+
+/// An unconnected TCP socket inside `netns`; connect it from the runtime.
+pub fn socket_in(netns: &str) -> anyhow::Result<tokio::net::TcpSocket> {
+    in_netns(netns, tokio::net::TcpSocket::new_v4)
+}
