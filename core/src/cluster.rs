@@ -43,9 +43,40 @@ pub enum ClusterNameError {
     },
 }
 
+/// Why a name did not parse, without the allocation [`ClusterNameError`] makes (the filter
+/// asks on the request path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    NotOutbound,
+    BadPort,
+    NotServiceHost,
+}
+
 impl<'a> ClusterName<'a> {
     /// Parses `outbound|8080||web.shop.svc.cluster.local`.
     pub fn parse(name: &'a str) -> Result<Self, ClusterNameError> {
+        Self::split(name).map_err(|why| {
+            let part = |i: usize| name.split('|').nth(i).unwrap_or_default().to_owned();
+            match why {
+                Refused::NotOutbound => ClusterNameError::NotOutbound(name.to_owned()),
+                Refused::BadPort => ClusterNameError::BadPort {
+                    name: name.to_owned(),
+                    port: part(1),
+                },
+                Refused::NotServiceHost => ClusterNameError::NotServiceHost {
+                    name: name.to_owned(),
+                    host: part(3),
+                },
+            }
+        })
+    }
+
+    /// [`ClusterName::parse`] without the reason: allocates nothing, for the request path.
+    pub fn try_parse(name: &'a str) -> Option<Self> {
+        Self::split(name).ok()
+    }
+
+    fn split(name: &'a str) -> Result<Self, Refused> {
         let mut parts = name.split('|');
         let (Some("outbound"), Some(port), Some(subset), Some(host), None) = (
             parts.next(),
@@ -54,29 +85,20 @@ impl<'a> ClusterName<'a> {
             parts.next(),
             parts.next(),
         ) else {
-            return Err(ClusterNameError::NotOutbound(name.to_owned()));
+            return Err(Refused::NotOutbound);
         };
         let port = match port.parse::<u16>() {
             Ok(p) if p > 0 => p,
-            _ => {
-                return Err(ClusterNameError::BadPort {
-                    name: name.to_owned(),
-                    port: port.to_owned(),
-                });
-            }
-        };
-        let not_service = || ClusterNameError::NotServiceHost {
-            name: name.to_owned(),
-            host: host.to_owned(),
+            _ => return Err(Refused::BadPort),
         };
         let mut labels = host.splitn(4, '.');
         let (Some(service), Some(namespace), Some("svc"), Some(domain)) =
             (labels.next(), labels.next(), labels.next(), labels.next())
         else {
-            return Err(not_service());
+            return Err(Refused::NotServiceHost);
         };
         if service.is_empty() || namespace.is_empty() || domain.is_empty() {
-            return Err(not_service());
+            return Err(Refused::NotServiceHost);
         }
         Ok(Self {
             port,
@@ -167,6 +189,20 @@ mod tests {
                 }
             );
             assert!(err.to_string().contains("1 to 65535"));
+        }
+    }
+
+    #[test]
+    fn try_parse_agrees_with_parse() {
+        for name in [
+            "outbound|80|v1|web.shop.svc.cluster.local",
+            "outbound|80||web.shop.svc.corp.example",
+            "outbound|0||web.shop.svc.cluster.local",
+            "outbound|443||example.com",
+            "PassthroughCluster",
+            "inbound|8080||",
+        ] {
+            assert_eq!(ClusterName::try_parse(name), ClusterName::parse(name).ok(), "{name}");
         }
     }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use kzscaler_core::cluster::ClusterName;
 use kzscaler_core::wire::{INBOUND_PREFIX, Snapshot, State};
 
 /// What the filter needs of one destination.
@@ -43,6 +44,10 @@ pub struct Table {
     /// The snapshot's version (sent back as `If-None-Match`).
     pub version: u64,
     by_cluster: HashMap<String, Entry>,
+    /// The same entries by namespace, Service and port (their key in `by_cluster`): Istio
+    /// names one Service port in several ways (a DestinationRule subset in the third field,
+    /// a cluster domain other than the controller's), and each must find its destination.
+    by_service: HashMap<String, HashMap<String, HashMap<u16, String>>>,
     /// Managed Deployments as `<namespace>/<deployment>`, for inbound counting; the entry's
     /// `cluster` is the counter key `inbound|<namespace>/<deployment>`.
     by_workload: HashMap<String, Entry>,
@@ -67,9 +72,22 @@ impl Table {
                 (workload, entry)
             })
             .collect();
+        let mut by_service: HashMap<String, HashMap<String, HashMap<u16, String>>> =
+            HashMap::new();
+        for d in &snap.destinations {
+            if let Some(c) = ClusterName::try_parse(&d.cluster) {
+                by_service
+                    .entry(c.namespace.to_owned())
+                    .or_default()
+                    .entry(c.service.to_owned())
+                    .or_default()
+                    .insert(c.port, d.cluster.clone());
+            }
+        }
         Ok(Self {
             version: snap.version,
             by_workload,
+            by_service,
             by_cluster: snap
                 .destinations
                 .into_iter()
@@ -88,9 +106,20 @@ impl Table {
         })
     }
 
-    /// The destination behind a cluster, if managed.
+    /// The destination behind a cluster, if managed: by its exact name (one lookup on the
+    /// usual path), else by the Service port it names, whatever its subset and domain.
+    /// Allocates nothing.
     pub fn get(&self, cluster: &str) -> Option<&Entry> {
-        self.by_cluster.get(cluster)
+        if let Some(e) = self.by_cluster.get(cluster) {
+            return Some(e);
+        }
+        let c = ClusterName::try_parse(cluster)?;
+        let key = self
+            .by_service
+            .get(c.namespace)?
+            .get(c.service)?
+            .get(&c.port)?;
+        self.by_cluster.get(key)
     }
 
     /// This pod's own Deployment (`<namespace>/<deployment>`), if managed: inbound requests
@@ -158,6 +187,41 @@ mod tests {
             ..e
         };
         assert!(no_ignores.counts(Some("curl/8"), || None));
+    }
+
+    #[test]
+    fn every_cluster_name_istio_gives_a_service_port_finds_its_destination() {
+        let t = Table::parse(
+            br#"{"version":1,"destinations":[
+            {"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":5000},
+            {"cluster":"outbound|9090||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"awake","wake_timeout_ms":5000}]}"#,
+        )
+        .unwrap();
+        let found = |name: &str| t.get(name).map(|e| e.cluster.to_string());
+        let port80 = Some("outbound|80||web.shop.svc.cluster.local".to_owned());
+        let port9090 = Some("outbound|9090||web.shop.svc.cluster.local".to_owned());
+        // DestinationRule subsets.
+        assert_eq!(found("outbound|80|v1|web.shop.svc.cluster.local"), port80);
+        assert_eq!(found("outbound|80|v2|web.shop.svc.cluster.local"), port80);
+        // istiod with --domain other than the controller's.
+        assert_eq!(found("outbound|80||web.shop.svc.corp.example"), port80);
+        assert_eq!(found("outbound|9090|canary|web.shop.svc.corp.example"), port9090);
+        // Each port of a Service with several is its own destination.
+        assert_eq!(found("outbound|9090||web.shop.svc.cluster.local"), port9090);
+        assert_eq!(found("outbound|8080||web.shop.svc.cluster.local"), None);
+        // Clusters that are not ours pass untouched.
+        for other in [
+            "outbound|80||web.other.svc.cluster.local",
+            "outbound|80||db.shop.svc.cluster.local",
+            "outbound|443||example.com",
+            "outbound|80|v1|web.shop",
+            "PassthroughCluster",
+            "BlackHoleCluster",
+            "InboundPassthroughCluster",
+            "inbound|80||",
+        ] {
+            assert_eq!(found(other), None, "{other}");
+        }
     }
 
     #[test]
