@@ -270,7 +270,7 @@ ok "webhook configurations registered (mutating pods, validating deployments)"
 
 # The caller: a pod in the opted-in namespace kzscaler-testbed whose sidecar istiod configures.
 log=$KZSCALER_STATE_DIR/logs/caller.log
-sed -e "s|@ENVOY_PORT@|$ENVOY_PORT|" -e "s|@ADMIN_PORT@|$ENVOY_ADMIN_PORT|" "$REPO_ROOT/hack/testbed/caller.yaml" |
+sed -e "s|@ENVOY_PORT@|$ENVOY_PORT|" -e "s|@ADMIN_PORT@|$ENVOY_ADMIN_PORT|g" "$REPO_ROOT/hack/testbed/caller.yaml" |
   kubectl apply -f - >"$log" 2>&1 || fail "caller pod" "$log" "kubectl apply of hack/testbed/caller.yaml failed"
 CALLER_LOG=$KZSCALER_STATE_DIR/kubelet/kzscaler-testbed/caller/pilot-agent.log
 ln -sfn "$CALLER_LOG" "$KZSCALER_STATE_DIR/logs/envoy.log"

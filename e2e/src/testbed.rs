@@ -25,6 +25,10 @@ pub struct TestBed {
     pub state_dir: PathBuf,
     /// host:port of the kzscaler controller's filter API, when it runs.
     pub controller: Option<String>,
+    /// host:port of the caller's Envoy admin interface.
+    pub envoy_admin: Option<String>,
+    /// host:port of istiod's debug HTTP server (`/debug/syncz`).
+    pub istiod: Option<String>,
     /// The kubeconfig file.
     pub kubeconfig: PathBuf,
     http: HttpClient<HttpConnector, Full<Bytes>>,
@@ -153,6 +157,8 @@ impl TestBed {
             envoy,
             state_dir: PathBuf::from(state_dir),
             controller: var("KZSCALER_CONTROLLER"),
+            envoy_admin: var("KZSCALER_ENVOY_ADMIN"),
+            istiod: var("KZSCALER_ISTIOD"),
             kubeconfig: PathBuf::from(kubeconfig),
             http,
         })

@@ -109,10 +109,11 @@ impl hold::Host for ProxyHost<'_> {
     }
 
     fn num_endpoints(&mut self, ctx: u32) -> Option<u64> {
-        self.on(ctx, || {
+        let r = self.on(ctx, || {
             hostcalls::get_property(vec!["upstream", "num_endpoints"])
-        })
-        .and_then(Result::ok)
+        });
+        log::info!("DEBUG num_endpoints ctx={ctx} -> {r:?}");
+        r.and_then(Result::ok)
         .flatten()
         .and_then(|b| u64_le(&b))
     }

@@ -165,7 +165,8 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
             "name": "p", "namespace": "shop",
             "labels": {"kzscaler.io/filter": "true"},
-            "annotations": {"kzscaler.io/wasmplugin": "shop/kzscaler"}}}),
+            "annotations": {"kzscaler.io/wasmplugin": "shop/kzscaler",
+                "sidecar.istio.io/statsInclusionSuffixes": "membership_total"}}}),
         );
         let (resp, outcome) = mutate(&body, WASMPLUGIN_NAME);
         assert_eq!(outcome, Outcome::Admitted);

@@ -416,6 +416,7 @@ fn start_sidecar(
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".into()),
         labels: pod.labels().clone(),
+        annotations: pod.annotations().clone(),
         workload: workload_of(pod),
         env,
         proxy_config: pod.annotations().get("proxy.istio.io/config").cloned(),

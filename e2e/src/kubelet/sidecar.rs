@@ -44,6 +44,8 @@ pub struct Spec {
     pub service_account: String,
     /// Its labels (Istio's `LABELS` metadata).
     pub labels: BTreeMap<String, String>,
+    /// Its annotations (the downward API file pilot-agent reads: stats inclusion and such).
+    pub annotations: BTreeMap<String, String>,
     /// The workload (Deployment) it belongs to.
     pub workload: String,
     /// The container's own environment (ISTIO_META_* and the like).
@@ -108,7 +110,13 @@ pub fn proxy_config(istio: &Istio, spec: &Spec, envoy_wrapper: &Path) -> anyhow:
 /// Starts pilot-agent for `spec`; its log (Envoy's too) goes to `<dir>/pilot-agent.log`.
 pub fn start(istio: &Istio, spec: &Spec) -> anyhow::Result<Sidecar> {
     let dir = &spec.dir;
-    for sub in ["etc/istio/proxy", "var/lib/istio/envoy", "var/run/secrets", "wasm-cache"] {
+    for sub in [
+        "etc/istio/proxy",
+        "etc/istio/pod",
+        "var/lib/istio/envoy",
+        "var/run/secrets",
+        "wasm-cache",
+    ] {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
@@ -118,6 +126,9 @@ pub fn start(istio: &Istio, spec: &Spec) -> anyhow::Result<Sidecar> {
         dir.join("var/lib/istio/envoy/envoy_bootstrap_tmpl.json"),
     )
     .with_context(|| format!("copying {}", istio.bootstrap_template.display()))?;
+    // The downward API volume Istio's injector mounts: labels and annotations, `key="value"`.
+    std::fs::write(dir.join("etc/istio/pod/labels"), downward_api(&spec.labels))?;
+    std::fs::write(dir.join("etc/istio/pod/annotations"), downward_api(&spec.annotations))?;
     let wrapper = dir.join("envoy-in-pod");
     std::fs::write(
         &wrapper,
@@ -176,6 +187,14 @@ pub fn start(istio: &Istio, spec: &Spec) -> anyhow::Result<Sidecar> {
         child,
         dir: dir.clone(),
     })
+}
+
+/// A downward API file: one `key="value"` line per entry, the value quoted as Go's `%q` does
+/// for the text Kubernetes allows (JSON string escaping agrees with it there).
+pub fn downward_api(map: &BTreeMap<String, String>) -> String {
+    map.iter()
+        .map(|(k, v)| format!("{k}={}\n", Value::String(v.clone())))
+        .collect()
 }
 
 /// The file in a pod's folder holding its sidecar's process group.
