@@ -271,11 +271,45 @@ pub async fn create_caller(
     name: &str,
     labels: &[(&str, &str)],
 ) -> anyhow::Result<(String, String)> {
+    let c = create_caller_with(client, ns, name, labels, &[]).await?;
+    Ok((c.proxy, c.admin))
+}
+
+/// Where a caller's sidecar is reached from this machine.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Its HTTP proxy listener (routes by `Host`; Envoy strips the port, so only port-80
+    /// Services are reached by their port-less names).
+    pub proxy: String,
+    /// Its admin interface.
+    pub admin: String,
+    /// For each port asked for, 127.0.0.1:<port> inside the pod, where Istio's outbound
+    /// listener for that Service port is (what an application in the pod connects to).
+    pub outbound: Vec<(u16, String)>,
+}
+
+/// [`create_caller`], also bridging the sidecar's outbound listeners for `outbound` ports.
+pub async fn create_caller_with(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    outbound: &[u16],
+) -> anyhow::Result<Caller> {
     let (proxy, admin) = (free_port()?, free_port()?);
     let mut all = serde_json::Map::new();
     all.insert("app".into(), serde_json::json!(name));
     for (k, v) in labels {
         all.insert((*k).into(), serde_json::json!(v));
+    }
+    let mut container = sidecar_container(Some(proxy), admin);
+    let mut bridged = Vec::new();
+    for port in outbound {
+        let host = free_port()?;
+        if let Some(ports) = container["ports"].as_array_mut() {
+            ports.push(serde_json::json!({"name": format!("out-{port}"), "containerPort": port, "hostPort": host, "hostIP": "127.0.0.1"}));
+        }
+        bridged.push((*port, format!("127.0.0.1:{host}")));
     }
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": all},
@@ -283,14 +317,18 @@ pub async fn create_caller(
             "nodeSelector": {fixtures::KWOK_NODE_LABEL.0: fixtures::KWOK_NODE_LABEL.1},
             "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
             "automountServiceAccountToken": false,
-            "containers": [sidecar_container(Some(proxy), admin)],
+            "containers": [container],
         }
     }))?;
     kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
         .create(&kube::api::PostParams::default(), &pod)
         .await
         .with_context(|| format!("creating the caller pod {ns}/{name}"))?;
-    Ok((format!("127.0.0.1:{proxy}"), format!("127.0.0.1:{admin}")))
+    Ok(Caller {
+        proxy: format!("127.0.0.1:{proxy}"),
+        admin: format!("127.0.0.1:{admin}"),
+        outbound: bridged,
+    })
 }
 
 /// Whether this Envoy's ECDS holds a Wasm filter (pilot-agent puts an RBAC filter in its place
@@ -681,5 +719,34 @@ pub async fn create_ingress_sidecar(
         )
         .await
         .with_context(|| format!("creating Sidecar {}/{app}", ns.name))?;
+    Ok(())
+}
+
+/// A `Sidecar` resource that scopes the sidecars of pods labelled `app: <app>` to their own
+/// namespace and kzscaler's. Without traffic capture every Service port is an outbound
+/// listener on 127.0.0.1:<port>, so Services of other namespaces on the same port would
+/// take it.
+pub async fn create_egress_sidecar(ns: &TempNamespace, app: &str) -> anyhow::Result<()> {
+    let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        "Sidecar",
+    ));
+    let sidecar = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": format!("{app}-egress"), "namespace": ns.name},
+        "spec": {
+            "workloadSelector": {"labels": {"app": app}},
+            "egress": [{"hosts": ["./*", "kzscaler-system/*"]}],
+        }
+    });
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(ns.bed.client.clone(), &ns.name, &ar)
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(sidecar)?,
+        )
+        .await
+        .with_context(|| format!("creating Sidecar {}/{app}-egress", ns.name))?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! gRPC through the mesh simulator's Envoy: a Service port named `grpc-*` gets an HTTP/2
-//! cluster and a gRPC backend per ready endpoint.
+//! gRPC through a caller's sidecar, configured by istiod: a Service port named `grpc-*` gets
+//! an HTTP/2 cluster, and the call goes to the sidecar's outbound listener for that port (what
+//! an application in the pod connects to) and on to the pod's gRPC server.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Patch, PatchParams, PostParams};
 use kzscaler_e2e::fixtures::{deployment, service};
+use kzscaler_e2e::kz::{create_caller_with, create_egress_sidecar};
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
 use serde_json::json;
@@ -18,12 +20,12 @@ use tonic_health::pb::health_client::HealthClient;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn channel(bed: &TestBed, authority: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{}", bed.envoy))?
+/// A channel that connects on first use: the sidecar's listener comes up with its pod.
+fn channel(listener: &str, authority: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{listener}"))?
         .origin(format!("http://{authority}").parse()?)
         .timeout(Duration::from_secs(5))
-        .connect()
-        .await?)
+        .connect_lazy())
 }
 
 #[tokio::test]
@@ -42,7 +44,14 @@ async fn grpc_health_and_echo_work_through_envoy_and_fail_unavailable_at_zero() 
         .create(&PostParams::default(), &deployment("api", 1))
         .await?;
 
-    let chan = channel(&bed, &authority).await?;
+    create_egress_sidecar(&ns, "caller").await?;
+    let caller = create_caller_with(&bed.client, &ns.name, "caller", &[], &[9090]).await?;
+    let listener = caller
+        .outbound
+        .first()
+        .map(|(_, a)| a.clone())
+        .ok_or_else(|| anyhow::anyhow!("no outbound listener bridged"))?;
+    let chan = channel(&listener, &authority)?;
     ns.wait_for(
         "grpc.health.v1 Check to answer SERVING through Envoy",
         WAIT,

@@ -109,11 +109,10 @@ impl hold::Host for ProxyHost<'_> {
     }
 
     fn num_endpoints(&mut self, ctx: u32) -> Option<u64> {
-        let r = self.on(ctx, || {
+        self.on(ctx, || {
             hostcalls::get_property(vec!["upstream", "num_endpoints"])
-        });
-        log::info!("DEBUG num_endpoints ctx={ctx} -> {r:?}");
-        r.and_then(Result::ok)
+        })
+        .and_then(Result::ok)
         .flatten()
         .and_then(|b| u64_le(&b))
     }

@@ -5,7 +5,8 @@
 //! `delay_ms=N` answers after N ms; `stream=N&interval_ms=M` sends N chunks, M ms apart;
 //! `status=N` answers with that status.
 //!
-//! gRPC (ports named `grpc*`): `grpc.health.v1.Health/Check` answers SERVING, and
+//! gRPC (ports named `grpc*`, and any request whose content-type is `application/grpc`):
+//! `grpc.health.v1.Health/Check` answers SERVING, and
 //! `kzscaler.e2e.Echo/Echo` returns the request message as is (a `delay-ms` metadata entry
 //! delays it). Other methods get UNIMPLEMENTED. Both are unary gRPC over h2c.
 
@@ -83,7 +84,12 @@ pub fn serve(
                 let svc = service_fn(move |req| {
                     let id = id.clone();
                     async move {
-                        Ok::<_, Infallible>(if grpc {
+                        let is_grpc = grpc
+                            || req
+                                .headers()
+                                .get(http::header::CONTENT_TYPE)
+                                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                        Ok::<_, Infallible>(if is_grpc {
                             grpc_handle(req).await
                         } else {
                             http_handle(&id, req).await
