@@ -175,10 +175,15 @@ ok "Istio CRDs established, istio-system with mTLS off"
 istiod_ready() { curl -sf "http://127.0.0.1:$ISTIOD_HTTP_PORT/ready" >/dev/null; }
 # Out of cluster, no CA, no injection or validation webhooks. Istio's own Envoy extensions that
 # upstream Envoy lacks are switched off (ALPN, metadata exchange); a short debounce.
+# PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS (on by default) sends not-ready endpoints as unhealthy;
+# Envoy's upstream.num_endpoints counts them, and the filter would resume a held request
+# before the woken pod is ready (see the README's known limitations). Off here until the
+# filter tells healthy endpoints apart.
 start_component istiod "$ISTIOD_XDS_PORT $ISTIOD_HTTP_PORT $ISTIOD_MONITORING_PORT" istiod_ready 60 \
   env POD_NAMESPACE=istio-system CLUSTER_ID=Kubernetes INJECT_ENABLED=false ENABLE_CA_SERVER=false \
   VALIDATION_WEBHOOK_CONFIG_NAME= INJECTION_WEBHOOK_CONFIG_NAME= \
   PILOT_ENABLE_ALPN_FILTER=false PILOT_ENABLE_METADATA_EXCHANGE=false PILOT_DEBOUNCE_AFTER=10ms \
+  PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS=false \
   pilot-discovery discovery --kubeconfig "$KUBECONFIG" --meshConfig "$REPO_ROOT/hack/testbed/mesh.yaml" \
   --domain cluster.local --grpcAddr "127.0.0.1:$ISTIOD_XDS_PORT" --secureGRPCAddr "" --httpsAddr "" \
   --httpAddr "127.0.0.1:$ISTIOD_HTTP_PORT" --monitoringAddr "127.0.0.1:$ISTIOD_MONITORING_PORT" --ctrlz_port 0
