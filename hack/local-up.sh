@@ -295,12 +295,10 @@ until envoy_ready && filter_loaded; do
   waited=$((waited + 1))
 done
 ok "caller's Envoy ready on 127.0.0.1:$ENVOY_PORT with the kzscaler filter from the WasmPlugin"
-# A NACK means Envoy refused part of istiod's config (an extension upstream Envoy lacks, say).
-nacks=$(curl -sf "http://127.0.0.1:$ISTIOD_HTTP_PORT/debug/syncz" | tr '{' '\n' | grep -i 'nack' || true)
-if [ -n "$nacks" ]; then
-  grep -i 'nack\|registered implementation\|rejected' "$CALLER_LOG" | tail -n 5 >&2 || true
+# A NACK means Envoy refused part of istiod's config (an extension upstream Envoy lacks, say):
+# istiod's /debug/syncz then shows Envoy's error as the resource type's lastError.
+nacks=$(curl -sf "http://127.0.0.1:$ISTIOD_HTTP_PORT/debug/syncz" | python3 "$REPO_ROOT/hack/lib/nacks.py") ||
   fail "istiod config" "$CALLER_LOG" "Envoy NACKed istiod's config: $nacks"
-fi
 
 # === .local/env ===
 cat >"$REPO_ROOT/.local/env" <<ENV

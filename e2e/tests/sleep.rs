@@ -295,8 +295,9 @@ async fn requests_served_by_its_own_pods_keep_it_awake() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
     let ns = TempNamespace::create(&bed, "inbound", &[]).await?;
     // "web" pods have their own sidecar (a Sidecar resource gives it an ingress listener on
-    // 8080 in front of the app on 8081), and requests reach that listener from outside the
-    // mesh, so only the pod's inbound side sees them.
+    // 9080 in front of the app on 8081), and requests reach that listener from outside the
+    // mesh, so only the pod's inbound side sees them. (Not 8080: without traffic capture the
+    // outbound listener for the controller's Service port binds 127.0.0.1:8080 in the pod.)
     let mesh = PrivateMesh::start(&bed, &ns.name).await?;
     let ctl = mesh.controller_addr.to_string();
     let inbound_port = free_port()?;
@@ -306,11 +307,13 @@ async fn requests_served_by_its_own_pods_keep_it_awake() -> anyhow::Result<()> {
         .annotations
         .get_or_insert_default()
         .insert("kzscaler.io/idle-timeout".into(), "2s".into());
-    with_inbound_sidecar(&mut d, 8080, 8081, inbound_port, free_port()?)?;
-    create_ingress_sidecar(&ns, "web", 8080, 8081).await?;
-    ns.api::<Service>()
-        .create(&PostParams::default(), &service("web", "web", 80, "http"))
-        .await?;
+    with_inbound_sidecar(&mut d, 9080, 8081, inbound_port, free_port()?)?;
+    create_ingress_sidecar(&ns, "web", 9080, 8081).await?;
+    let mut svc = service("web", "web", 80, "http");
+    if let Some(p) = svc.spec.as_mut().and_then(|s| s.ports.as_mut()).and_then(|p| p.first_mut()) {
+        p.target_port = Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9080));
+    }
+    ns.api::<Service>().create(&PostParams::default(), &svc).await?;
     ns.api::<Deployment>()
         .create(&PostParams::default(), &d)
         .await?;

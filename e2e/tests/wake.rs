@@ -12,7 +12,8 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kzscaler_core::wire::State;
 use kzscaler_e2e::fixtures::service;
 use kzscaler_e2e::kz::{
-    PrivateMesh, cluster, managed_deployment, replicas, scale_patches, wait_filter_sees,
+    PrivateMesh, cluster, create_caller, managed_deployment, replicas, scale_patches,
+    wait_filter_sees, wasm_filter_loaded,
 };
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
@@ -116,9 +117,15 @@ async fn two_hundred_concurrent_requests_cause_one_scale_patch() -> anyhow::Resu
 #[tokio::test]
 async fn every_host_form_wakes_the_same_deployment() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
-    let ns = TempNamespace::create(&bed, "hosts", &[]).await?;
-    // The bare name is routable for the oldest Service of that name: make it unique.
+    // Istio routes the bare name (and name:port) only for callers in the Service's own
+    // namespace: the caller is a pod there, with its own sidecar.
+    let ns = TempNamespace::create(&bed, "hosts", &[("kzscaler.io/injection", "enabled")]).await?;
     let svc = format!("h{}", ns.name.rsplit('-').next().unwrap_or("x"));
+    let (proxy, admin) = create_caller(&bed.client, &ns.name, "caller", &[]).await?;
+    ns.wait_for("the caller's sidecar with the filter", WAKE, || async {
+        Ok(wasm_filter_loaded(&bed, &admin).await.unwrap_or(false).then_some(()))
+    })
+    .await?;
     let c = asleep_service(&ns, &svc, "http").await?;
     let n = &ns.name;
     for host in [
@@ -149,7 +156,7 @@ async fn every_host_form_wakes_the_same_deployment() -> anyhow::Result<()> {
         })
         .await?;
         wait_filter_sees(&ns, &controller(&bed)?, &c, State::Asleep).await?;
-        let reply = bed.get(&host, "/", WAKE).await?;
+        let reply = bed.get_from(&proxy, &host, "/", WAKE).await?;
         assert_eq!(reply.status, 200, "Host {host}: {}", reply.body);
         assert_eq!(
             replicas(&ns, &svc).await?,
