@@ -42,6 +42,11 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node-side end of a pod's veth: "v" and the address in hex (names have at most 15 bytes).
+fn veth_name(ip: Ipv4Addr) -> String {
+    format!("v{:08x}", u32::from(ip))
+}
+
 fn netns_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
 }
@@ -74,12 +79,9 @@ impl Network {
     /// same address is replaced).
     pub fn add_pod(&self, ip_addr: Ipv4Addr) -> anyhow::Result<String> {
         let name = self.pod_netns(ip_addr);
-        if netns_exists(&name) {
-            self.remove_pod(ip_addr)?;
-        }
+        self.remove_pod(ip_addr)?;
         let node = self.node();
-        // Interface names have at most 15 bytes: "v" and the address in hex.
-        let veth = format!("v{:08x}", u32::from(ip_addr));
+        let veth = veth_name(ip_addr);
         let cidr = format!("{ip_addr}/{}", self.prefix_len);
         ip(&["netns", "add", &name])?;
         let attach = || -> anyhow::Result<()> {
@@ -99,9 +101,19 @@ impl Network {
         Ok(name)
     }
 
-    /// Deletes the pod's namespace (its veth goes with it).
+    /// Deletes the pod's veth pair, then its namespace. The veth goes first: a namespace that
+    /// an open socket still holds outlives `ip netns del`, and with its veth it would keep the
+    /// address on the bridge (a new pod given the same address would share it).
     pub fn remove_pod(&self, ip_addr: Ipv4Addr) -> anyhow::Result<()> {
         let name = self.pod_netns(ip_addr);
+        if netns_exists(&self.node()) {
+            // Absent (the usual case) is fine: only a veth that is still there matters.
+            if let Err(e) = ip(&["-n", &self.node(), "link", "del", &veth_name(ip_addr)])
+                && !e.to_string().contains("Cannot find device")
+            {
+                return Err(e);
+            }
+        }
         if netns_exists(&name) {
             ip(&["netns", "del", &name])?;
         }
