@@ -47,6 +47,12 @@ fn veth_name(ip: Ipv4Addr) -> String {
     format!("v{:08x}", u32::from(ip))
 }
 
+/// A locally administered MAC derived from the pod's address.
+fn mac_of(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 fn netns_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
 }
@@ -91,6 +97,9 @@ impl Network {
                 "netns", &name,
             ])?;
             ip(&["-n", &node, "link", "set", &veth, "master", "br0", "up"])?;
+            // The MAC follows the address: kwok hands a freed address to the next pod, and
+            // neighbours' ARP caches (reachable for up to 30 s) must still find it.
+            ip(&["-n", &name, "link", "set", "eth0", "address", &mac_of(ip_addr)])?;
             ip(&["-n", &name, "addr", "add", &cidr, "dev", "eth0"])?;
             ip(&["-n", &name, "link", "set", "eth0", "up"])
         };
@@ -132,6 +141,24 @@ impl Network {
                 let _ = ip(&["netns", "del", &name]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_mac_follow_the_address() {
+        let ip = Ipv4Addr::new(10, 244, 0, 15);
+        let net = Network {
+            prefix: "kzscaler".into(),
+            prefix_len: 16,
+        };
+        assert_eq!(net.pod_netns(ip), "kzscaler-10-244-0-15");
+        assert_eq!(veth_name(ip), "v0af4000f");
+        assert!(veth_name(Ipv4Addr::new(255, 255, 255, 255)).len() <= 15);
+        assert_eq!(mac_of(ip), "02:42:0a:f4:00:0f");
     }
 }
 
