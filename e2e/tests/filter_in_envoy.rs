@@ -6,41 +6,57 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kzscaler_e2e::meshsim::envoy::{self, Bootstrap, Files, WasmFilter};
-use kzscaler_e2e::meshsim::model::Mesh;
 use kzscaler_e2e::testbed::{envoy_binary, filter_module};
+use serde_json::json;
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// Starts Envoy with only the filter and an empty route table.
+/// Starts Envoy with only the filter and an empty route table (a component test of the module
+/// in Envoy: no control plane, a static bootstrap).
 fn start_envoy(
     dir: &std::path::Path,
     config: &str,
 ) -> anyhow::Result<(std::process::Child, SocketAddr, SocketAddr)> {
-    let files = Files {
-        dir: dir.to_path_buf(),
-    };
     let (listen, admin) = (free_addr()?, free_addr()?);
-    let b = Bootstrap {
-        listen,
-        admin,
-        wasm: Some(WasmFilter {
-            module: filter_module()?,
-            config: config.to_owned(),
-        }),
-        static_clusters: vec![],
-        pod: None,
-    };
-    let mesh = Mesh::default();
-    envoy::write_if_changed(&files.cds(), &envoy::cds(&files, &mesh))?;
-    envoy::write_if_changed(&files.rds(), &envoy::rds(&mesh))?;
-    envoy::write_if_changed(&files.bootstrap(), &envoy::bootstrap(&files, &b))?;
+    let socket = |a: SocketAddr| json!({"socket_address": {"address": a.ip().to_string(), "port_value": a.port()}});
+    let bootstrap = json!({
+        "node": {"id": "filter-test", "cluster": "filter-test"},
+        "admin": {"address": socket(admin)},
+        "static_resources": {"listeners": [{
+            "name": "http",
+            "address": socket(listen),
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "http",
+                    "route_config": {"name": "none", "virtual_hosts": []},
+                    "http_filters": [
+                        {"name": "kzscaler", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                            "config": {
+                                "name": "kzscaler", "root_id": "kzscaler",
+                                "vm_config": {"vm_id": "kzscaler", "runtime": "envoy.wasm.runtime.v8",
+                                    "code": {"local": {"filename": filter_module()?}}},
+                                // As Istio passes a WasmPlugin's pluginConfig.
+                                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config},
+                                "failure_policy": "FAIL_OPEN"
+                            }}},
+                        {"name": "envoy.filters.http.router", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                    ]
+                }
+            }]}]
+        }]}
+    });
+    let path = dir.join("bootstrap.json");
+    std::fs::write(&path, serde_json::to_vec(&bootstrap)?)?;
     let log = std::fs::File::create(dir.join("envoy.log"))?;
     let child = std::process::Command::new(envoy_binary()?)
         .arg("-c")
-        .arg(files.bootstrap())
+        .arg(&path)
         .args([
             "--concurrency",
             "1",
