@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The filter benchmark: release builds of the controller, the mesh simulator and the benchmark,
+# The filter benchmark: release builds of the controller, the test bed's kubelet and the benchmark,
 # the kzscaler and no-op filter modules, then kzscaler-bench against the test bed (started if
 # needed). Prints Markdown tables (warm-path ratios, cold-path overhead); see the README.
 set -euo pipefail
@@ -13,7 +13,7 @@ case "${1:-}" in
 esac
 cd "$REPO_ROOT"
 "$REPO_ROOT/hack/local-up.sh"
-step "release builds: controller, mesh simulator, benchmark; filter modules"
+step "release builds: controller, kubelet, benchmark; filter modules"
 log=$KZSCALER_STATE_DIR/logs/bench-build.log
 {
   cargo build --release -p kzscaler-controller -p kzscaler-e2e --bins &&

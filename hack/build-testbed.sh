@@ -104,7 +104,7 @@ else
   rm -rf "$ISTIOD_DIR.tmp" && mkdir -p "$ISTIOD_DIR.tmp"
   step "istio $ISTIO_VERSION: downloading the istio.io/istio module"
   dir=$(go mod download -json "istio.io/istio@$ISTIO_VERSION" 2>"$log" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  [ -n "$dir" ] && [ -d "$dir" ] || fail "istio: download" "$log" "go mod download istio.io/istio@$ISTIO_VERSION failed"
+  { [ -n "$dir" ] && [ -d "$dir" ]; } || fail "istio: download" "$log" "go mod download istio.io/istio@$ISTIO_VERSION failed"
   # Build tags as upstream's Makefile uses them; pgv validation is compiled out there too.
   for spec in "pilot-discovery vtprotobuf,disable_pgv 5-15_min" "pilot-agent agent,disable_pgv 1-5_min"; do
     read -r cmd tags took <<<"$spec"

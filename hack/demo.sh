@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The local demo: starts the test bed (building it the first time) with kzscaler's controller
-# and the filter in the sidecar-like Envoy, deploys a managed Deployment at 0 replicas, and
+# The local demo: starts the test bed (building it the first time; istiod configures the caller
+# pod's Istio sidecar, which gets the kzscaler filter from the controller's WasmPlugin), deploys a managed Deployment at 0 replicas, and
 # sends it a request: the filter holds it, the controller wakes the Deployment, the request
 # succeeds. An unmanaged Deployment at 0 replicas still gets Envoy's 503, for contrast.
 set -euo pipefail

@@ -188,7 +188,7 @@ start_component istiod "$ISTIOD_XDS_PORT $ISTIOD_HTTP_PORT $ISTIOD_MONITORING_PO
   --domain cluster.local --grpcAddr "127.0.0.1:$ISTIOD_XDS_PORT" --secureGRPCAddr "" --httpsAddr "" \
   --httpAddr "127.0.0.1:$ISTIOD_HTTP_PORT" --monitoringAddr "127.0.0.1:$ISTIOD_MONITORING_PORT" --ctrlz_port 0
 
-# === kzscaler: controller, filter, and the mesh simulator with its Envoy ===
+# === kzscaler: controller, webhook, the kubelet, and the caller whose sidecar runs the filter ===
 step "kzscaler: cargo build (controller, webhook, kubectl plugin, test bed kubelet) and the filter (.wasm)"
 log=$KZSCALER_STATE_DIR/logs/build.log
 {
@@ -199,7 +199,7 @@ log=$KZSCALER_STATE_DIR/logs/build.log
 ok "built (log $log)"
 WASM=$REPO_ROOT/target/wasm32-wasip1/wasm/kzscaler_filter.wasm
 # .local/bin is on the PATH .local/env sets, so `kubectl kzscaler` finds the plugin there.
-for b in kzscaler-controller kzscaler-webhook kzscaler-kubelet kzscaler-meshsim kubectl-kzscaler; do
+for b in kzscaler-controller kzscaler-webhook kzscaler-kubelet kubectl-kzscaler; do
   ln -sfn "$REPO_ROOT/target/debug/$b" "$KZSCALER_BIN_DIR/$b"
 done
 # A rebuilt binary or filter replaces the running one.

@@ -1,5 +1,5 @@
 //! Watches that keep a reflector store current and say when anything changed. Shared by the
-//! controller and the mesh simulator.
+//! controller and the test bed's kubelet.
 
 use std::sync::Arc;
 

@@ -202,7 +202,11 @@ mod tests {
             "PassthroughCluster",
             "inbound|8080||",
         ] {
-            assert_eq!(ClusterName::try_parse(name), ClusterName::parse(name).ok(), "{name}");
+            assert_eq!(
+                ClusterName::try_parse(name),
+                ClusterName::parse(name).ok(),
+                "{name}"
+            );
         }
     }
 

@@ -249,7 +249,9 @@ impl Filter {
 /// kubelet. `proxy_port` (Envoy's HTTP proxy listener, 15080 inside the pod) and `admin`
 /// (Envoy's admin port, the same number inside and out) are hostPorts on 127.0.0.1.
 pub fn sidecar_container(proxy_port: Option<u16>, admin: u16) -> serde_json::Value {
-    let mut ports = vec![serde_json::json!({"name": "admin", "containerPort": admin, "hostPort": admin, "hostIP": "127.0.0.1"})];
+    let mut ports = vec![
+        serde_json::json!({"name": "admin", "containerPort": admin, "hostPort": admin, "hostIP": "127.0.0.1"}),
+    ];
     let mut env = Vec::new();
     if let Some(p) = proxy_port {
         ports.push(serde_json::json!({"name": "http-proxy", "containerPort": 15080, "hostPort": p, "hostIP": "127.0.0.1"}));
@@ -335,13 +337,24 @@ pub async fn create_caller_with(
 /// when the module cannot be fetched, so the name alone proves nothing).
 pub async fn wasm_filter_loaded(bed: &TestBed, admin: &str) -> anyhow::Result<bool> {
     let r = bed
-        .get_from(admin, "x", "/config_dump?resource=ecds_filters", Duration::from_secs(2))
+        .get_from(
+            admin,
+            "x",
+            "/config_dump?resource=ecds_filters",
+            Duration::from_secs(2),
+        )
         .await?;
-    Ok(r.status == 200 && r.body.contains("envoy.extensions.filters.http.wasm.v3.Wasm"))
+    Ok(r.status == 200
+        && r.body
+            .contains("envoy.extensions.filters.http.wasm.v3.Wasm"))
 }
 
 /// Hosts of `cluster` that this Envoy's `/clusters` lists as healthy.
-pub async fn healthy_hosts(bed: &TestBed, admin: &str, cluster: &str) -> anyhow::Result<Vec<String>> {
+pub async fn healthy_hosts(
+    bed: &TestBed,
+    admin: &str,
+    cluster: &str,
+) -> anyhow::Result<Vec<String>> {
     let r = bed
         .get_from(admin, "x", "/clusters", Duration::from_secs(2))
         .await?;
@@ -520,7 +533,10 @@ impl PrivateMesh {
                 if leaders != 1 {
                     return Ok(None);
                 }
-                let Ok(ready) = bed.get_from(&admin, "x", "/ready", Duration::from_secs(1)).await else {
+                let Ok(ready) = bed
+                    .get_from(&admin, "x", "/ready", Duration::from_secs(1))
+                    .await
+                else {
                     return Ok(None);
                 };
                 if ready.status != 200 {
@@ -650,9 +666,12 @@ pub async fn create_wasmplugin(
         ns,
         &kzscaler_controller::wasmplugin::api_resource(),
     );
-    api.create(&kube::api::PostParams::default(), &serde_json::from_value(wp)?)
-        .await
-        .with_context(|| format!("creating WasmPlugin {ns}/kzscaler-test"))?;
+    api.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(wp)?,
+    )
+    .await
+    .with_context(|| format!("creating WasmPlugin {ns}/kzscaler-test"))?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
-//! kzscaler's end-to-end test support and the mesh simulator.
+//! kzscaler's end-to-end test support and the test bed's kubelet.
 //!
-//! - [`meshsim`]: plays istiod and kubelet for the data path of the local test bed.
+//! - [`kubelet`]: the test bed's kubelet: pods in network namespaces of their own, their
+//!   containers (test backends, Istio sidecars by pilot-agent).
 //! - [`testbed`]: what a test needs from a running test bed (client, Envoy address, logs).
 //! - [`namespace`] and [`wait`]: a temporary namespace per test, waits that explain failures.
 #![forbid(unsafe_code)]
@@ -8,7 +9,6 @@
 pub mod fixtures;
 pub mod kubelet;
 pub mod kz;
-pub mod meshsim;
 pub mod namespace;
 pub mod testbed;
 pub mod wait;

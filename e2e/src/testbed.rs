@@ -19,7 +19,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 pub struct TestBed {
     /// A client with the test bed's admin credentials.
     pub client: Client,
-    /// host:port of the mesh simulator's Envoy HTTP listener.
+    /// host:port of the caller's sidecar (Istio's HTTP proxy listener).
     pub envoy: String,
     /// The test bed's state folder (logs are in `logs/`).
     pub state_dir: PathBuf,

@@ -22,7 +22,10 @@ const WAIT: Duration = Duration::from_secs(60);
 /// its ECDS holds the kzscaler Wasm filter, waiting a little for one to arrive.
 async fn sidecar_has_filter(ns: &TempNamespace, admin: &str) -> anyhow::Result<bool> {
     ns.wait_for("the sidecar's Envoy to be ready", WAIT, || async {
-        let r = ns.bed.get_from(admin, "x", "/ready", Duration::from_secs(1)).await;
+        let r = ns
+            .bed
+            .get_from(admin, "x", "/ready", Duration::from_secs(1))
+            .await;
         Ok(r.is_ok_and(|r| r.status == 200).then_some(()))
     })
     .await?;
@@ -41,11 +44,17 @@ async fn sidecar_has_filter(ns: &TempNamespace, admin: &str) -> anyhow::Result<b
 #[tokio::test]
 async fn the_wasmplugin_reaches_labelled_sidecars_only() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
-    let opted = TempNamespace::create(&bed, "ecds", &[("kzscaler.io/injection", "enabled")]).await?;
+    let opted =
+        TempNamespace::create(&bed, "ecds", &[("kzscaler.io/injection", "enabled")]).await?;
     let plain = TempNamespace::create(&bed, "ecds-plain", &[]).await?;
     let (_, with) = create_caller(&bed.client, &opted.name, "with", &[]).await?;
-    let (_, opted_out) =
-        create_caller(&bed.client, &opted.name, "opted-out", &[("kzscaler.io/inject", "false")]).await?;
+    let (_, opted_out) = create_caller(
+        &bed.client,
+        &opted.name,
+        "opted-out",
+        &[("kzscaler.io/inject", "false")],
+    )
+    .await?;
     let (_, unlabelled) = create_caller(&bed.client, &plain.name, "caller", &[]).await?;
 
     assert!(
@@ -53,10 +62,16 @@ async fn the_wasmplugin_reaches_labelled_sidecars_only() -> anyhow::Result<()> {
         "a pod in an opted-in namespace runs the filter from the controller's WasmPlugin"
     );
     let dump = bed
-        .get_from(&with, "x", "/config_dump?resource=ecds_filters", Duration::from_secs(2))
+        .get_from(
+            &with,
+            "x",
+            "/config_dump?resource=ecds_filters",
+            Duration::from_secs(2),
+        )
         .await?;
     assert!(
-        dump.body.contains(&format!("{}.kzscaler", opted.name)) && dump.body.contains("kzscaler_filter")
+        dump.body.contains(&format!("{}.kzscaler", opted.name))
+            && dump.body.contains("kzscaler_filter")
             || dump.body.contains("\"kzscaler\""),
         "the ECDS resource is istiod's translation of WasmPlugin {}/kzscaler: {}",
         opted.name,
@@ -105,7 +120,9 @@ async fn a_subset_route_holds_wakes_and_keeps_awake_its_deployment() -> anyhow::
     ns.api::<Service>()
         .create(&PostParams::default(), &service("web", "web", 80, "http"))
         .await?;
-    ns.api::<Deployment>().create(&PostParams::default(), &d).await?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &d)
+        .await?;
     let dr: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
         "metadata": {"name": "web", "namespace": ns.name},
@@ -140,27 +157,49 @@ async fn a_subset_route_holds_wakes_and_keeps_awake_its_deployment() -> anyhow::
     wait_filter_sees(&ns, &ctl, &cluster(&ns.name, "web", 80), State::Asleep).await?;
     if let Some(admin) = &bed.envoy_admin {
         let subset = format!("outbound|80|v1|{host}");
-        ns.wait_for("the caller's Envoy to have the v1 subset's cluster", WAIT, || async {
-            let r = bed.get_from(admin, "x", "/clusters", Duration::from_secs(2)).await?;
-            Ok(r.body.contains(&subset).then_some(()))
-        })
+        ns.wait_for(
+            "the caller's Envoy to have the v1 subset's cluster",
+            WAIT,
+            || async {
+                let r = bed
+                    .get_from(admin, "x", "/clusters", Duration::from_secs(2))
+                    .await?;
+                Ok(r.body.contains(&subset).then_some(()))
+            },
+        )
         .await?;
     }
-    let reply = bed.get(&format!("web.{}", ns.name), "/via-v1", WAIT).await?;
-    assert_eq!(reply.status, 200, "held, woken and routed to v1: {}", reply.body);
+    let reply = bed
+        .get(&format!("web.{}", ns.name), "/via-v1", WAIT)
+        .await?;
+    assert_eq!(
+        reply.status, 200,
+        "held, woken and routed to v1: {}",
+        reply.body
+    );
     assert_eq!(replicas(&ns, "web").await?, 1);
     // Requests through the subset count as its activity: two idle timeouts of them.
     for i in 0..12 {
         let r = bed
-            .get(&format!("web.{}", ns.name), &format!("/keep/{i}"), Duration::from_secs(10))
+            .get(
+                &format!("web.{}", ns.name),
+                &format!("/keep/{i}"),
+                Duration::from_secs(10),
+            )
             .await?;
         assert_eq!(r.status, 200, "request {i}: {}", r.body);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(replicas(&ns, "web").await?, 1, "subset traffic kept it awake");
-    ns.wait_for("web to sleep once the traffic stops", Duration::from_secs(15), || async {
-        Ok((replicas(&ns, "web").await? == 0).then_some(()))
-    })
+    assert_eq!(
+        replicas(&ns, "web").await?,
+        1,
+        "subset traffic kept it awake"
+    );
+    ns.wait_for(
+        "web to sleep once the traffic stops",
+        Duration::from_secs(15),
+        || async { Ok((replicas(&ns, "web").await? == 0).then_some(())) },
+    )
     .await?;
     ns.cleanup().await
 }

@@ -57,7 +57,10 @@ impl Istiod {
             ("ENABLE_CA_SERVER", "false"),
             ("VALIDATION_WEBHOOK_CONFIG_NAME", ""),
             ("INJECTION_WEBHOOK_CONFIG_NAME", ""),
-            ("PILOT_ENABLE_ALPN_FILTER", if alpn { "true" } else { "false" }),
+            (
+                "PILOT_ENABLE_ALPN_FILTER",
+                if alpn { "true" } else { "false" },
+            ),
             ("PILOT_ENABLE_METADATA_EXCHANGE", "false"),
             ("PILOT_DEBOUNCE_AFTER", "10ms"),
             ("PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS", "false"),
@@ -71,7 +74,10 @@ impl Istiod {
             http,
             args,
             env,
-            log: bed.state_dir.join("logs").join(format!("istiod-{name}.log")),
+            log: bed
+                .state_dir
+                .join("logs")
+                .join(format!("istiod-{name}.log")),
         })
     }
 
@@ -91,7 +97,9 @@ impl Istiod {
         self.child = Some(child);
         let http = format!("127.0.0.1:{}", self.http);
         kzscaler_e2e::wait::until("the private istiod to be ready", WAIT, || async {
-            let r = bed.get_from(&http, "x", "/ready", Duration::from_secs(1)).await;
+            let r = bed
+                .get_from(&http, "x", "/ready", Duration::from_secs(1))
+                .await;
             Ok(r.is_ok_and(|r| r.status == 200).then_some(()))
         })
         .await
@@ -134,25 +142,40 @@ async fn a_nack_is_reported_naming_the_listener_and_the_extension() -> anyhow::R
     let syncz = format!("127.0.0.1:{}", istiod.http);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/lib/nacks.py");
     let report = ns
-        .wait_for("the private istiod to record Envoy's NACK", WAIT, || async {
-            let body = bed.get_from(&syncz, "x", "/debug/syncz", Duration::from_secs(2)).await?.body;
-            let mut check = std::process::Command::new("python3")
-                .arg(&script)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            if let Some(stdin) = check.stdin.as_mut() {
-                use std::io::Write as _;
-                stdin.write_all(body.as_bytes())?;
-            }
-            let out = check.wait_with_output()?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            Ok((out.status.code() == Some(1) && text.contains(&format!("caller.{}", ns.name)))
-                .then_some(text))
-        })
+        .wait_for(
+            "the private istiod to record Envoy's NACK",
+            WAIT,
+            || async {
+                let body = bed
+                    .get_from(&syncz, "x", "/debug/syncz", Duration::from_secs(2))
+                    .await?
+                    .body;
+                let mut check = std::process::Command::new("python3")
+                    .arg(&script)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()?;
+                if let Some(stdin) = check.stdin.as_mut() {
+                    use std::io::Write as _;
+                    stdin.write_all(body.as_bytes())?;
+                }
+                let out = check.wait_with_output()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                Ok(
+                    (out.status.code() == Some(1) && text.contains(&format!("caller.{}", ns.name)))
+                        .then_some(text),
+                )
+            },
+        )
         .await?;
-    assert!(report.contains("istio.alpn"), "names the extension: {report}");
-    assert!(report.contains("Listener"), "names the resource type: {report}");
+    assert!(
+        report.contains("istio.alpn"),
+        "names the extension: {report}"
+    );
+    assert!(
+        report.contains("Listener"),
+        "names the resource type: {report}"
+    );
     istiod.stop().await?;
     ns.cleanup().await
 }
@@ -161,37 +184,74 @@ async fn a_nack_is_reported_naming_the_listener_and_the_extension() -> anyhow::R
 async fn a_request_held_across_an_istiod_restart_gets_200_and_warm_traffic_ignores_it()
 -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
-    let ns = TempNamespace::create(&bed, "istiod-restart", &[("kzscaler.io/injection", "enabled")]).await?;
+    let ns = TempNamespace::create(
+        &bed,
+        "istiod-restart",
+        &[("kzscaler.io/injection", "enabled")],
+    )
+    .await?;
     let mut istiod = Istiod::new(&bed, &ns.name, false)?;
     istiod.start(&bed).await?;
     create_managed(&ns, "warm", 1, &[]).await?;
     create_managed(&ns, "web", 0, &[]).await?;
     let (proxy, admin) = caller_of(&ns, &istiod).await?;
-    ns.wait_for("the caller's sidecar with the filter, and warm serving", WAIT, || async {
-        if !kzscaler_e2e::kz::wasm_filter_loaded(&bed, &admin).await.unwrap_or(false) {
-            return Ok(None);
-        }
-        let r = bed.get_from(&proxy, &format!("warm.{}", ns.name), "/", Duration::from_secs(2)).await;
-        Ok(r.is_ok_and(|r| r.status == 200).then_some(()))
-    })
+    ns.wait_for(
+        "the caller's sidecar with the filter, and warm serving",
+        WAIT,
+        || async {
+            if !kzscaler_e2e::kz::wasm_filter_loaded(&bed, &admin)
+                .await
+                .unwrap_or(false)
+            {
+                return Ok(None);
+            }
+            let r = bed
+                .get_from(
+                    &proxy,
+                    &format!("warm.{}", ns.name),
+                    "/",
+                    Duration::from_secs(2),
+                )
+                .await;
+            Ok(r.is_ok_and(|r| r.status == 200).then_some(()))
+        },
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // istiod down: warm traffic is served from what Envoy has.
     istiod.stop().await?;
     for i in 0..10 {
-        let r = bed.get_from(&proxy, &format!("warm.{}", ns.name), &format!("/w{i}"), Duration::from_secs(5)).await?;
-        assert_eq!(r.status, 200, "warm request {i} with istiod down: {}", r.body);
+        let r = bed
+            .get_from(
+                &proxy,
+                &format!("warm.{}", ns.name),
+                &format!("/w{i}"),
+                Duration::from_secs(5),
+            )
+            .await?;
+        assert_eq!(
+            r.status, 200,
+            "warm request {i} with istiod down: {}",
+            r.body
+        );
     }
     // A request to the sleeping one is held while istiod is down (the endpoint cannot reach
     // this Envoy), and istiod comes back 2 s later.
     let held = {
         let (bed, proxy, host) = (bed.clone(), proxy.clone(), format!("web.{}", ns.name));
-        tokio::spawn(async move { bed.get_from(&proxy, &host, "/held", Duration::from_secs(40)).await })
+        tokio::spawn(async move {
+            bed.get_from(&proxy, &host, "/held", Duration::from_secs(40))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     istiod.start(&bed).await?;
     let r = held.await??;
-    assert_eq!(r.status, 200, "the held request after istiod's restart: {}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "the held request after istiod's restart: {}",
+        r.body
+    );
     assert_eq!(replicas(&ns, "web").await?, 1);
     istiod.stop().await?;
     ns.cleanup().await

@@ -1,5 +1,5 @@
 //! Sleep when idle, on the test bed: real controller, real filter counting activity in the
-//! mesh simulator's Envoy. Idle timeouts are seconds here.
+//! caller's sidecar. Idle timeouts are seconds here.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -310,10 +310,17 @@ async fn requests_served_by_its_own_pods_keep_it_awake() -> anyhow::Result<()> {
     with_inbound_sidecar(&mut d, 9080, 8081, inbound_port, free_port()?)?;
     create_ingress_sidecar(&ns, "web", 9080, 8081).await?;
     let mut svc = service("web", "web", 80, "http");
-    if let Some(p) = svc.spec.as_mut().and_then(|s| s.ports.as_mut()).and_then(|p| p.first_mut()) {
+    if let Some(p) = svc
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .and_then(|p| p.first_mut())
+    {
         p.target_port = Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9080));
     }
-    ns.api::<Service>().create(&PostParams::default(), &svc).await?;
+    ns.api::<Service>()
+        .create(&PostParams::default(), &svc)
+        .await?;
     ns.api::<Deployment>()
         .create(&PostParams::default(), &d)
         .await?;

@@ -1,5 +1,5 @@
-//! Tests that prove the local test bed: kwok makes pods Ready, the endpointslice controller
-//! publishes them, the mesh simulator's Envoy routes by them, and the API server calls
+//! Tests that prove the local test bed: kwok and the kubelet make pods Ready, the endpointslice controller
+//! publishes them, istiod configures the caller's sidecar by them, and the API server calls
 //! webhooks registered by URL.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! Wake on first request, on the test bed: the real controller, the real filter in the mesh
-//! simulator's Envoy, the real API server.
+//! Wake on first request, on the test bed: the real controller, the real filter in a caller's
+//! sidecar configured by istiod, the real API server.
 
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ async fn request_to_asleep_deployment_is_held_until_it_wakes() -> anyhow::Result
     let reply = bed.get(&format!("web.{}", ns.name), "/first", WAKE).await?;
     assert_eq!(reply.status, 200, "held and then served: {}", reply.body);
     let identity: serde_json::Value = serde_json::from_str(&reply.body)?;
-    // Served by a backend the mesh simulator started for a ready endpoint: the request went
+    // Served by the backend the kubelet started at the pod's address: the request went
     // through only once this Envoy had the endpoint.
     assert_eq!(identity["path"], "/first");
     assert!(
@@ -123,7 +123,10 @@ async fn every_host_form_wakes_the_same_deployment() -> anyhow::Result<()> {
     let svc = format!("h{}", ns.name.rsplit('-').next().unwrap_or("x"));
     let (proxy, admin) = create_caller(&bed.client, &ns.name, "caller", &[]).await?;
     ns.wait_for("the caller's sidecar with the filter", WAKE, || async {
-        Ok(wasm_filter_loaded(&bed, &admin).await.unwrap_or(false).then_some(()))
+        Ok(wasm_filter_loaded(&bed, &admin)
+            .await
+            .unwrap_or(false)
+            .then_some(()))
     })
     .await?;
     let c = asleep_service(&ns, &svc, "http").await?;

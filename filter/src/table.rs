@@ -72,8 +72,7 @@ impl Table {
                 (workload, entry)
             })
             .collect();
-        let mut by_service: HashMap<String, HashMap<String, HashMap<u16, String>>> =
-            HashMap::new();
+        let mut by_service: HashMap<String, HashMap<String, HashMap<u16, String>>> = HashMap::new();
         for d in &snap.destinations {
             if let Some(c) = ClusterName::try_parse(&d.cluster) {
                 by_service
@@ -205,7 +204,10 @@ mod tests {
         assert_eq!(found("outbound|80|v2|web.shop.svc.cluster.local"), port80);
         // istiod with --domain other than the controller's.
         assert_eq!(found("outbound|80||web.shop.svc.corp.example"), port80);
-        assert_eq!(found("outbound|9090|canary|web.shop.svc.corp.example"), port9090);
+        assert_eq!(
+            found("outbound|9090|canary|web.shop.svc.corp.example"),
+            port9090
+        );
         // Each port of a Service with several is its own destination.
         assert_eq!(found("outbound|9090||web.shop.svc.cluster.local"), port9090);
         assert_eq!(found("outbound|8080||web.shop.svc.cluster.local"), None);

@@ -36,8 +36,13 @@ else
 fi
 
 # step "message": announce a step; progress lines go to stderr so stdout stays usable.
-step() { printf '%s==>%s %s\n' "$_bold" "$_reset" "$*" >&2; }
-ok() { printf '    %sok%s %s\n' "$_green" "$_reset" "$*" >&2; }
+# ok "message": the step went well, with how long it took since the last step began.
+_step_started=$SECONDS
+step() {
+  _step_started=$SECONDS
+  printf '%s==>%s %s\n' "$_bold" "$_reset" "$*" >&2
+}
+ok() { printf '    %sok%s %s (%ss)\n' "$_green" "$_reset" "$*" "$((SECONDS - _step_started))" >&2; }
 # fail STEP LOG "message": say what failed and where its log is, show the log's tail, exit 1.
 fail() {
   local what=$1 log=$2 msg=$3

@@ -142,7 +142,10 @@ mod tests {
         let labels = map(&[("kzscaler.io/filter", "true")]);
         let annotations = map(&[
             ("kzscaler.io/wasmplugin", "shop/kzscaler"),
-            ("sidecar.istio.io/statsInclusionSuffixes", "membership_total"),
+            (
+                "sidecar.istio.io/statsInclusionSuffixes",
+                "membership_total",
+            ),
         ]);
         assert!(pod_patch(Some(&labels), Some(&annotations), "shop", "kzscaler").is_empty());
     }
@@ -158,11 +161,13 @@ mod tests {
             "membership_total"
         );
         assert_eq!(
-            pod["metadata"]["annotations"]["kzscaler.io/wasmplugin"],
-            "shop/kzscaler",
+            pod["metadata"]["annotations"]["kzscaler.io/wasmplugin"], "shop/kzscaler",
             "both annotations survive a pod without any"
         );
-        let theirs = map(&[("sidecar.istio.io/statsInclusionSuffixes", "upstream_rq_timeout")]);
+        let theirs = map(&[(
+            "sidecar.istio.io/statsInclusionSuffixes",
+            "upstream_rq_timeout",
+        )]);
         let pod = apply(
             json!({"metadata": {"annotations": {"sidecar.istio.io/statsInclusionSuffixes": "upstream_rq_timeout"}}}),
             pod_patch(None, Some(&theirs), "shop", "kzscaler"),
@@ -172,7 +177,10 @@ mod tests {
             "upstream_rq_timeout,membership_total",
             "the pod's own suffixes are kept"
         );
-        let already = map(&[("sidecar.istio.io/statsInclusionSuffixes", "a, membership_total")]);
+        let already = map(&[(
+            "sidecar.istio.io/statsInclusionSuffixes",
+            "a, membership_total",
+        )]);
         let ops = pod_patch(None, Some(&already), "shop", "kzscaler");
         assert!(
             !format!("{ops:?}").contains("statsInclusionSuffixes"),

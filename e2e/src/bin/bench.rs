@@ -141,7 +141,6 @@ fn spread(v: &mut [f64]) -> (f64, f64, f64) {
     (median, v[0], v[n - 1])
 }
 
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -280,7 +279,12 @@ async fn main() -> anyhow::Result<()> {
         ns.wait_for(
             "the endpoint to leave Envoy",
             Duration::from_secs(30),
-            || async { Ok(healthy_hosts(&bed, &kz.admin, &web).await?.is_empty().then_some(())) },
+            || async {
+                Ok(healthy_hosts(&bed, &kz.admin, &web)
+                    .await?
+                    .is_empty()
+                    .then_some(()))
+            },
         )
         .await?;
         wait_filter_sees(&ns, &kz_ctl, &web, State::Asleep).await?;
@@ -290,7 +294,10 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let until = Instant::now() + Duration::from_secs(30);
                 while Instant::now() < until {
-                    if healthy_hosts(&bed, &admin, &web).await.is_ok_and(|h| !h.is_empty()) {
+                    if healthy_hosts(&bed, &admin, &web)
+                        .await
+                        .is_ok_and(|h| !h.is_empty())
+                    {
                         return Some(Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;

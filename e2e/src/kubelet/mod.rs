@@ -8,6 +8,7 @@
 //!        └───────────────────────────├─ sidecar.rs: pilot-agent + Envoy for `istio-proxy`
 //!                                    └─ hostPort bridges from 127.0.0.1 on this machine
 //! ```
+pub mod backend;
 pub mod netns;
 pub mod pods;
 pub mod sidecar;

@@ -93,13 +93,21 @@ impl Network {
         let attach = || -> anyhow::Result<()> {
             ip(&["-n", &name, "link", "set", "lo", "up"])?;
             ip(&[
-                "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
-                "netns", &name,
+                "-n", &node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                &name,
             ])?;
             ip(&["-n", &node, "link", "set", &veth, "master", "br0", "up"])?;
             // The MAC follows the address: kwok hands a freed address to the next pod, and
             // neighbours' ARP caches (reachable for up to 30 s) must still find it.
-            ip(&["-n", &name, "link", "set", "eth0", "address", &mac_of(ip_addr)])?;
+            ip(&[
+                "-n",
+                &name,
+                "link",
+                "set",
+                "eth0",
+                "address",
+                &mac_of(ip_addr),
+            ])?;
             ip(&["-n", &name, "addr", "add", &cidr, "dev", "eth0"])?;
             ip(&["-n", &name, "link", "set", "eth0", "up"])
         };
@@ -144,24 +152,6 @@ impl Network {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_mac_follow_the_address() {
-        let ip = Ipv4Addr::new(10, 244, 0, 15);
-        let net = Network {
-            prefix: "kzscaler".into(),
-            prefix_len: 16,
-        };
-        assert_eq!(net.pod_netns(ip), "kzscaler-10-244-0-15");
-        assert_eq!(veth_name(ip), "v0af4000f");
-        assert!(veth_name(Ipv4Addr::new(255, 255, 255, 255)).len() <= 15);
-        assert_eq!(mac_of(ip), "02:42:0a:f4:00:0f");
-    }
-}
-
 /// Runs `f` on a new thread inside network namespace `netns` and returns what it made
 /// (sockets made there stay in that namespace). A fresh thread each time: a thread that has
 /// entered a namespace is never reused for anything else.
@@ -195,4 +185,22 @@ pub fn listen_in(netns: &str, addr: std::net::SocketAddr) -> anyhow::Result<std:
 /// An unconnected TCP socket inside `netns`; connect it from the runtime.
 pub fn socket_in(netns: &str) -> anyhow::Result<tokio::net::TcpSocket> {
     in_netns(netns, tokio::net::TcpSocket::new_v4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_mac_follow_the_address() {
+        let ip = Ipv4Addr::new(10, 244, 0, 15);
+        let net = Network {
+            prefix: "kzscaler".into(),
+            prefix_len: 16,
+        };
+        assert_eq!(net.pod_netns(ip), "kzscaler-10-244-0-15");
+        assert_eq!(veth_name(ip), "v0af4000f");
+        assert!(veth_name(Ipv4Addr::new(255, 255, 255, 255)).len() <= 15);
+        assert_eq!(mac_of(ip), "02:42:0a:f4:00:0f");
+    }
 }

@@ -5,7 +5,7 @@
 //! - named `istio-proxy`: pilot-agent and Envoy ([`super::sidecar`]);
 //! - image `kzscaler.io/testbed/forward`, args `PORT=HOST:PORT`: the pod's PORT forwards to a
 //!   process on this machine's 127.0.0.1 (how the test bed's controllers get pod addresses);
-//! - any other image: the test backend ([`crate::meshsim::backend`]) on every container port,
+//! - any other image: the test backend ([`super::backend`]) on every container port,
 //!   gRPC when the port's name starts with `grpc`, on all of the pod's addresses.
 //!
 //! A `hostPort` (with `hostIP` 127.0.0.1) makes 127.0.0.1:hostPort on this machine reach
@@ -27,9 +27,9 @@ use tokio::sync::Notify;
 
 use kzscaler_controller::watch::spawn_reflector_with;
 
+use super::backend::{self, Backend};
 use super::netns::{self, Network};
 use super::sidecar::{self, Istio};
-use crate::meshsim::backend::{self, Backend};
 
 /// The image that forwards pod ports to processes on this machine.
 pub const FORWARD_IMAGE: &str = "kzscaler.io/testbed/forward";
@@ -70,7 +70,6 @@ struct Sandbox {
     /// Readiness checks (HTTP GET, 200 passes): a sidecar's pilot-agent `/healthz/ready`, a
     /// forwarded container's `readinessProbe`. None: ready once started.
     probes: Vec<Probe>,
-    ready: bool,
 }
 
 /// An HTTP readiness check on this machine.
@@ -151,7 +150,10 @@ async fn reconcile(
     // Stop what is gone (or was replaced by a pod of the same name).
     let gone: Vec<String> = sandboxes
         .iter()
-        .filter(|(k, s)| live.get(*k).is_none_or(|(uid, ip, _)| *uid != s.uid || *ip != s.ip))
+        .filter(|(k, s)| {
+            live.get(*k)
+                .is_none_or(|(uid, ip, _)| *uid != s.uid || *ip != s.ip)
+        })
         .map(|(k, _)| k.clone())
         .collect();
     for key in gone {
@@ -199,7 +201,7 @@ async fn reconcile(
         }
     }
     // Readiness: containers serve (and a sidecar's agent says ready).
-    for (key, sb) in sandboxes.iter_mut() {
+    for (key, sb) in sandboxes.iter() {
         let mut ready = true;
         for p in &sb.probes {
             ready = ready && http_ok(p).await;
@@ -207,14 +209,11 @@ async fn reconcile(
         let Some((_, _, pod)) = live.get(key) else {
             continue;
         };
-        let marked = pod_ready(pod);
-        if ready != marked || !sb.ready && ready {
-            if let Err(e) = set_ready(client, pod, ready).await {
-                tracing::warn!(pod = %key, error = %e, "could not write the pod's Ready condition; retrying");
-                continue;
-            }
+        if ready != pod_ready(pod)
+            && let Err(e) = set_ready(client, pod, ready).await
+        {
+            tracing::warn!(pod = %key, error = %e, "could not write the pod's Ready condition; retrying");
         }
-        sb.ready = ready;
     }
 }
 
@@ -230,7 +229,10 @@ async fn http_ok(p: &Probe) -> bool {
     let probe = async {
         let mut s = tokio::net::TcpStream::connect(p.addr).await?;
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let req = format!("GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: kube-probe/1.36\r\n\r\n", p.path, p.addr);
+        let req = format!(
+            "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: kube-probe/1.36\r\n\r\n",
+            p.path, p.addr
+        );
         s.write_all(req.as_bytes()).await?;
         let mut buf = [0u8; 12];
         s.read_exact(&mut buf).await?;
@@ -277,7 +279,6 @@ async fn start(opts: &Options, pod: &Pod, ip: Ipv4Addr) -> anyhow::Result<Sandbo
         tasks: Vec::new(),
         sidecar: None,
         probes: Vec::new(),
-        ready: false,
     };
     for c in &spec.containers {
         for p in c.ports.iter().flatten() {
@@ -308,7 +309,11 @@ async fn start(opts: &Options, pod: &Pod, ip: Ipv4Addr) -> anyhow::Result<Sandbo
                 addr: SocketAddr::from(([127, 0, 0, 1], status)),
                 path: "/healthz/ready".into(),
             });
-        } else if c.image.as_deref().is_some_and(|i| i.starts_with(FORWARD_IMAGE)) {
+        } else if c
+            .image
+            .as_deref()
+            .is_some_and(|i| i.starts_with(FORWARD_IMAGE))
+        {
             let probe = c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref());
             for arg in c.args.iter().flatten() {
                 let (task, port, target) = forward(&ns_name, arg).await?;
@@ -317,14 +322,17 @@ async fn start(opts: &Options, pod: &Pod, ip: Ipv4Addr) -> anyhow::Result<Sandbo
                 if let Some(get) = probe {
                     let named = |n: &str| {
                         c.ports.iter().flatten().any(|p| {
-                            p.name.as_deref() == Some(n) && u16::try_from(p.container_port) == Ok(port)
+                            p.name.as_deref() == Some(n)
+                                && u16::try_from(p.container_port) == Ok(port)
                         })
                     };
                     let matches = match &get.port {
                         k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
                             u16::try_from(*n) == Ok(port)
                         }
-                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(n) => named(n),
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(n) => {
+                            named(n)
+                        }
                     };
                     if matches {
                         sb.probes.push(Probe {
@@ -376,7 +384,9 @@ pub fn workload_of(pod: &Pod) -> String {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn start_sidecar(
@@ -453,7 +463,10 @@ async fn bridge(host: SocketAddr, netns: String, port: u16) -> anyhow::Result<Ta
                         return;
                     }
                 };
-                let Ok(mut outbound) = socket.connect(SocketAddr::from(([127, 0, 0, 1], port))).await else {
+                let Ok(mut outbound) = socket
+                    .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+                    .await
+                else {
                     return;
                 };
                 let _ = outbound.set_nodelay(true);
@@ -472,9 +485,9 @@ async fn forward(netns: &str, arg: &str) -> anyhow::Result<(Task, u16, SocketAdd
     let port: u16 = port
         .parse()
         .with_context(|| format!("{FORWARD_IMAGE} argument {arg:?}: port {port:?}: {expected}"))?;
-    let target: SocketAddr = target
-        .parse()
-        .with_context(|| format!("{FORWARD_IMAGE} argument {arg:?}: target {target:?}: {expected}"))?;
+    let target: SocketAddr = target.parse().with_context(|| {
+        format!("{FORWARD_IMAGE} argument {arg:?}: target {target:?}: {expected}")
+    })?;
     let std_listener = netns::listen_in(netns, SocketAddr::from(([0, 0, 0, 0], port)))?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     let task = Task(tokio::spawn(async move {

@@ -98,7 +98,9 @@ pub fn proxy_config(istio: &Istio, spec: &Spec, envoy_wrapper: &Path) -> anyhow:
             format!("annotation proxy.istio.io/config {annotation:?}: expected a JSON object")
         })?;
         let (Some(base), Some(over)) = (config.as_object_mut(), overrides.as_object()) else {
-            anyhow::bail!("annotation proxy.istio.io/config {annotation:?}: expected a JSON object");
+            anyhow::bail!(
+                "annotation proxy.istio.io/config {annotation:?}: expected a JSON object"
+            );
         };
         for (k, v) in over {
             base.insert(k.clone(), v.clone());
@@ -128,7 +130,10 @@ pub fn start(istio: &Istio, spec: &Spec) -> anyhow::Result<Sidecar> {
     .with_context(|| format!("copying {}", istio.bootstrap_template.display()))?;
     // The downward API volume Istio's injector mounts: labels and annotations, `key="value"`.
     std::fs::write(dir.join("etc/istio/pod/labels"), downward_api(&spec.labels))?;
-    std::fs::write(dir.join("etc/istio/pod/annotations"), downward_api(&spec.annotations))?;
+    std::fs::write(
+        dir.join("etc/istio/pod/annotations"),
+        downward_api(&spec.annotations),
+    )?;
     let wrapper = dir.join("envoy-in-pod");
     std::fs::write(
         &wrapper,
@@ -153,8 +158,16 @@ pub fn start(istio: &Istio, spec: &Spec) -> anyhow::Result<Sidecar> {
         .arg(dir.join("wasm-cache"))
         .arg(&istio.agent)
         .args(["proxy", "sidecar"])
-        .args(["--domain", &format!("{}.svc.{}", spec.namespace, istio.domain)])
-        .args(["--proxyLogLevel", "warning", "--proxyComponentLogLevel", "wasm:info,misc:error"])
+        .args([
+            "--domain",
+            &format!("{}.svc.{}", spec.namespace, istio.domain),
+        ])
+        .args([
+            "--proxyLogLevel",
+            "warning",
+            "--proxyComponentLogLevel",
+            "wasm:info,misc:error",
+        ])
         .args(["--log_output_level", "default:warn,wasm:info"])
         .current_dir(dir)
         .env_clear()
@@ -225,5 +238,71 @@ pub fn stop_leftovers(root: &Path) {
             let _ = std::fs::remove_file(&file);
             tracing::info!(pgid, pod = %pod.path().display(), "stopped a sidecar an earlier kubelet left running");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(proxy_config: Option<&str>) -> Spec {
+        Spec {
+            pod: "caller".into(),
+            namespace: "shop".into(),
+            ip: "10.244.0.2".into(),
+            service_account: "default".into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            workload: "caller".into(),
+            env: Vec::new(),
+            proxy_config: proxy_config.map(str::to_owned),
+            admin_port: 15000,
+            status_port: 15020,
+            netns: "kzscaler-10-244-0-2".into(),
+            dir: PathBuf::from("/tmp/x"),
+        }
+    }
+
+    fn istio() -> Istio {
+        Istio {
+            agent: "pilot-agent".into(),
+            envoy: "envoy".into(),
+            bootstrap_template: "t.json".into(),
+            discovery: "127.0.0.1:15010".into(),
+            domain: "cluster.local".into(),
+        }
+    }
+
+    #[test]
+    fn the_pods_proxy_config_annotation_overrides_the_defaults() -> anyhow::Result<()> {
+        let w = Path::new("/w");
+        let base = proxy_config(&istio(), &spec(None), w)?;
+        assert_eq!(base["discoveryAddress"], "127.0.0.1:15010");
+        assert_eq!(base["concurrency"], 1);
+        assert_eq!(base["proxyAdminPort"], 15000);
+        let over = proxy_config(
+            &istio(),
+            &spec(Some(
+                r#"{"concurrency": 2, "discoveryAddress": "127.0.0.1:1"}"#,
+            )),
+            w,
+        )?;
+        assert_eq!(over["concurrency"], 2);
+        assert_eq!(over["discoveryAddress"], "127.0.0.1:1");
+        assert_eq!(over["statusPort"], 15020, "the rest stays");
+        let err = proxy_config(&istio(), &spec(Some("concurrency: 2")), w).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("proxy.istio.io/config"),
+            "{err:#}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn downward_api_files_quote_values_as_istio_reads_them() {
+        let mut m = BTreeMap::new();
+        m.insert("app".to_owned(), "web".to_owned());
+        m.insert("note".to_owned(), "a \"b\"\nc".to_owned());
+        assert_eq!(downward_api(&m), "app=\"web\"\nnote=\"a \\\"b\\\"\\nc\"\n");
     }
 }

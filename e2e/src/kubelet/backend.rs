@@ -1,5 +1,5 @@
-//! The backends: a real HTTP (or gRPC) server on 127.0.0.1 for each ready endpoint, playing
-//! the pod behind it.
+//! The test backend: a real HTTP (or gRPC) server that the kubelet runs for a pod's container
+//! ports, at the pod's own address.
 //!
 //! HTTP: answers every request with a JSON identity. Query parameters make it misbehave:
 //! `delay_ms=N` answers after N ms; `stream=N&interval_ms=M` sends N chunks, M ms apart;
@@ -25,8 +25,6 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::model::EndpointKey;
-
 type Body = BoxBody<Bytes, Infallible>;
 
 /// A running backend: dropping it stops the server and its connections.
@@ -41,20 +39,6 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Starts the backend for one endpoint on an ephemeral port of 127.0.0.1.
-pub async fn start(key: &EndpointKey) -> std::io::Result<Backend> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let identity = Identity {
-        pod: key.pod.clone(),
-        namespace: key.namespace.clone(),
-        service: key.service.clone(),
-        address: key.address.clone(),
-        target_port: key.target_port,
-    };
-    serve(listener, identity, key.grpc)
 }
 
 /// Serves HTTP (or gRPC) on a listening socket made elsewhere (e.g. inside a pod's network
