@@ -144,6 +144,8 @@ cat "$stages/node/fast/node-initialize.yaml" <(echo ---) \
   "$stages/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" <(echo ---) \
   "$REPO_ROOT/hack/testbed/kwok-pod-running.yaml" <(echo ---) "$stages/pod/fast/pod-complete.yaml" <(echo ---) \
   "$stages/pod/fast/pod-delete.yaml" >"$KZSCALER_STATE_DIR/kwok-stages.yaml"
+kwok_was_running=false
+pid_of kwok >/dev/null && kwok_was_running=true
 start_component kwok "" true 10 \
   kwok --kubeconfig "$KUBECONFIG" --config "$KZSCALER_STATE_DIR/kwok-stages.yaml" \
   --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
@@ -163,6 +165,11 @@ NODE
 kubectl wait --for=condition=Ready node/kwok-node-0 --timeout=60s >>"$KZSCALER_STATE_DIR/logs/node.log" 2>&1 ||
   fail "kwok" "$KZSCALER_STATE_DIR/logs/kwok.log" "node kwok-node-0 did not become Ready within 60s"
 ok "node kwok-node-0 Ready"
+if ! $kwok_was_running; then
+  # kwok hands out pod addresses from memory: pods left from an earlier run (etcd keeps them)
+  # hold addresses it would give again. Delete them; their owners (and local-up) recreate them.
+  kubectl delete pods -A --field-selector spec.nodeName=kwok-node-0 --wait=false >>"$KZSCALER_STATE_DIR/logs/node.log" 2>&1 || true
+fi
 
 # === Istio: CRDs and istiod ===
 step "Istio CRDs (istio.io/istio $ISTIO_VERSION)"

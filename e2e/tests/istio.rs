@@ -70,9 +70,10 @@ async fn the_wasmplugin_reaches_labelled_sidecars_only() -> anyhow::Result<()> {
         )
         .await?;
     assert!(
-        dump.body.contains(&format!("{}.kzscaler", opted.name))
-            && dump.body.contains("kzscaler_filter")
-            || dump.body.contains("\"kzscaler\""),
+        dump.body.contains(&format!(
+            "extensions.istio.io/trafficextension/{}.kzscaler~istio-translated-wasmplugin",
+            opted.name
+        )),
         "the ECDS resource is istiod's translation of WasmPlugin {}/kzscaler: {}",
         opted.name,
         dump.body

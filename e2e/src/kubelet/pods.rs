@@ -183,6 +183,11 @@ async fn reconcile(
         if sandboxes.contains_key(key) {
             continue;
         }
+        if let Some((other, _)) = sandboxes.iter().find(|(_, s)| s.ip == *ip) {
+            // Two live pods with one address: never take it from the running one.
+            tracing::error!(pod = %key, %ip, holder = %other, "the pod's address belongs to another running pod (was kwok restarted with pods left in etcd?); not starting it");
+            continue;
+        }
         lingering.remove(ip);
         match start(opts, pod, *ip).await {
             Ok(sb) => {
