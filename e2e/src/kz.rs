@@ -703,6 +703,35 @@ pub fn with_inbound_sidecar(
     Ok(())
 }
 
+/// Creates an Istio `networking.istio.io/v1` object (`Sidecar`, `DestinationRule`, ...) in the
+/// test's namespace.
+pub async fn create_istio(
+    ns: &TempNamespace,
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<()> {
+    let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "networking.istio.io",
+        "v1",
+        kind,
+    ));
+    let object = serde_json::json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns.name},
+        "spec": spec,
+    });
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(ns.bed.client.clone(), &ns.name, &ar)
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(object)?,
+        )
+        .await
+        .with_context(|| format!("creating {kind} {}/{name}", ns.name))?;
+    Ok(())
+}
+
 /// A `Sidecar` resource for the pods labelled `app: <app>`: an ingress listener on `port`
 /// (all addresses) in front of the app on 127.0.0.1:`app_port`, as Istio sets up a pod's
 /// inbound side without traffic capture.
@@ -712,33 +741,16 @@ pub async fn create_ingress_sidecar(
     port: u16,
     app_port: u16,
 ) -> anyhow::Result<()> {
-    let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-        "networking.istio.io",
-        "v1",
-        "Sidecar",
-    ));
-    let sidecar = serde_json::json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Sidecar",
-        "metadata": {"name": app, "namespace": ns.name},
-        "spec": {
-            "workloadSelector": {"labels": {"app": app}},
-            "ingress": [{
-                "port": {"number": port, "protocol": "HTTP", "name": "http"},
-                "bind": "0.0.0.0",
-                "captureMode": "NONE",
-                "defaultEndpoint": format!("127.0.0.1:{app_port}"),
-            }],
-        }
+    let spec = serde_json::json!({
+        "workloadSelector": {"labels": {"app": app}},
+        "ingress": [{
+            "port": {"number": port, "protocol": "HTTP", "name": "http"},
+            "bind": "0.0.0.0",
+            "captureMode": "NONE",
+            "defaultEndpoint": format!("127.0.0.1:{app_port}"),
+        }],
     });
-    kube::Api::<kube::api::DynamicObject>::namespaced_with(ns.bed.client.clone(), &ns.name, &ar)
-        .create(
-            &kube::api::PostParams::default(),
-            &serde_json::from_value(sidecar)?,
-        )
-        .await
-        .with_context(|| format!("creating Sidecar {}/{app}", ns.name))?;
-    Ok(())
+    create_istio(ns, "Sidecar", app, spec).await
 }
 
 /// A `Sidecar` resource that scopes the sidecars of pods labelled `app: <app>` to their own
@@ -746,26 +758,9 @@ pub async fn create_ingress_sidecar(
 /// listener on 127.0.0.1:<port>, so Services of other namespaces on the same port would
 /// take it.
 pub async fn create_egress_sidecar(ns: &TempNamespace, app: &str) -> anyhow::Result<()> {
-    let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
-        "networking.istio.io",
-        "v1",
-        "Sidecar",
-    ));
-    let sidecar = serde_json::json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Sidecar",
-        "metadata": {"name": format!("{app}-egress"), "namespace": ns.name},
-        "spec": {
-            "workloadSelector": {"labels": {"app": app}},
-            "egress": [{"hosts": ["./*", "kzscaler-system/*"]}],
-        }
+    let spec = serde_json::json!({
+        "workloadSelector": {"labels": {"app": app}},
+        "egress": [{"hosts": ["./*", "kzscaler-system/*"]}],
     });
-    kube::Api::<kube::api::DynamicObject>::namespaced_with(ns.bed.client.clone(), &ns.name, &ar)
-        .create(
-            &kube::api::PostParams::default(),
-            &serde_json::from_value(sidecar)?,
-        )
-        .await
-        .with_context(|| format!("creating Sidecar {}/{app}-egress", ns.name))?;
-    Ok(())
+    create_istio(ns, "Sidecar", &format!("{app}-egress"), spec).await
 }

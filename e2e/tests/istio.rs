@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::PostParams;
 use kzscaler_core::wire::State;
 use kzscaler_e2e::fixtures::service;
 use kzscaler_e2e::kz::{
-    cluster, create_caller, managed_deployment, replicas, wait_filter_sees, wasm_filter_loaded,
+    cluster, create_caller, create_istio, managed_deployment, replicas, wait_filter_sees,
+    wasm_filter_loaded,
 };
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
@@ -96,10 +97,6 @@ async fn the_wasmplugin_reaches_labelled_sidecars_only() -> anyhow::Result<()> {
     plain.cleanup().await
 }
 
-fn istio_resource(group: &str, kind: &str) -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(group, "v1", kind))
-}
-
 #[tokio::test]
 async fn a_subset_route_holds_wakes_and_keeps_awake_its_deployment() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
@@ -124,32 +121,22 @@ async fn a_subset_route_holds_wakes_and_keeps_awake_its_deployment() -> anyhow::
     ns.api::<Deployment>()
         .create(&PostParams::default(), &d)
         .await?;
-    let dr: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": {"name": "web", "namespace": ns.name},
-        "spec": {"host": host, "subsets": [
+    create_istio(
+        &ns,
+        "DestinationRule",
+        "web",
+        json!({"host": host, "subsets": [
             {"name": "v1", "labels": {"version": "v1"}},
             {"name": "v2", "labels": {"version": "v2"}}
-        ]}
-    }))?;
-    let vs: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-        "metadata": {"name": "web", "namespace": ns.name},
-        "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": host, "subset": "v1"}}]}]}
-    }))?;
-    kube::Api::<DynamicObject>::namespaced_with(
-        bed.client.clone(),
-        &ns.name,
-        &istio_resource("networking.istio.io", "DestinationRule"),
+        ]}),
     )
-    .create(&PostParams::default(), &dr)
     .await?;
-    kube::Api::<DynamicObject>::namespaced_with(
-        bed.client.clone(),
-        &ns.name,
-        &istio_resource("networking.istio.io", "VirtualService"),
+    create_istio(
+        &ns,
+        "VirtualService",
+        "web",
+        json!({"hosts": [host], "http": [{"route": [{"destination": {"host": host, "subset": "v1"}}]}]}),
     )
-    .create(&PostParams::default(), &vs)
     .await?;
     let ctl = bed
         .controller
