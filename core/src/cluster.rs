@@ -43,31 +43,28 @@ pub enum ClusterNameError {
     },
 }
 
-/// Why a name did not parse, without the allocation [`ClusterNameError`] makes (the filter
-/// asks on the request path).
+/// Why a name did not parse, borrowing the offending part: [`ClusterNameError`] allocates,
+/// and the filter asks on the request path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refused {
+enum Refused<'a> {
     NotOutbound,
-    BadPort,
-    NotServiceHost,
+    BadPort(&'a str),
+    NotServiceHost(&'a str),
 }
 
 impl<'a> ClusterName<'a> {
     /// Parses `outbound|8080||web.shop.svc.cluster.local`.
     pub fn parse(name: &'a str) -> Result<Self, ClusterNameError> {
-        Self::split(name).map_err(|why| {
-            let part = |i: usize| name.split('|').nth(i).unwrap_or_default().to_owned();
-            match why {
-                Refused::NotOutbound => ClusterNameError::NotOutbound(name.to_owned()),
-                Refused::BadPort => ClusterNameError::BadPort {
-                    name: name.to_owned(),
-                    port: part(1),
-                },
-                Refused::NotServiceHost => ClusterNameError::NotServiceHost {
-                    name: name.to_owned(),
-                    host: part(3),
-                },
-            }
+        Self::split(name).map_err(|why| match why {
+            Refused::NotOutbound => ClusterNameError::NotOutbound(name.to_owned()),
+            Refused::BadPort(port) => ClusterNameError::BadPort {
+                name: name.to_owned(),
+                port: port.to_owned(),
+            },
+            Refused::NotServiceHost(host) => ClusterNameError::NotServiceHost {
+                name: name.to_owned(),
+                host: host.to_owned(),
+            },
         })
     }
 
@@ -76,7 +73,7 @@ impl<'a> ClusterName<'a> {
         Self::split(name).ok()
     }
 
-    fn split(name: &'a str) -> Result<Self, Refused> {
+    fn split(name: &'a str) -> Result<Self, Refused<'a>> {
         let mut parts = name.split('|');
         let (Some("outbound"), Some(port), Some(subset), Some(host), None) = (
             parts.next(),
@@ -89,16 +86,16 @@ impl<'a> ClusterName<'a> {
         };
         let port = match port.parse::<u16>() {
             Ok(p) if p > 0 => p,
-            _ => return Err(Refused::BadPort),
+            _ => return Err(Refused::BadPort(port)),
         };
         let mut labels = host.splitn(4, '.');
         let (Some(service), Some(namespace), Some("svc"), Some(domain)) =
             (labels.next(), labels.next(), labels.next(), labels.next())
         else {
-            return Err(Refused::NotServiceHost);
+            return Err(Refused::NotServiceHost(host));
         };
         if service.is_empty() || namespace.is_empty() || domain.is_empty() {
-            return Err(Refused::NotServiceHost);
+            return Err(Refused::NotServiceHost(host));
         }
         Ok(Self {
             port,

@@ -30,6 +30,23 @@ pub fn deployment(name: &str, replicas: i32) -> Deployment {
     parsed.unwrap_or_default()
 }
 
+/// A bare pod on kwok's fake nodes with this `metadata` and these `containers` (JSON), run by
+/// the test bed's kubelet.
+pub fn kwok_pod(
+    metadata: serde_json::Value,
+    containers: serde_json::Value,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": metadata,
+        "spec": {
+            "nodeSelector": {KWOK_NODE_LABEL.0: KWOK_NODE_LABEL.1},
+            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+            "automountServiceAccountToken": false,
+            "containers": containers,
+        }
+    }))?)
+}
+
 /// A ClusterIP Service `name` selecting `app: <app>`, port `port` named `port_name`, to
 /// target port 8080.
 pub fn service(name: &str, app: &str, port: i32, port_name: &str) -> Service {

@@ -273,7 +273,7 @@ pub async fn create_caller(
     name: &str,
     labels: &[(&str, &str)],
 ) -> anyhow::Result<(String, String)> {
-    let c = create_caller_with(client, ns, name, labels, &[]).await?;
+    let c = create_caller_with(client, ns, name, labels, &[], &[]).await?;
     Ok((c.proxy, c.admin))
 }
 
@@ -290,12 +290,14 @@ pub struct Caller {
     pub outbound: Vec<(u16, String)>,
 }
 
-/// [`create_caller`], also bridging the sidecar's outbound listeners for `outbound` ports.
+/// [`create_caller`] with `annotations` (e.g. `proxy.istio.io/config`), also bridging the
+/// sidecar's outbound listeners for `outbound` ports.
 pub async fn create_caller_with(
     client: &kube::Client,
     ns: &str,
     name: &str,
     labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
     outbound: &[u16],
 ) -> anyhow::Result<Caller> {
     let (proxy, admin) = (free_port()?, free_port()?);
@@ -304,6 +306,10 @@ pub async fn create_caller_with(
     for (k, v) in labels {
         all.insert((*k).into(), serde_json::json!(v));
     }
+    let notes: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+        .collect();
     let mut container = sidecar_container(Some(proxy), admin);
     let mut bridged = Vec::new();
     for port in outbound {
@@ -313,15 +319,10 @@ pub async fn create_caller_with(
         }
         bridged.push((*port, format!("127.0.0.1:{host}")));
     }
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": all},
-        "spec": {
-            "nodeSelector": {fixtures::KWOK_NODE_LABEL.0: fixtures::KWOK_NODE_LABEL.1},
-            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
-            "automountServiceAccountToken": false,
-            "containers": [container],
-        }
-    }))?;
+    let pod = fixtures::kwok_pod(
+        serde_json::json!({"name": name, "labels": all, "annotations": notes}),
+        serde_json::json!([container]),
+    )?;
     kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
         .create(&kube::api::PostParams::default(), &pod)
         .await
@@ -473,20 +474,15 @@ impl PrivateMesh {
             .await
             .context("creating the private controllers' Service")?;
         for c in &controllers {
-            let pod: Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": c.identity, "labels": {"app.kubernetes.io/name": "kzscaler-controller", kzscaler_core::names::INJECT_LABEL: "false"}},
-                "spec": {
-                    "nodeSelector": {fixtures::KWOK_NODE_LABEL.0: fixtures::KWOK_NODE_LABEL.1},
-                    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
-                    "automountServiceAccountToken": false,
-                    "containers": [{
-                        "name": "controller", "image": crate::kubelet::pods::FORWARD_IMAGE,
-                        "args": [format!("8080={}", c.addr)],
-                        "ports": [{"name": "http", "containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1}
-                    }]
-                }
-            }))?;
+            let pod = fixtures::kwok_pod(
+                serde_json::json!({"name": c.identity, "labels": {"app.kubernetes.io/name": "kzscaler-controller", kzscaler_core::names::INJECT_LABEL: "false"}}),
+                serde_json::json!([{
+                    "name": "controller", "image": crate::kubelet::pods::FORWARD_IMAGE,
+                    "args": [format!("8080={}", c.addr)],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1}
+                }]),
+            )?;
             pods.create(&kube::api::PostParams::default(), &pod)
                 .await
                 .with_context(|| format!("creating the controller pod {}", c.identity))?;

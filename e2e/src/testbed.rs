@@ -27,8 +27,6 @@ pub struct TestBed {
     pub controller: Option<String>,
     /// host:port of the caller's Envoy admin interface.
     pub envoy_admin: Option<String>,
-    /// host:port of istiod's debug HTTP server (`/debug/syncz`).
-    pub istiod: Option<String>,
     /// The kubeconfig file.
     pub kubeconfig: PathBuf,
     http: HttpClient<HttpConnector, Full<Bytes>>,
@@ -158,7 +156,6 @@ impl TestBed {
             state_dir: PathBuf::from(state_dir),
             controller: var("KZSCALER_CONTROLLER"),
             envoy_admin: var("KZSCALER_ENVOY_ADMIN"),
-            istiod: var("KZSCALER_ISTIOD"),
             kubeconfig: PathBuf::from(kubeconfig),
             http,
         })

@@ -45,7 +45,7 @@ async fn grpc_health_and_echo_work_through_envoy_and_fail_unavailable_at_zero() 
         .await?;
 
     create_egress_sidecar(&ns, "caller").await?;
-    let caller = create_caller_with(&bed.client, &ns.name, "caller", &[], &[9090]).await?;
+    let caller = create_caller_with(&bed.client, &ns.name, "caller", &[], &[], &[9090]).await?;
     let listener = caller
         .outbound
         .first()

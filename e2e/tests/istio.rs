@@ -143,20 +143,22 @@ async fn a_subset_route_holds_wakes_and_keeps_awake_its_deployment() -> anyhow::
         .clone()
         .ok_or_else(|| anyhow::anyhow!("KZSCALER_CONTROLLER is not set"))?;
     wait_filter_sees(&ns, &ctl, &cluster(&ns.name, "web", 80), State::Asleep).await?;
-    if let Some(admin) = &bed.envoy_admin {
-        let subset = format!("outbound|80|v1|{host}");
-        ns.wait_for(
-            "the caller's Envoy to have the v1 subset's cluster",
-            WAIT,
-            || async {
-                let r = bed
-                    .get_from(admin, "x", "/clusters", Duration::from_secs(2))
-                    .await?;
-                Ok(r.body.contains(&subset).then_some(()))
-            },
-        )
-        .await?;
-    }
+    let admin = bed
+        .envoy_admin
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("KZSCALER_ENVOY_ADMIN is not set: is the test bed up?"))?;
+    let subset = format!("outbound|80|v1|{host}");
+    ns.wait_for(
+        "the caller's Envoy to have the v1 subset's cluster",
+        WAIT,
+        || async {
+            let r = bed
+                .get_from(admin, "x", "/clusters", Duration::from_secs(2))
+                .await?;
+            Ok(r.body.contains(&subset).then_some(()))
+        },
+    )
+    .await?;
     let reply = bed
         .get(&format!("web.{}", ns.name), "/via-v1", WAIT)
         .await?;

@@ -6,9 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
-use kzscaler_e2e::kz::{create_managed, free_port, replicas, sidecar_container};
+use kzscaler_e2e::kz::{create_caller_with, create_managed, free_port, replicas};
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::{TestBed, testbed_binary};
 use serde_json::json;
@@ -115,20 +113,17 @@ impl Istiod {
 
 /// A caller pod in `ns` whose sidecar gets its configuration from `istiod`; (proxy, admin).
 async fn caller_of(ns: &TempNamespace, istiod: &Istiod) -> anyhow::Result<(String, String)> {
-    let (proxy, admin) = (free_port()?, free_port()?);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "caller", "labels": {"app": "caller"}, "annotations": {
-            "proxy.istio.io/config": json!({"discoveryAddress": format!("127.0.0.1:{}", istiod.xds)}).to_string()
-        }},
-        "spec": {
-            "nodeSelector": {"type": "kwok"},
-            "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
-            "automountServiceAccountToken": false,
-            "containers": [sidecar_container(Some(proxy), admin)],
-        }
-    }))?;
-    ns.api::<Pod>().create(&PostParams::default(), &pod).await?;
-    Ok((format!("127.0.0.1:{proxy}"), format!("127.0.0.1:{admin}")))
+    let config = json!({"discoveryAddress": format!("127.0.0.1:{}", istiod.xds)}).to_string();
+    let c = create_caller_with(
+        &ns.bed.client,
+        &ns.name,
+        "caller",
+        &[],
+        &[("proxy.istio.io/config", &config)],
+        &[],
+    )
+    .await?;
+    Ok((c.proxy, c.admin))
 }
 
 #[tokio::test]

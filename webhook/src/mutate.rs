@@ -32,7 +32,7 @@ pub fn pod_patch(
     }
     let plugin_ref = format!("{namespace}/{wasmplugin}");
     let mut ops = Vec::new();
-    add_entry(&mut ops, "labels", labels, names::FILTER_LABEL, "true");
+    add_entries(&mut ops, "labels", labels, &[(names::FILTER_LABEL, "true")]);
     let stats = annotations.and_then(|a| a.get(STATS_SUFFIXES_ANNOTATION));
     let stats = match stats {
         Some(v) if v.split(',').any(|s| s.trim() == ENDPOINTS_STAT) => v.clone(),
@@ -75,16 +75,6 @@ fn add_entries(
             Value::String((*value).to_owned()),
         ));
     }
-}
-
-fn add_entry(
-    ops: &mut Vec<PatchOperation>,
-    field: &str,
-    map: Option<&BTreeMap<String, String>>,
-    key: &str,
-    value: &str,
-) {
-    add_entries(ops, field, map, &[(key, value)]);
 }
 
 fn add(path: String, value: Value) -> PatchOperation {

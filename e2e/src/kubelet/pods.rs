@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Pod};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::{reflector, watcher};
 use kube::{Api, Client, ResourceExt as _};
@@ -30,6 +31,7 @@ use kzscaler_controller::watch::spawn_reflector_with;
 use super::backend::{self, Backend};
 use super::netns::{self, Network};
 use super::sidecar::{self, Istio};
+use crate::kz::free_port;
 
 /// The image that forwards pod ports to processes on this machine.
 pub const FORWARD_IMAGE: &str = "kzscaler.io/testbed/forward";
@@ -189,16 +191,10 @@ async fn reconcile(
             continue;
         }
         lingering.remove(ip);
-        match start(opts, pod, *ip).await {
+        match start(opts, pod, uid, *ip).await {
             Ok(sb) => {
                 tracing::info!(pod = %key, %ip, backends = sb.backends.len(), sidecar = sb.sidecar.is_some(), "pod started");
-                sandboxes.insert(
-                    key.clone(),
-                    Sandbox {
-                        uid: uid.clone(),
-                        ..sb
-                    },
-                );
+                sandboxes.insert(key.clone(), sb);
             }
             Err(e) => {
                 tracing::error!(pod = %key, %ip, error = %format!("{e:#}"), "could not start the pod; retrying");
@@ -252,7 +248,7 @@ async fn http_ok(p: &Probe) -> bool {
 async fn set_ready(client: &Client, pod: &Pod, ready: bool) -> Result<(), kube::Error> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
     let status = if ready { "True" } else { "False" };
-    let now = chrono_now();
+    let now = now_rfc3339();
     let conditions: Vec<_> = ["Ready", "ContainersReady"]
         .iter()
         .map(|t| json!({"type": t, "status": status, "lastTransitionTime": now}))
@@ -267,18 +263,18 @@ async fn set_ready(client: &Client, pod: &Pod, ready: bool) -> Result<(), kube::
 }
 
 /// Now in RFC 3339, seconds precision, as Kubernetes writes condition times.
-fn chrono_now() -> String {
+fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now()
         .round(k8s_openapi::jiff::Unit::Second)
         .map(|t| t.to_string())
         .unwrap_or_default()
 }
 
-async fn start(opts: &Options, pod: &Pod, ip: Ipv4Addr) -> anyhow::Result<Sandbox> {
+async fn start(opts: &Options, pod: &Pod, uid: &str, ip: Ipv4Addr) -> anyhow::Result<Sandbox> {
     let ns_name = opts.network.add_pod(ip)?;
     let spec = pod.spec.clone().unwrap_or_default();
     let mut sb = Sandbox {
-        uid: String::new(),
+        uid: uid.to_owned(),
         ip,
         backends: Vec::new(),
         tasks: Vec::new(),
@@ -324,27 +320,11 @@ async fn start(opts: &Options, pod: &Pod, ip: Ipv4Addr) -> anyhow::Result<Sandbo
                 let (task, port, target) = forward(&ns_name, arg).await?;
                 sb.tasks.push(task);
                 // The probe reaches the container through its port, as a kubelet's would.
-                if let Some(get) = probe {
-                    let named = |n: &str| {
-                        c.ports.iter().flatten().any(|p| {
-                            p.name.as_deref() == Some(n)
-                                && u16::try_from(p.container_port) == Ok(port)
-                        })
-                    };
-                    let matches = match &get.port {
-                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
-                            u16::try_from(*n) == Ok(port)
-                        }
-                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(n) => {
-                            named(n)
-                        }
-                    };
-                    if matches {
-                        sb.probes.push(Probe {
-                            addr: target,
-                            path: get.path.clone().unwrap_or_else(|| "/".into()),
-                        });
-                    }
+                if let Some(get) = probe.filter(|get| probes_port(c, get, port)) {
+                    sb.probes.push(Probe {
+                        addr: target,
+                        path: get.path.clone().unwrap_or_else(|| "/".into()),
+                    });
                 }
             }
         } else {
@@ -368,6 +348,16 @@ async fn start(opts: &Options, pod: &Pod, ip: Ipv4Addr) -> anyhow::Result<Sandbo
     Ok(sb)
 }
 
+/// Whether an httpGet probe's port (a number or a port name) is container `c`'s `port`.
+fn probes_port(c: &Container, get: &HTTPGetAction, port: u16) -> bool {
+    match &get.port {
+        IntOrString::Int(n) => u16::try_from(*n) == Ok(port),
+        IntOrString::String(name) => c.ports.iter().flatten().any(|p| {
+            p.name.as_deref() == Some(name.as_str()) && u16::try_from(p.container_port) == Ok(port)
+        }),
+    }
+}
+
 /// The Deployment a pod belongs to (its ReplicaSet's name less the hash), else its own name.
 pub fn workload_of(pod: &Pod) -> String {
     if let Some(w) = pod.labels().get("service.istio.io/canonical-name") {
@@ -386,12 +376,6 @@ pub fn workload_of(pod: &Pod) -> String {
         (Some(rs), None) => rs,
         _ => pod.name_any(),
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn start_sidecar(
@@ -434,7 +418,6 @@ fn start_sidecar(
         annotations: pod.annotations().clone(),
         workload: workload_of(pod),
         env,
-        proxy_config: pod.annotations().get("proxy.istio.io/config").cloned(),
         admin_port,
         status_port,
         netns: netns.to_owned(),
@@ -447,38 +430,54 @@ fn start_sidecar(
     Ok((sc, status_port))
 }
 
-/// `host` (on this machine) → 127.0.0.1:`port` inside the pod.
-async fn bridge(host: SocketAddr, netns: String, port: u16) -> anyhow::Result<Task> {
-    let listener = tokio::net::TcpListener::bind(host)
-        .await
-        .with_context(|| format!("hostPort {host}: cannot listen"))?;
-    Ok(Task(tokio::spawn(async move {
+/// Accepts on `listener` for ever; each connection is spliced to what `connect` opens (a
+/// connection that cannot be opened is closed, as a dead container's would be).
+fn relay<F, Fut>(listener: tokio::net::TcpListener, connect: F) -> Task
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<tokio::net::TcpStream>> + Send + 'static,
+{
+    let connect = Arc::new(connect);
+    Task(tokio::spawn(async move {
         loop {
             let Ok((mut inbound, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let netns = netns.clone();
+            let connect = connect.clone();
             tokio::spawn(async move {
                 let _ = inbound.set_nodelay(true);
-                let socket = match netns::socket_in(&netns) {
-                    Ok(s) => s,
+                let mut outbound = match connect().await {
+                    Ok(o) => o,
                     Err(e) => {
-                        tracing::warn!(%netns, error = %format!("{e:#}"), "hostPort: no socket in the pod");
+                        tracing::debug!(error = %format!("{e:#}"), "relay: no connection to splice to");
                         return;
                     }
-                };
-                let Ok(mut outbound) = socket
-                    .connect(SocketAddr::from(([127, 0, 0, 1], port)))
-                    .await
-                else {
-                    return;
                 };
                 let _ = outbound.set_nodelay(true);
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             });
         }
-    })))
+    }))
+}
+
+/// `host` (on this machine) → 127.0.0.1:`port` inside the pod.
+async fn bridge(host: SocketAddr, netns: String, port: u16) -> anyhow::Result<Task> {
+    let listener = tokio::net::TcpListener::bind(host)
+        .await
+        .with_context(|| format!("hostPort {host}: cannot listen"))?;
+    let netns = Arc::new(netns);
+    Ok(relay(listener, move || {
+        let netns = netns.clone();
+        async move {
+            let socket = netns::socket_in(&netns).inspect_err(|e| {
+                tracing::warn!(%netns, error = %format!("{e:#}"), "hostPort: no socket in the pod");
+            })?;
+            Ok(socket
+                .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+                .await?)
+        }
+    }))
 }
 
 /// `PORT=HOST:PORT`: the pod's port forwards to a process on this machine.
@@ -495,22 +494,8 @@ async fn forward(netns: &str, arg: &str) -> anyhow::Result<(Task, u16, SocketAdd
     })?;
     let std_listener = netns::listen_in(netns, SocketAddr::from(([0, 0, 0, 0], port)))?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    let task = Task(tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = inbound.set_nodelay(true);
-                // A process that is not running: the connection is reset, as a dead container's would be.
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                let _ = outbound.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            });
-        }
-    }));
+    let task = relay(listener, move || async move {
+        Ok(tokio::net::TcpStream::connect(target).await?)
+    });
     Ok((task, port, target))
 }

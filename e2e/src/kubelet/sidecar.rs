@@ -44,14 +44,13 @@ pub struct Spec {
     pub service_account: String,
     /// Its labels (Istio's `LABELS` metadata).
     pub labels: BTreeMap<String, String>,
-    /// Its annotations (the downward API file pilot-agent reads: stats inclusion and such).
+    /// Its annotations (the downward API file pilot-agent reads: stats inclusion and such;
+    /// `proxy.istio.io/config`, JSON, is merged over our `PROXY_CONFIG`).
     pub annotations: BTreeMap<String, String>,
     /// The workload (Deployment) it belongs to.
     pub workload: String,
     /// The container's own environment (ISTIO_META_* and the like).
     pub env: Vec<(String, String)>,
-    /// The `proxy.istio.io/config` annotation, JSON, merged over the defaults.
-    pub proxy_config: Option<String>,
     /// Envoy's admin port (the same number inside the pod and on 127.0.0.1 outside).
     pub admin_port: u16,
     /// pilot-agent's status port on 127.0.0.1 (`/healthz/ready`).
@@ -80,6 +79,9 @@ impl Drop for Sidecar {
     }
 }
 
+/// The pod annotation with ProxyConfig overrides, as Istio's injector reads it.
+pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
+
 /// pilot-agent's `PROXY_CONFIG` for this sidecar: ours, then the pod's annotation over it.
 pub fn proxy_config(istio: &Istio, spec: &Spec, envoy_wrapper: &Path) -> anyhow::Result<Value> {
     let mut config = json!({
@@ -93,7 +95,7 @@ pub fn proxy_config(istio: &Istio, spec: &Spec, envoy_wrapper: &Path) -> anyhow:
         "drainDuration": "1s",
         "terminationDrainDuration": "1s",
     });
-    if let Some(annotation) = &spec.proxy_config {
+    if let Some(annotation) = spec.annotations.get(PROXY_CONFIG_ANNOTATION) {
         let overrides: Value = serde_json::from_str(annotation).with_context(|| {
             format!("annotation proxy.istio.io/config {annotation:?}: expected a JSON object")
         })?;
@@ -246,16 +248,19 @@ mod tests {
     use super::*;
 
     fn spec(proxy_config: Option<&str>) -> Spec {
+        let annotations = proxy_config
+            .map(|c| (PROXY_CONFIG_ANNOTATION.to_owned(), c.to_owned()))
+            .into_iter()
+            .collect();
         Spec {
             pod: "caller".into(),
             namespace: "shop".into(),
             ip: "10.244.0.2".into(),
             service_account: "default".into(),
             labels: BTreeMap::new(),
-            annotations: BTreeMap::new(),
+            annotations,
             workload: "caller".into(),
             env: Vec::new(),
-            proxy_config: proxy_config.map(str::to_owned),
             admin_port: 15000,
             status_port: 15020,
             netns: "kzscaler-10-244-0-2".into(),
