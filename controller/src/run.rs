@@ -494,6 +494,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
                     State::Draining => 1,
                     State::Asleep => 2,
                     State::Waking => 3,
+                    State::Unknown => continue, // never built by this controller
                 };
                 counts[i].1 += 1;
             }

@@ -18,6 +18,21 @@ pub struct Config {
     pub max_held_requests: u32,
     /// Tick period while requests are held: how soon a held request notices its endpoint.
     pub hold_tick: Duration,
+    /// Most resumed requests per destination in flight at once while held ones wait (per
+    /// worker): woken destinations get held requests at the pace they answer them, not as
+    /// one burst. Keep it below a DestinationRule's `connectionPool` limits divided by the
+    /// sidecar's concurrency.
+    pub release_window: u32,
+}
+
+impl Config {
+    /// The hold limits this configuration sets.
+    pub fn limits(&self) -> crate::hold::Limits {
+        crate::hold::Limits {
+            max_held: usize::try_from(self.max_held_requests).unwrap_or(usize::MAX),
+            release_window: usize::try_from(self.release_window).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// Invalid configuration: names the field, the value and what was expected.
@@ -47,11 +62,15 @@ struct Raw {
     call_timeout_ms: Option<u64>,
     max_held_requests: Option<u32>,
     hold_tick_ms: Option<u64>,
+    release_window: Option<u32>,
 }
 
 /// The cluster a sidecar uses to reach the controller's Service.
 pub const DEFAULT_CONTROLLER_CLUSTER: &str =
     "outbound|8080||kzscaler-controller.kzscaler-system.svc.cluster.local";
+/// Resumed requests per destination in flight at once: under the smallest `connectionPool`
+/// limit people set (100) with room for the traffic that was never held.
+pub const DEFAULT_RELEASE_WINDOW: u32 = 32;
 /// The controller Service's host.
 pub const DEFAULT_CONTROLLER_AUTHORITY: &str = "kzscaler-controller.kzscaler-system:8080";
 
@@ -92,7 +111,16 @@ impl Config {
                 expected: "at least 1",
             });
         }
+        let release_window = raw.release_window.unwrap_or(DEFAULT_RELEASE_WINDOW);
+        if release_window == 0 {
+            return Err(ConfigError::Field {
+                field: "release_window",
+                value: "0".into(),
+                expected: "at least 1",
+            });
+        }
         Ok(Self {
+            release_window,
             controller_cluster: non_empty(
                 "controller_cluster",
                 raw.controller_cluster,
@@ -149,7 +177,7 @@ mod tests {
     fn reads_every_field() {
         let c = Config::parse(
             br#"{"controller_cluster":"ctl","controller_authority":"ctl:1","poll_period_ms":250,
-                "call_timeout_ms":500,"max_held_requests":7,"hold_tick_ms":2}"#,
+                "call_timeout_ms":500,"max_held_requests":7,"hold_tick_ms":2,"release_window":5}"#,
         )
         .unwrap();
         assert_eq!(c.controller_cluster, "ctl");
@@ -158,11 +186,13 @@ mod tests {
         assert_eq!(c.call_timeout, Duration::from_millis(500));
         assert_eq!(c.max_held_requests, 7);
         assert_eq!(c.hold_tick, Duration::from_millis(2));
+        assert_eq!(c.release_window, 5);
     }
 
     #[test]
     fn errors_name_the_field_and_value() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 6] = [
+            (br#"{"release_window": 0}"#, "release_window: 0"),
             (br#"{"poll_period_ms": 5}"#, "poll_period_ms: 5"),
             (br#"{"call_timeout_ms": 600000}"#, "call_timeout_ms: 600000"),
             (br#"{"max_held_requests": 0}"#, "max_held_requests: 0"),
@@ -174,5 +204,20 @@ mod tests {
             assert!(err.contains(want), "{err}");
         }
         assert!(matches!(Config::parse(b"{"), Err(ConfigError::Json(_))));
+    }
+
+    proptest::proptest! {
+        // Fuzzing: any bytes as plugin configuration are a configuration or an error naming
+        // what is wrong, never a panic.
+        #[test]
+        fn any_plugin_configuration_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
+            let _ = Config::parse(&bytes);
+        }
+
+        #[test]
+        fn any_numbers_in_the_configuration_never_panic(n in proptest::prelude::any::<u64>(), field in 0usize..6) {
+            let name = ["poll_period_ms", "call_timeout_ms", "max_held_requests", "hold_tick_ms", "release_window", "x"][field];
+            let _ = Config::parse(format!("{{\"{name}\": {n}}}").as_bytes());
+        }
     }
 }

@@ -13,14 +13,14 @@
 //! Every held request ends in exactly one of `resume` or `reply`, or is dropped by `forget`
 //! when the caller went away first.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use kzscaler_core::ClusterName;
 use kzscaler_core::wire::{
-    ActivateRequest, ActivateResponse, ActivityReport, ClusterCount, INBOUND_PREFIX, InboundCount,
-    State,
+    ActivateRequest, ActivityReport, ClusterCount, INBOUND_PREFIX, InboundCount, State,
 };
 
 use crate::table::Table;
@@ -64,8 +64,7 @@ pub enum Hold {
 
 #[derive(Debug)]
 struct Held {
-    ctx: u32,
-    cluster: String,
+    cluster: Rc<str>,
     deadline_ms: u64,
     budget_ms: u64,
     grpc: bool,
@@ -93,10 +92,31 @@ pub enum Why {
     AskFirst,
 }
 
+/// How many requests a worker holds, and how fast it lets them go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most requests held at once; past it, 503 at once.
+    pub max_held: usize,
+    /// Most resumed requests per destination still in flight while others wait: held
+    /// requests are let go at the pace their answers come back, never as one burst that a
+    /// DestinationRule's connectionPool (Envoy's circuit breakers) would refuse with 503.
+    pub release_window: usize,
+}
+
 #[derive(Debug, Default)]
 struct Activation {
+    /// Held requests in arrival order. Requests since answered or gone are skipped when met.
+    queue: VecDeque<u32>,
+    /// Requests in `queue` still held.
+    waiting: usize,
+    /// Requests resumed and not yet finished: what the release window counts.
+    released: usize,
+    /// The latest deadline of the requests held for it (what activate is told).
+    latest_deadline_ms: u64,
     inflight: Option<u32>,
     ready: bool,
+    /// Endpoints were seen long enough: held requests go, as the window allows.
+    releasing: bool,
     /// Ticks on which this Envoy's counter showed endpoints (see [`SIGHTINGS_BEFORE_RESUME`]).
     endpoints_seen: u8,
     /// When activate said ready.
@@ -110,14 +130,22 @@ struct Activation {
 }
 
 /// Per-worker state: the snapshot table, the held requests, the activations in flight.
+///
+/// Every operation costs what it touches: a request held, forgotten or finished is one hash
+/// operation; a tick costs the destinations being woken plus the requests it answers or
+/// resumes, whatever else is held.
 #[derive(Debug)]
 pub struct Worker {
     /// The local copy of the controller's snapshot.
     pub table: Table,
-    max_held: usize,
-    held: Vec<Held>,
-    clusters: HashMap<String, Activation>,
-    tokens: HashMap<u32, String>,
+    limits: Limits,
+    held: HashMap<u32, Held>,
+    /// Resumed requests not yet finished, and their destination.
+    released: HashMap<u32, Rc<str>>,
+    /// Deadlines of held requests, earliest first (entries of requests gone are skipped).
+    deadlines: BinaryHeap<Reverse<(u64, u32)>>,
+    clusters: HashMap<Rc<str>, Activation>,
+    tokens: HashMap<u32, Rc<str>>,
     /// Activity counters, reported on tick.
     pub counters: Counters,
     /// This pod's own Deployment as `<namespace>/<deployment>` (from Istio's node metadata),
@@ -175,18 +203,44 @@ pub fn unavailable(grpc: bool, message: String) -> Reply {
     }
 }
 
+/// An answer the controller wrote (every one has a JSON body with `state` or `message`), as
+/// opposed to one Envoy made up for a callout that timed out or found no upstream (a 504 or
+/// 503 with a text or empty body): only the controller's answers say anything about the
+/// destination.
+#[derive(Debug, serde::Deserialize)]
+struct ControllerAnswer {
+    #[serde(default)]
+    state: Option<State>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn controller_answer(body: &[u8]) -> Option<ControllerAnswer> {
+    serde_json::from_slice::<ControllerAnswer>(body)
+        .ok()
+        .filter(|a| a.state.is_some() || a.message.is_some())
+}
+
 impl Worker {
-    /// A worker that holds at most `max_held` requests at once.
-    pub fn new(max_held: u32) -> Self {
+    /// A worker with these limits.
+    pub fn new(limits: Limits) -> Self {
         Self {
             table: Table::default(),
-            max_held: usize::try_from(max_held).unwrap_or(usize::MAX),
-            held: Vec::new(),
+            limits,
+            held: HashMap::new(),
+            released: HashMap::new(),
+            deadlines: BinaryHeap::new(),
             clusters: HashMap::new(),
             tokens: HashMap::new(),
             counters: Counters::default(),
             own_workload: None,
         }
+    }
+
+    /// A new plugin configuration: the limits change, and every request held so far stays
+    /// held and is driven as before (a worker replaced here would orphan them).
+    pub fn reconfigure(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 }
 
@@ -256,6 +310,32 @@ impl Counters {
             .sort_by(|a, b| (&a.namespace, &a.deployment).cmp(&(&b.namespace, &b.deployment)));
         Some(report)
     }
+
+    /// A report that did not reach the controller: its requests count again in the next one
+    /// (in-flight counts are live and need no restoring). Lost reports would let a busy
+    /// destination look idle and sleep early.
+    pub fn restore(&mut self, report: &ActivityReport) {
+        let mut add = |key: &str, requests: u64| {
+            if requests == 0 {
+                return;
+            }
+            match self.counts.get_mut(key) {
+                Some(c) => c.0 = c.0.saturating_add(requests),
+                None => {
+                    self.counts.insert(Rc::from(key), (requests, 0));
+                }
+            }
+        };
+        for c in &report.outbound {
+            add(&c.cluster, c.requests);
+        }
+        for i in &report.inbound {
+            add(
+                &format!("{INBOUND_PREFIX}{}/{}", i.namespace, i.deployment),
+                i.requests,
+            );
+        }
+    }
 }
 
 impl Worker {
@@ -271,11 +351,11 @@ impl Worker {
             activity,
             why,
         } = ask;
-        if why == Why::AskFirst && (self.held.len() >= self.max_held || budget_ms == 0) {
+        if why == Why::AskFirst && (self.held.len() >= self.limits.max_held || budget_ms == 0) {
             // Endpoints exist: better through than refused.
             return Hold::Pass;
         }
-        if self.held.len() >= self.max_held {
+        if self.held.len() >= self.limits.max_held {
             return Hold::Reply(unavailable(
                 grpc,
                 format!(
@@ -294,15 +374,26 @@ impl Worker {
                 ),
             ));
         }
-        self.held.push(Held {
+        let key: Rc<str> = match self.clusters.get_key_value(cluster) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(cluster),
+        };
+        let deadline_ms = now_ms.saturating_add(budget_ms);
+        self.held.insert(
             ctx,
-            cluster: cluster.to_owned(),
-            deadline_ms: now_ms.saturating_add(budget_ms),
-            budget_ms,
-            grpc,
-            why,
-        });
-        let act = self.clusters.entry(cluster.to_owned()).or_default();
+            Held {
+                cluster: key.clone(),
+                deadline_ms,
+                budget_ms,
+                grpc,
+                why,
+            },
+        );
+        self.deadlines.push(Reverse((deadline_ms, ctx)));
+        let act = self.clusters.entry(key).or_default();
+        act.queue.push_back(ctx);
+        act.waiting += 1;
+        act.latest_deadline_ms = act.latest_deadline_ms.max(deadline_ms);
         if activity && !act.activity && act.inflight.is_some() {
             // A call that said "not activity" is on its way: its answer cannot have cancelled
             // a sleep, so this request asks again once it is back.
@@ -312,69 +403,73 @@ impl Worker {
         Hold::Paused
     }
 
-    /// The caller went away: forget the request (nothing may be done to it any more).
+    /// Request `ctx` ended (its caller went away, or its answer was sent): nothing may be done
+    /// to it any more, and a resumed one leaves its destination's release window.
     pub fn forget(&mut self, ctx: u32) {
-        self.held.retain(|h| h.ctx != ctx);
+        if let Some(h) = self.held.remove(&ctx) {
+            if let Some(act) = self.clusters.get_mut(&h.cluster) {
+                act.waiting = act.waiting.saturating_sub(1);
+            }
+        } else if let Some(cluster) = self.released.remove(&ctx)
+            && let Some(act) = self.clusters.get_mut(&cluster)
+        {
+            act.released = act.released.saturating_sub(1);
+        }
     }
 
     /// Drives everything held: deadlines, activate calls, resumes. Called on every tick.
     pub fn tick(&mut self, host: &mut impl Host) {
         let now = host.now_ms();
-        self.held.retain(|h| {
-            if now < h.deadline_ms {
-                return true;
-            }
-            let msg = format!(
-                "kzscaler: {} is waking up and was not ready within {} ms; retry shortly",
-                short_name(&h.cluster),
-                h.budget_ms
-            );
-            host.reply(h.ctx, &unavailable(h.grpc, msg));
-            false
-        });
-        let held = &self.held;
-        self.clusters
-            .retain(|cluster, _| held.iter().any(|h| &h.cluster == cluster));
-
-        let mut resume: Vec<String> = Vec::new();
-        let mut unasked: Vec<String> = Vec::new();
-        for (cluster, act) in &mut self.clusters {
-            if act.ready {
-                let Some(first) = self.held.iter().find(|h| &h.cluster == cluster) else {
-                    continue;
+        self.answer_expired(host, now);
+        let Self {
+            held,
+            released,
+            clusters,
+            tokens,
+            limits,
+            ..
+        } = self;
+        let mut unasked: Vec<Rc<str>> = Vec::new();
+        clusters.retain(|cluster, act| {
+            if act.waiting == 0 {
+                // Nothing held: start afresh next time, but keep counting what is in flight.
+                *act = Activation {
+                    released: act.released,
+                    ..Activation::default()
                 };
-                if host.num_endpoints(first.ctx).unwrap_or(0) > 0 {
-                    if act.endpoints_seen >= SIGHTINGS_BEFORE_RESUME {
-                        resume.push(cluster.clone());
+                return act.released > 0;
+            }
+            let Some(first) = act.first_held(held) else {
+                return act.released > 0;
+            };
+            if act.ready {
+                if host.num_endpoints(first).unwrap_or(0) > 0 {
+                    if act.releasing || act.endpoints_seen >= SIGHTINGS_BEFORE_RESUME {
+                        act.releasing = true;
+                        act.release(host, held, released, cluster, limits.release_window);
                     } else {
                         act.endpoints_seen += 1;
                     }
-                } else if now.saturating_sub(act.ready_at_ms) >= READY_STALE_MS {
-                    // "Ready" but no endpoint here for long: it went away (a sleep landed).
+                } else if act.releasing || now.saturating_sub(act.ready_at_ms) >= READY_STALE_MS {
+                    // "Ready" but no endpoint here (any more): it went away (a sleep landed).
                     // Ask again rather than wait for an endpoint that is not coming.
                     act.ready = false;
+                    act.releasing = false;
                     act.endpoints_seen = 0;
                     act.retry_at_ms = now;
                 }
             } else if act.inflight.is_none() && now >= act.retry_at_ms {
-                let deadline = self
-                    .held
-                    .iter()
-                    .filter(|h| &h.cluster == cluster)
-                    .map(|h| h.deadline_ms)
-                    .max()
-                    .unwrap_or(now);
-                let left = deadline.saturating_sub(now);
+                let left = act.latest_deadline_ms.saturating_sub(now);
                 let body = serde_json::to_vec(&ActivateRequest {
-                    cluster: cluster.clone(),
+                    cluster: cluster.to_string(),
                     deadline_ms: left,
                     activity: act.activity,
                 })
                 .unwrap_or_default();
-                match host.call_activate(&body, left + CALL_SLACK_MS) {
+                match host.call_activate(&body, left.saturating_add(CALL_SLACK_MS)) {
                     Ok(token) => {
                         act.inflight = Some(token);
-                        self.tokens.insert(token, cluster.clone());
+                        tokens.insert(token, cluster.clone());
                     }
                     Err(e) => {
                         log::warn!("kzscaler: cannot call activate for {cluster}: {e}; retrying");
@@ -383,42 +478,75 @@ impl Worker {
                     }
                 }
             }
-        }
-        for cluster in resume {
-            self.release(host, &cluster);
-        }
+            true
+        });
         for cluster in unasked {
             self.pass_unasked(host, &cluster);
         }
     }
 
-    /// The controller could not be asked: requests held only to ask first go through.
-    fn pass_unasked(&mut self, host: &mut impl Host, cluster: &str) {
-        self.held.retain(|h| {
-            if h.cluster == cluster && h.why == Why::AskFirst {
-                host.resume(h.ctx);
-                false
-            } else {
-                true
+    /// Answers every held request whose deadline has passed, earliest first.
+    fn answer_expired(&mut self, host: &mut impl Host, now: u64) {
+        while let Some(&Reverse((deadline, ctx))) = self.deadlines.peek() {
+            if deadline > now {
+                break;
             }
-        });
-        let held = &self.held;
-        if !held.iter().any(|h| h.cluster == cluster) {
-            self.clusters.remove(cluster);
+            self.deadlines.pop();
+            if self
+                .held
+                .get(&ctx)
+                .is_none_or(|h| h.deadline_ms != deadline)
+            {
+                continue; // resumed, answered or gone already
+            }
+            let Some(h) = self.held.remove(&ctx) else {
+                continue;
+            };
+            if let Some(act) = self.clusters.get_mut(&h.cluster) {
+                act.waiting = act.waiting.saturating_sub(1);
+            }
+            let msg = format!(
+                "kzscaler: {} is waking up and was not ready within {} ms; retry shortly",
+                short_name(&h.cluster),
+                h.budget_ms
+            );
+            host.reply(ctx, &unavailable(h.grpc, msg));
         }
     }
 
-    /// Resumes every request held for `cluster`.
-    fn release(&mut self, host: &mut impl Host, cluster: &str) {
-        self.held.retain(|h| {
-            if h.cluster == cluster {
-                host.resume(h.ctx);
+    /// The controller could not be asked: requests held only to ask first go through.
+    fn pass_unasked(&mut self, host: &mut impl Host, cluster: &str) {
+        let Some(act) = self.clusters.get_mut(cluster) else {
+            return;
+        };
+        let held = &mut self.held;
+        let released = &mut self.released;
+        act.queue.retain(|ctx| match held.get(ctx) {
+            Some(h) if h.why == Why::AskFirst => {
+                if let Some(h) = held.remove(ctx) {
+                    host.resume(*ctx);
+                    released.insert(*ctx, h.cluster);
+                    act.waiting = act.waiting.saturating_sub(1);
+                    act.released += 1;
+                }
                 false
-            } else {
-                true
             }
+            Some(_) => true,
+            None => false,
         });
-        self.clusters.remove(cluster);
+    }
+
+    /// Resumes every request held for `cluster` at once (it is not managed: nothing to pace).
+    fn release_all(&mut self, host: &mut impl Host, cluster: &str) {
+        if let Some(act) = self.clusters.get_mut(cluster) {
+            act.release(
+                host,
+                &mut self.held,
+                &mut self.released,
+                cluster,
+                usize::MAX,
+            );
+        }
     }
 
     /// The controller answered an activate call (`status` None: no `:status` at all).
@@ -440,41 +568,41 @@ impl Worker {
             return;
         }
         act.inflight = None;
-        if std::mem::take(&mut act.reask) && status.is_some_and(|s| s != 404) {
+        let answer = controller_answer(body);
+        if std::mem::take(&mut act.reask) && answer.is_some() && status != Some(404) {
             act.retry_at_ms = now;
             return;
         }
-        match status {
-            Some(200)
-                if serde_json::from_slice::<ActivateResponse>(body)
-                    .is_ok_and(|r| r.state == State::Awake) =>
-            {
+        match (status, answer) {
+            (Some(200), Some(a)) if a.state == Some(State::Awake) => {
                 act.ready = true;
                 act.ready_at_ms = now;
                 // Endpoints already here: the next tick resumes (it is the yield to the event
                 // loop the worker's host list needs), saving a tick.
-                if let Some(first) = self.held.iter().find(|h| h.cluster == cluster)
-                    && host.num_endpoints(first.ctx).unwrap_or(0) > 0
+                if let Some(first) = act.first_held(&self.held)
+                    && host.num_endpoints(first).unwrap_or(0) > 0
                 {
                     act.endpoints_seen = 1;
                 }
             }
-            Some(404) => {
+            (Some(404), Some(_)) => {
                 // Not managed (any more): the snapshot was stale. Let Envoy route it.
                 log::info!(
                     "kzscaler: {cluster} is not managed according to the controller; letting requests through"
                 );
-                self.release(host, &cluster);
+                self.release_all(host, &cluster);
             }
-            other => {
+            (status, answer) => {
                 log::info!(
-                    "kzscaler: activate for {cluster} answered {other:?}: {}; retrying",
+                    "kzscaler: activate for {cluster} answered {status:?}: {}; retrying",
                     String::from_utf8_lossy(body)
                 );
                 act.backoff(now);
-                // Only when the controller could not be asked (no answer, or a replica that
-                // does not lead): a 504 or 502 is an answer, and the endpoints may be going.
-                if matches!(other, None | Some(503)) {
+                // Only when the controller could not be asked: no answer of its own (Envoy's
+                // 504 for a callout that timed out, its 503 for no upstream), or a replica
+                // that does not lead or has not listed yet (503). Its own 504 or 502 is an
+                // answer, and the endpoints may be going.
+                if answer.is_none() || status == Some(503) {
                     self.pass_unasked(host, &cluster);
                 }
             }
@@ -485,7 +613,47 @@ impl Worker {
 impl Activation {
     fn backoff(&mut self, now: u64) {
         self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
-        self.retry_at_ms = now + self.backoff_ms;
+        self.retry_at_ms = now.saturating_add(self.backoff_ms);
+    }
+
+    /// The oldest request still held, dropping the ids of requests gone from the front.
+    fn first_held(&mut self, held: &HashMap<u32, Held>) -> Option<u32> {
+        while let Some(&ctx) = self.queue.front() {
+            if held.contains_key(&ctx) {
+                return Some(ctx);
+            }
+            self.queue.pop_front();
+        }
+        None
+    }
+
+    /// Resumes held requests in arrival order while fewer than `window` resumed ones are in
+    /// flight.
+    fn release(
+        &mut self,
+        host: &mut impl Host,
+        held: &mut HashMap<u32, Held>,
+        released: &mut HashMap<u32, Rc<str>>,
+        cluster: &str,
+        window: usize,
+    ) {
+        while self.released < window {
+            let Some(ctx) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(h) = held.remove(&ctx) else {
+                continue;
+            };
+            debug_assert_eq!(&*h.cluster, cluster);
+            host.resume(ctx);
+            released.insert(ctx, h.cluster);
+            self.waiting = self.waiting.saturating_sub(1);
+            self.released += 1;
+        }
+        // Ids of requests gone pile up behind a full window; drop them now and then.
+        if self.queue.len() > 2 * self.waiting + 64 {
+            self.queue.retain(|ctx| held.contains_key(ctx));
+        }
     }
 }
 
@@ -528,6 +696,14 @@ mod tests {
     }
 
     const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
+
+    /// A worker holding at most `max_held`, with a release window no test reaches.
+    fn worker(max_held: usize) -> Worker {
+        Worker::new(Limits {
+            max_held,
+            release_window: 1_000,
+        })
+    }
     /// Held because this Envoy has no endpoint: the usual case.
     const WAIT: Ask = Ask {
         grpc: false,
@@ -543,7 +719,7 @@ mod tests {
 
     #[test]
     fn a_ready_answer_without_endpoints_for_a_second_asks_again() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost::default();
         w.hold(1, WEB, 10_000, 0, WAIT);
         w.tick(&mut host);
@@ -561,7 +737,7 @@ mod tests {
 
     #[test]
     fn draining_requests_go_through_when_the_controller_cannot_be_asked() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost {
             endpoints: 1,
             ..Default::default()
@@ -573,7 +749,7 @@ mod tests {
         w.on_activate_response(&mut host, token, Some(503), b"not the leader");
         assert_eq!(host.resumed, [1], "the service is up: no reason to wait");
         assert!(w.holding(), "request 2 still waits for the wake");
-        let mut down = Worker::new(10);
+        let mut down = worker(10);
         let mut host = FakeHost {
             refuse_calls: true,
             ..Default::default()
@@ -586,7 +762,7 @@ mod tests {
 
     #[test]
     fn a_real_request_joining_a_probe_only_call_asks_again() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost {
             endpoints: 1,
             ..Default::default()
@@ -612,7 +788,7 @@ mod tests {
 
     #[test]
     fn ask_first_requests_pass_rather_than_fail_when_they_cannot_be_held() {
-        let mut w = Worker::new(1);
+        let mut w = worker(1);
         let ask = ASK_FIRST;
         assert_eq!(w.hold(1, WEB, 10_000, 0, ask), Hold::Paused);
         assert_eq!(w.hold(2, WEB, 10_000, 0, ask), Hold::Pass, "over max_held");
@@ -621,7 +797,7 @@ mod tests {
 
     #[test]
     fn a_504_is_an_answer_not_a_reason_to_pass() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost {
             endpoints: 1,
             ..Default::default()
@@ -637,7 +813,7 @@ mod tests {
     #[test]
     fn activate_says_whether_held_requests_are_activity() {
         let mut host = FakeHost::default();
-        let mut probes = Worker::new(10);
+        let mut probes = worker(10);
         probes.hold(
             1,
             WEB,
@@ -654,7 +830,7 @@ mod tests {
             "{}",
             host.calls[0].1
         );
-        let mut mixed = Worker::new(10);
+        let mut mixed = worker(10);
         mixed.hold(
             1,
             WEB,
@@ -676,7 +852,7 @@ mod tests {
 
     #[test]
     fn holds_until_activate_says_ready_and_endpoints_are_seen_twice() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost {
             now: 1_000,
             ..Default::default()
@@ -708,7 +884,7 @@ mod tests {
 
     #[test]
     fn endpoints_already_visible_when_activate_answers_count_as_a_sighting() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost::default();
         w.hold(1, WEB, 5_000, 0, WAIT);
         w.tick(&mut host);
@@ -780,7 +956,7 @@ mod tests {
 
     #[test]
     fn answers_503_with_retry_after_at_the_deadline() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost {
             now: 0,
             ..Default::default()
@@ -805,7 +981,7 @@ mod tests {
 
     #[test]
     fn grpc_requests_get_unavailable_in_a_200() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost::default();
         w.hold(3, WEB, 10, 0, Ask { grpc: true, ..WAIT });
         host.now = 10;
@@ -822,7 +998,7 @@ mod tests {
 
     #[test]
     fn past_max_held_answers_at_once() {
-        let mut w = Worker::new(1);
+        let mut w = worker(1);
         assert_eq!(w.hold(1, WEB, 1_000, 0, WAIT), Hold::Paused);
         let second = w.hold(2, WEB, 1_000, 0, WAIT);
         assert!(
@@ -837,7 +1013,7 @@ mod tests {
 
     #[test]
     fn retries_activate_after_failures_with_backoff_until_the_deadline() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost {
             refuse_calls: true,
             ..Default::default()
@@ -865,17 +1041,22 @@ mod tests {
 
     #[test]
     fn not_managed_answer_lets_requests_through() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost::default();
         w.hold(1, WEB, 1_000, 0, WAIT);
         w.tick(&mut host);
-        w.on_activate_response(&mut host, 100, Some(404), b"{}");
+        w.on_activate_response(
+            &mut host,
+            100,
+            Some(404),
+            br#"{"message":"cluster is not a managed destination"}"#,
+        );
         assert_eq!(host.resumed, vec![1]);
     }
 
     #[test]
     fn a_request_whose_caller_left_is_never_touched() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost::default();
         w.hold(1, WEB, 100, 0, WAIT);
         w.forget(1);
@@ -887,7 +1068,7 @@ mod tests {
 
     #[test]
     fn a_late_answer_for_a_finished_activation_is_ignored() {
-        let mut w = Worker::new(10);
+        let mut w = worker(10);
         let mut host = FakeHost::default();
         w.hold(1, WEB, 100, 0, WAIT);
         w.tick(&mut host);
@@ -896,5 +1077,180 @@ mod tests {
         w.on_activate_response(&mut host, 100, Some(200), AWAKE);
         assert!(host.resumed.is_empty());
         assert_eq!(host.replies.len(), 1);
+    }
+
+    /// Activate answered awake and endpoints were seen on enough ticks: releasing starts.
+    fn woken(w: &mut Worker, host: &mut FakeHost) {
+        w.tick(host);
+        let token = host.calls.last().unwrap().0;
+        host.endpoints = 1;
+        w.on_activate_response(host, token, Some(200), AWAKE);
+        w.tick(host);
+        w.tick(host);
+    }
+
+    #[test]
+    fn held_requests_go_at_the_pace_their_answers_come_back_not_as_one_burst() {
+        let mut w = Worker::new(Limits {
+            max_held: 10_000,
+            release_window: 10,
+        });
+        let mut host = FakeHost::default();
+        for ctx in 0..100 {
+            w.hold(ctx, WEB, 10_000, 0, WAIT);
+        }
+        woken(&mut w, &mut host);
+        assert_eq!(
+            host.resumed,
+            (0..10).collect::<Vec<_>>(),
+            "the first window, in order"
+        );
+        w.tick(&mut host);
+        assert_eq!(host.resumed.len(), 10, "none finished: none more");
+        for ctx in 0..4 {
+            w.forget(ctx); // answered
+        }
+        w.tick(&mut host);
+        assert_eq!(host.resumed.len(), 14);
+        assert_eq!(host.resumed[10..], [10, 11, 12, 13]);
+        // Callers that gave up while waiting are skipped, not resumed.
+        for ctx in 14..20 {
+            w.forget(ctx);
+        }
+        for ctx in 4..14 {
+            w.forget(ctx);
+        }
+        w.tick(&mut host);
+        assert_eq!(host.resumed[14..], (20..30).collect::<Vec<_>>());
+        let mut in_flight = 10;
+        while w.holding() {
+            let done: Vec<u32> = host.resumed[host.resumed.len() - in_flight..].to_vec();
+            for ctx in done {
+                w.forget(ctx);
+            }
+            let before = host.resumed.len();
+            w.tick(&mut host);
+            in_flight = host.resumed.len() - before;
+            assert!(in_flight <= 10, "never more than the window in flight");
+        }
+        assert_eq!(host.resumed.len(), 94, "all but the six that left");
+        assert!(host.replies.is_empty());
+    }
+
+    #[test]
+    fn endpoints_gone_while_releasing_ask_again() {
+        let mut w = Worker::new(Limits {
+            max_held: 100,
+            release_window: 1,
+        });
+        let mut host = FakeHost::default();
+        w.hold(1, WEB, 10_000, 0, WAIT);
+        w.hold(2, WEB, 10_000, 0, WAIT);
+        woken(&mut w, &mut host);
+        assert_eq!(host.resumed, [1]);
+        w.forget(1);
+        host.endpoints = 0; // a sleep landed
+        w.tick(&mut host);
+        w.tick(&mut host);
+        assert_eq!(host.resumed, [1], "not resumed onto no endpoint");
+        assert_eq!(host.calls.len(), 2, "activate asked again");
+    }
+
+    #[test]
+    fn an_answer_envoy_made_up_for_a_timed_out_callout_lets_ask_first_requests_pass() {
+        // Envoy answers a callout that timed out with its own 504 (and a text or empty body):
+        // the controller was not asked, so a draining destination's requests go through.
+        for body in [&b""[..], b"upstream request timeout", b"{}"] {
+            let mut w = worker(10);
+            let mut host = FakeHost {
+                endpoints: 1,
+                ..Default::default()
+            };
+            w.hold(1, WEB, 10_000, 0, ASK_FIRST);
+            w.tick(&mut host);
+            let token = host.calls[0].0;
+            w.on_activate_response(&mut host, token, Some(504), body);
+            assert_eq!(host.resumed, [1], "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn ten_thousand_held_requests_timing_out_together_are_each_answered_once() {
+        let mut w = worker(20_000);
+        let mut host = FakeHost::default();
+        for ctx in 0..10_000 {
+            w.hold(ctx, WEB, 1_000, u64::from(ctx % 7), WAIT);
+        }
+        w.hold(
+            10_000,
+            "outbound|80||db.shop.svc.cluster.local",
+            5_000,
+            0,
+            WAIT,
+        );
+        host.now = 1_006;
+        w.tick(&mut host);
+        assert_eq!(host.replies.len(), 10_000);
+        let mut answered: Vec<u32> = host.replies.iter().map(|(c, _)| *c).collect();
+        answered.sort_unstable();
+        answered.dedup();
+        assert_eq!(answered.len(), 10_000);
+        assert!(w.holding(), "the other destination's request still waits");
+        host.now = 5_000;
+        w.tick(&mut host);
+        assert_eq!(host.replies.len(), 10_001);
+        assert!(!w.holding());
+    }
+
+    #[test]
+    fn a_second_configuration_keeps_held_requests_and_drives_them() {
+        let mut w = worker(10);
+        let mut host = FakeHost::default();
+        w.hold(1, WEB, 300, 0, WAIT);
+        w.reconfigure(Limits {
+            max_held: 1,
+            release_window: 1,
+        });
+        assert!(w.holding());
+        assert!(
+            matches!(w.hold(2, WEB, 300, 0, WAIT), Hold::Reply(_)),
+            "new limit"
+        );
+        host.now = 300;
+        w.tick(&mut host);
+        assert_eq!(host.replies.len(), 1, "the held request is still answered");
+    }
+
+    #[test]
+    fn a_huge_wake_timeout_neither_overflows_nor_panics() {
+        let mut w = worker(10);
+        let mut host = FakeHost {
+            now: u64::MAX - 10,
+            ..Default::default()
+        };
+        w.hold(1, WEB, u64::MAX, host.now, WAIT);
+        w.tick(&mut host);
+        assert_eq!(host.calls.len(), 1);
+        w.on_activate_response(&mut host, 100, Some(502), br#"{"message":"no"}"#);
+        w.tick(&mut host);
+        assert!(w.holding());
+    }
+
+    #[test]
+    fn a_report_that_did_not_arrive_counts_again() {
+        let mut c = Counters::default();
+        let web: Rc<str> = Rc::from(WEB);
+        let own: Rc<str> = Rc::from("inbound|shop/web");
+        assert!(c.start(&web, || true));
+        assert!(c.start(&own, || true));
+        c.end(WEB);
+        let lost = c.take_report().unwrap();
+        assert!(c.start(&web, || true));
+        c.end(WEB);
+        c.restore(&lost);
+        let r = c.take_report().unwrap();
+        assert_eq!((r.outbound[0].requests, r.outbound[0].in_flight), (2, 0));
+        assert_eq!((r.inbound[0].requests, r.inbound[0].in_flight), (1, 1));
+        assert_eq!(c.take_report().unwrap().outbound.len(), 0, "sent once");
     }
 }

@@ -1,7 +1,8 @@
 //! The thin layer that touches `proxy_wasm`: the root context (configuration, snapshot polling,
 //! driving held requests on tick) and the HTTP context (the per-request decision).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -9,30 +10,63 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use kzscaler_core::wire::INBOUND_PREFIX;
+use kzscaler_core::wire::{ActivityReport, INBOUND_PREFIX};
 
 use crate::config::Config;
 use crate::deadline::{envoy_expected_timeout_ms, grpc_timeout_ms, hold_budget_ms};
 use crate::hold::{self, Hold, Reply, Worker};
+use crate::sync::{self, Adopted, Clock, Shared, Tick};
 use crate::table::Table;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, config: None, worker: None, poll: Poll::default(), tick: None })
+        Box::new(Root {
+            id,
+            config: None,
+            worker: None,
+            poll: Poll::default(),
+            tick: Rc::new(Cell::new(Tick::default())),
+            clock: Rc::new(Cell::new(Clock::default())),
+        })
     });
 }}
 
-/// Shared data keys (shared by every worker of this VM).
-const SNAPSHOT_KEY: &str = "kzscaler.snapshot";
-const SNAPSHOT_VERSION_KEY: &str = "kzscaler.snapshot.version";
-const POLL_LEASE_KEY: &str = "kzscaler.poll.lease";
-
-fn now_ms() -> u64 {
+fn wall_ms() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// This worker's [`Clock`] time now.
+fn now_ms(clock: &Cell<Clock>) -> u64 {
+    let mut c = clock.get();
+    let now = c.now(wall_ms());
+    clock.set(c);
+    now
+}
+
+/// Sets this worker's tick period if it changed (from a request, Envoy applies it to the
+/// root context of the worker).
+fn set_tick(tick: &Cell<Tick>, period: Duration) {
+    let mut t = tick.get();
+    if let Some(p) = t.change(period) {
+        let _ = hostcalls::set_tick_period(p);
+    }
+    tick.set(t);
+}
+
+/// Envoy's shared data.
+struct EnvoyShared;
+
+impl Shared for EnvoyShared {
+    fn get(&self, key: &str) -> Option<(Option<Vec<u8>>, Option<u32>)> {
+        hostcalls::get_shared_data(key).ok()
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
 }
 
 /// `<namespace>/<deployment>` of this pod, from the node metadata Istio gives its sidecar.
@@ -63,17 +97,18 @@ fn own_workload() -> Option<String> {
     Some(own)
 }
 
-fn u64_le(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
-}
+use sync::u64_le;
 
 #[derive(Default)]
 struct Poll {
     next_report_ms: u64,
     inflight: Option<u32>,
-    adopted_version: Option<u64>,
+    adopted: Adopted,
     last_ok_ms: u64,
     last_warn_ms: u64,
+    last_degraded_ms: u64,
+    /// Activity reports on their way, by callout token: put back if they do not arrive.
+    reports: HashMap<u32, ActivityReport>,
 }
 
 struct Root {
@@ -81,7 +116,8 @@ struct Root {
     config: Option<Rc<Config>>,
     worker: Option<Rc<RefCell<Worker>>>,
     poll: Poll,
-    tick: Option<Duration>,
+    tick: Rc<Cell<Tick>>,
+    clock: Rc<Cell<Clock>>,
 }
 
 /// Calls into Envoy for the worker, acting on held requests through the effective context and
@@ -89,6 +125,7 @@ struct Root {
 struct ProxyHost<'a> {
     root_id: u32,
     config: &'a Config,
+    clock: &'a Cell<Clock>,
 }
 
 /// Dispatches through the SDK so that the answer is routed back to the root context.
@@ -105,7 +142,7 @@ impl ProxyHost<'_> {
 
 impl hold::Host for ProxyHost<'_> {
     fn now_ms(&self) -> u64 {
-        now_ms()
+        now_ms(self.clock)
     }
 
     fn num_endpoints(&mut self, ctx: u32) -> Option<u64> {
@@ -156,32 +193,30 @@ impl hold::Host for ProxyHost<'_> {
 }
 
 impl Root {
-    fn set_tick(&mut self, period: Duration) {
-        if self.tick != Some(period) {
-            let _ = hostcalls::set_tick_period(period);
-            self.tick = Some(period);
-        }
+    fn set_tick(&self, period: Duration) {
+        set_tick(&self.tick, period);
     }
 
     /// Adopts the snapshot another worker stored in shared data, if newer.
-    fn sync_from_shared(&mut self, worker: &RefCell<Worker>) {
-        let Ok((Some(v), _)) = hostcalls::get_shared_data(SNAPSHOT_VERSION_KEY) else {
+    fn sync_from_shared(&mut self, worker: &RefCell<Worker>, now: u64) {
+        let Some((version, body)) = self.poll.adopted.newer_stored(&EnvoyShared) else {
             return;
         };
-        let Some(version) = u64_le(&v) else { return };
-        if self.poll.adopted_version == Some(version) {
-            return;
+        match Table::parse(&body) {
+            Ok(t) => self.adopt(worker, version, t, now),
+            Err(e) => self.warn(now, &format!("ignoring the stored snapshot {version}: {e}")),
         }
-        let Ok((Some(bytes), _)) = hostcalls::get_shared_data(SNAPSHOT_KEY) else {
-            return;
-        };
-        match Table::parse(&bytes) {
-            Ok(t) => {
-                self.poll.adopted_version = Some(t.version);
-                worker.borrow_mut().table = t;
-            }
-            Err(e) => log::warn!("kzscaler: ignoring the stored snapshot: {e}"),
+    }
+
+    fn adopt(&mut self, worker: &RefCell<Worker>, version: u64, table: Table, now: u64) {
+        if let Some(msg) = table.degraded()
+            && now.saturating_sub(self.poll.last_degraded_ms) >= 60_000
+        {
+            log::warn!("kzscaler: {msg}");
+            self.poll.last_degraded_ms = now;
         }
+        self.poll.adopted.adopt(version);
+        worker.borrow_mut().table = table;
     }
 
     /// One worker per poll period polls the controller: whoever wins the lease.
@@ -189,24 +224,14 @@ impl Root {
         if self.poll.inflight.is_some() {
             return;
         }
-        let Ok((lease, cas)) = hostcalls::get_shared_data(POLL_LEASE_KEY) else {
-            return;
-        };
-        if lease
-            .as_deref()
-            .and_then(u64_le)
-            .is_some_and(|until| now < until)
-        {
-            return;
-        }
         let period = u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000);
-        let until = (now + period).to_le_bytes();
-        if hostcalls::set_shared_data(POLL_LEASE_KEY, Some(&until), cas).is_err() {
-            return; // another worker won
+        if !sync::take_poll_lease(&mut EnvoyShared, now, period) {
+            return; // another worker polls this period
         }
         let etag = self
             .poll
-            .adopted_version
+            .adopted
+            .version
             .map(|v| format!("\"{v}\""))
             .unwrap_or_default();
         let mut headers = vec![
@@ -241,7 +266,7 @@ impl Root {
             return;
         }
         self.poll.next_report_ms =
-            now + u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000);
+            now.saturating_add(u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000));
         let Some(report) = worker.borrow_mut().counters.take_report() else {
             return;
         };
@@ -254,22 +279,26 @@ impl Root {
             (":authority", config.controller_authority.as_str()),
             ("content-type", "application/json"),
         ];
-        // The answer is ignored (its token is unknown to the worker): a lost report only
-        // delays a sleep, never causes one early, since the controller counts idle time.
-        if let Err(e) = self.dispatch_http_call(
+        match self.dispatch_http_call(
             &config.controller_cluster,
             headers,
             Some(&body),
             vec![],
             config.call_timeout,
         ) {
-            self.warn(
-                now,
-                &format!(
-                    "cannot send activity to cluster {:?}: {e:?}",
-                    config.controller_cluster
-                ),
-            );
+            Ok(token) => {
+                self.poll.reports.insert(token, report);
+            }
+            Err(e) => {
+                worker.borrow_mut().counters.restore(&report);
+                self.warn(
+                    now,
+                    &format!(
+                        "cannot send activity to cluster {:?}: {e:?}",
+                        config.controller_cluster
+                    ),
+                );
+            }
         }
     }
 
@@ -287,7 +316,7 @@ impl Root {
         body_size: usize,
         worker: &RefCell<Worker>,
     ) {
-        let now = now_ms();
+        let now = now_ms(&self.clock);
         match status {
             Some(200) => {
                 let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
@@ -296,15 +325,12 @@ impl Root {
                     .unwrap_or_default();
                 match Table::parse(&body) {
                     Ok(t) => {
-                        let _ = hostcalls::set_shared_data(SNAPSHOT_KEY, Some(&body), None);
-                        let _ = hostcalls::set_shared_data(
-                            SNAPSHOT_VERSION_KEY,
-                            Some(&t.version.to_le_bytes()),
-                            None,
-                        );
-                        self.poll.adopted_version = Some(t.version);
                         self.poll.last_ok_ms = now;
-                        worker.borrow_mut().table = t;
+                        sync::publish(&mut EnvoyShared, t.version, &body);
+                        // An older answer (polls overlap) never replaces a newer table.
+                        if self.poll.adopted.is_newer(t.version) {
+                            self.adopt(worker, t.version, t, now);
+                        }
                     }
                     Err(e) => self.warn(now, &e),
                 }
@@ -332,13 +358,19 @@ impl Context for Root {
         let (Some(config), Some(worker)) = (self.config.clone(), self.worker.clone()) else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
-            .and_then(|s| s.parse::<u32>().ok());
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok());
         if self.poll.inflight == Some(token) {
             self.poll.inflight = None;
             self.on_snapshot_response(status, body_size, &worker);
+            return;
+        }
+        if let Some(report) = self.poll.reports.remove(&token) {
+            if !sync::report_delivered(status) {
+                worker.borrow_mut().counters.restore(&report);
+            }
             return;
         }
         let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
@@ -348,6 +380,7 @@ impl Context for Root {
         let mut host = ProxyHost {
             root_id: self.id,
             config: &config,
+            clock: &self.clock,
         };
         worker
             .borrow_mut()
@@ -364,7 +397,11 @@ impl RootContext for Root {
         match Config::parse(&bytes) {
             Ok(c) => {
                 log::info!("kzscaler filter configured: {c:?}");
-                self.worker = Some(Rc::new(RefCell::new(Worker::new(c.max_held_requests))));
+                match &self.worker {
+                    // Reconfigured: requests held so far stay held and are still driven.
+                    Some(w) => w.borrow_mut().reconfigure(c.limits()),
+                    None => self.worker = Some(Rc::new(RefCell::new(Worker::new(c.limits())))),
+                }
                 let idle = c.poll_period.min(Duration::from_millis(100));
                 self.config = Some(Rc::new(c));
                 self.set_tick(idle);
@@ -381,13 +418,14 @@ impl RootContext for Root {
         let (Some(config), Some(worker)) = (self.config.clone(), self.worker.clone()) else {
             return;
         };
-        let now = now_ms();
-        self.sync_from_shared(&worker);
+        let now = now_ms(&self.clock);
+        self.sync_from_shared(&worker, now);
         self.maybe_poll(&config, now);
         self.maybe_report(&config, &worker, now);
         let mut host = ProxyHost {
             root_id: self.id,
             config: &config,
+            clock: &self.clock,
         };
         let holding = {
             let mut w = worker.borrow_mut();
@@ -410,6 +448,8 @@ impl RootContext for Root {
         Some(Box::new(Request {
             id: context_id,
             worker: self.worker.clone(),
+            tick: self.tick.clone(),
+            clock: self.clock.clone(),
             hold_tick: self
                 .config
                 .as_ref()
@@ -427,15 +467,20 @@ impl RootContext for Root {
 struct Request {
     id: u32,
     worker: Option<Rc<RefCell<Worker>>>,
+    tick: Rc<Cell<Tick>>,
+    clock: Rc<Cell<Clock>>,
     hold_tick: Duration,
+    /// It was held (it may since have been resumed): the worker must hear that it ended.
     held: bool,
     /// The managed cluster this request counts for, until it ends.
     counted: Option<Rc<str>>,
 }
 
 impl Request {
-    fn header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+    /// A request header as bytes: any byte may be in a header (obs-text), and the SDK's
+    /// string accessor panics on one that is not UTF-8.
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
             .ok()
             .flatten()
     }
@@ -512,7 +557,7 @@ impl HttpContext for Request {
         }
         let grpc = self
             .header("content-type")
-            .is_some_and(|c| c.starts_with("application/grpc"));
+            .is_some_and(|c| c.starts_with(b"application/grpc"));
         let budget = hold_budget_ms(
             wake_timeout_ms,
             &[
@@ -533,14 +578,16 @@ impl HttpContext for Request {
                 hold::Why::NoEndpoint
             },
         };
-        let decision = worker
-            .borrow_mut()
-            .hold(self.id, &cluster, budget, now_ms(), ask);
+        let decision =
+            worker
+                .borrow_mut()
+                .hold(self.id, &cluster, budget, now_ms(&self.clock), ask);
         match decision {
             Hold::Paused => {
                 self.held = true;
-                // Speeds up this worker's root tick (Envoy applies it to the root context).
-                let _ = hostcalls::set_tick_period(self.hold_tick);
+                // Speeds up this worker's root tick, once: set again on every held request, a
+                // steady stream of them would re-arm the timer before it ever fired.
+                set_tick(&self.tick, self.hold_tick);
                 Action::Pause
             }
             Hold::Pass => Action::Continue,

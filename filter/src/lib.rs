@@ -8,7 +8,9 @@
 //!        ──per request──▶ Request: table lookup by xds.cluster_name; hold if asleep
 //! ```
 //!
-//! Logic lives in plain modules tested natively (`cargo test -p kzscaler-filter`); only
+//! Logic lives in plain modules tested natively (`cargo test -p kzscaler-filter`): holding and
+//! releasing in `hold.rs`, what workers share (poll lease, snapshot versions, clock, tick) in
+//! `sync.rs`; only
 //! `host.rs` touches `proxy_wasm`.
 #![forbid(unsafe_code)]
 #![deny(clippy::panic)]
@@ -16,6 +18,7 @@
 pub mod config;
 pub mod deadline;
 pub mod hold;
+pub mod sync;
 pub mod table;
 
 mod host;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use kzscaler_core::cluster::ClusterName;
-use kzscaler_core::wire::{INBOUND_PREFIX, Snapshot, State};
+use kzscaler_core::wire::{Destination, INBOUND_PREFIX, State};
 
 /// What the filter needs of one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,18 +23,23 @@ pub struct Entry {
 impl Entry {
     /// Whether a request counts as activity: not a kubelet probe, not an ignored path. The
     /// path is asked for only when there are ignored paths (it costs a call into Envoy).
-    pub fn counts(&self, user_agent: Option<&str>, path: impl FnOnce() -> Option<String>) -> bool {
-        if user_agent.is_some_and(|ua| ua.starts_with("kube-probe/")) {
+    /// Header values are bytes: any byte may be in them.
+    pub fn counts(
+        &self,
+        user_agent: Option<&[u8]>,
+        path: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> bool {
+        if user_agent.is_some_and(|ua| ua.starts_with(b"kube-probe/")) {
             return false;
         }
         if self.ignore_paths.is_empty() {
             return true;
         }
-        let path = path().unwrap_or_else(|| "/".to_owned());
+        let path = path().unwrap_or_else(|| b"/".to_vec());
         !self
             .ignore_paths
             .iter()
-            .any(|p| path.starts_with(p.as_str()))
+            .any(|p| path.starts_with(p.as_bytes()))
     }
 }
 
@@ -51,58 +56,87 @@ pub struct Table {
     /// Managed Deployments as `<namespace>/<deployment>`, for inbound counting; the entry's
     /// `cluster` is the counter key `inbound|<namespace>/<deployment>`.
     by_workload: HashMap<String, Entry>,
+    /// Destinations of the last parse that did not parse, and the first reason.
+    skipped: usize,
+    first_skip: Option<String>,
+    /// Destinations in a state this build does not know.
+    unknown_states: usize,
 }
 
 impl Table {
-    /// Parses the snapshot JSON the controller serves.
+    /// Parses the snapshot JSON the controller serves. Each destination stands alone: one
+    /// that does not parse is skipped and counted in [`Table::skipped`], one in a state this
+    /// build does not know is kept as [`State::Unknown`] (never held), and the rest of the
+    /// table applies. Only a body that is not a snapshot at all is an error.
     pub fn parse(json: &[u8]) -> Result<Self, String> {
-        let snap: Snapshot =
+        #[derive(serde::Deserialize)]
+        struct Lenient {
+            version: u64,
+            destinations: Vec<serde_json::Value>,
+        }
+        let raw: Lenient =
             serde_json::from_slice(json).map_err(|e| format!("snapshot is not valid: {e}"))?;
-        let by_workload = snap
-            .destinations
-            .iter()
-            .map(|d| {
-                let workload = format!("{}/{}", d.namespace, d.deployment);
-                let entry = Entry {
-                    cluster: Rc::from(format!("{INBOUND_PREFIX}{workload}").as_str()),
-                    state: d.state,
-                    wake_timeout_ms: d.wake_timeout_ms,
-                    ignore_paths: d.ignore_paths.clone(),
-                };
-                (workload, entry)
-            })
-            .collect();
-        let mut by_service: HashMap<String, HashMap<String, HashMap<u16, String>>> = HashMap::new();
-        for d in &snap.destinations {
-            if let Some(c) = ClusterName::try_parse(&d.cluster) {
-                by_service
-                    .entry(c.namespace.to_owned())
-                    .or_default()
-                    .entry(c.service.to_owned())
-                    .or_default()
-                    .insert(c.port, d.cluster.clone());
+        let mut table = Self {
+            version: raw.version,
+            ..Self::default()
+        };
+        for value in raw.destinations {
+            match serde_json::from_value::<Destination>(value) {
+                Ok(d) => table.insert(d),
+                Err(e) => {
+                    table.skipped += 1;
+                    table.first_skip.get_or_insert_with(|| e.to_string());
+                }
             }
         }
-        Ok(Self {
-            version: snap.version,
-            by_workload,
-            by_service,
-            by_cluster: snap
-                .destinations
-                .into_iter()
-                .map(|d| {
-                    (
-                        d.cluster.clone(),
-                        Entry {
-                            cluster: Rc::from(d.cluster.as_str()),
-                            state: d.state,
-                            wake_timeout_ms: d.wake_timeout_ms,
-                            ignore_paths: d.ignore_paths,
-                        },
-                    )
-                })
-                .collect(),
-        })
+        Ok(table)
+    }
+
+    fn insert(&mut self, d: Destination) {
+        if d.state == State::Unknown {
+            self.unknown_states += 1;
+        }
+        let workload = format!("{}/{}", d.namespace, d.deployment);
+        self.by_workload.insert(
+            workload.clone(),
+            Entry {
+                cluster: Rc::from(format!("{INBOUND_PREFIX}{workload}").as_str()),
+                state: d.state,
+                wake_timeout_ms: d.wake_timeout_ms,
+                ignore_paths: d.ignore_paths.clone(),
+            },
+        );
+        if let Some(c) = ClusterName::try_parse(&d.cluster) {
+            self.by_service
+                .entry(c.namespace.to_owned())
+                .or_default()
+                .entry(c.service.to_owned())
+                .or_default()
+                .insert(c.port, d.cluster.clone());
+        }
+        self.by_cluster.insert(
+            d.cluster.clone(),
+            Entry {
+                cluster: Rc::from(d.cluster.as_str()),
+                state: d.state,
+                wake_timeout_ms: d.wake_timeout_ms,
+                ignore_paths: d.ignore_paths,
+            },
+        );
+    }
+
+    /// What in the last parse did not apply, for a (rate-limited) log line; None when all did.
+    pub fn degraded(&self) -> Option<String> {
+        if self.skipped == 0 && self.unknown_states == 0 {
+            return None;
+        }
+        Some(format!(
+            "snapshot version {}: {} destination(s) skipped (first: {}), {} in a state this filter does not know (their requests pass untouched); the rest applies",
+            self.version,
+            self.skipped,
+            self.first_skip.as_deref().unwrap_or("none"),
+            self.unknown_states
+        ))
     }
 
     /// The destination behind a cluster, if managed: by its exact name (one lookup on the
@@ -174,18 +208,20 @@ mod tests {
             ignore_paths: vec!["/healthz".into()],
         };
         let path = |p: &str| {
-            let p = p.to_owned();
+            let p = p.as_bytes().to_vec();
             move || Some(p)
         };
-        assert!(e.counts(Some("curl/8"), path("/api")));
+        assert!(e.counts(Some(b"curl/8"), path("/api")));
         assert!(e.counts(None, || None));
-        assert!(!e.counts(Some("kube-probe/1.36"), path("/api")));
-        assert!(!e.counts(Some("curl/8"), path("/healthz/ready")));
+        assert!(!e.counts(Some(b"kube-probe/1.36"), path("/api")));
+        assert!(!e.counts(Some(b"curl/8"), path("/healthz/ready")));
+        assert!(e.counts(Some(b"Mozilla \xe9t\xe9"), || Some(b"/caf\xe9".to_vec())));
+        assert!(!e.counts(Some(b"x"), || Some(b"/healthz\xff".to_vec())));
         let no_ignores = Entry {
             ignore_paths: vec![],
             ..e
         };
-        assert!(no_ignores.counts(Some("curl/8"), || None));
+        assert!(no_ignores.counts(Some(b"curl/8"), || None));
     }
 
     #[test]
@@ -229,6 +265,58 @@ mod tests {
     #[test]
     fn bad_snapshot_is_an_error_not_a_panic() {
         assert!(Table::parse(b"{").is_err());
-        assert!(Table::parse(br#"{"version":1,"destinations":[{"cluster":1}]}"#).is_err());
+        assert!(Table::parse(br#"{"version":1}"#).is_err());
+        assert!(Table::parse(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn one_unknown_state_or_broken_entry_degrades_only_itself() {
+        let t = Table::parse(
+            br#"{"version":9,"destinations":[
+            {"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"hibernating","wake_timeout_ms":5000},
+            {"cluster":1},
+            {"cluster":"outbound|80||db.shop.svc.cluster.local","namespace":"shop","service":"db","deployment":"db","state":"asleep","wake_timeout_ms":5000,"new_field":true}]}"#,
+        )
+        .unwrap();
+        assert_eq!(t.version, 9);
+        let web = t.get("outbound|80||web.shop.svc.cluster.local").unwrap();
+        assert_eq!(web.state, State::Unknown);
+        assert!(
+            !web.state.must_hold(),
+            "a state it does not know is never held"
+        );
+        assert_eq!(
+            t.get("outbound|80||db.shop.svc.cluster.local")
+                .map(|e| e.state),
+            Some(State::Asleep),
+            "the rest of the table updates"
+        );
+        let log = t.degraded().unwrap();
+        assert!(
+            log.contains("1 destination(s) skipped") && log.contains("1 in a state"),
+            "{log}"
+        );
+        assert_eq!(
+            Table::parse(br#"{"version":1,"destinations":[]}"#)
+                .unwrap()
+                .degraded(),
+            None
+        );
+    }
+
+    proptest::proptest! {
+        // Fuzzing: any bytes as a snapshot body are a table or an error, never a panic, and
+        // any cluster name is looked up without one.
+        #[test]
+        fn any_snapshot_body_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = Table::parse(&body);
+        }
+
+        #[test]
+        fn any_cluster_name_is_looked_up_without_panic(name in "\\PC{0,64}|outbound\\|[0-9]{0,6}\\|[a-z]{0,3}\\|[a-z.]{0,30}") {
+            let t = Table::parse(br#"{"version":1,"destinations":[{"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":5}]}"#).unwrap();
+            let _ = t.get(&name);
+            let _ = t.workload(&name);
+        }
     }
 }

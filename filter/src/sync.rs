@@ -1,0 +1,327 @@
+//! What the workers of one Envoy share, and the decisions about it: which worker polls the
+//! controller (the poll lease), which snapshot wins when polls overlap (versions only move
+//! forward), when a worker adopts another's snapshot, the clock held requests are timed by,
+//! and the tick period. Plain Rust behind the small [`Shared`] trait, tested natively.
+//!
+//! ```text
+//!  worker A: poll ─▶ 200 v7 ─▶ publish(v7): CAS on "kzscaler.snapshot" = v7 ‖ body,
+//!                                           then the hint "kzscaler.snapshot.version" = 7
+//!  worker B: poll ─▶ 200 v6 (sent earlier, answered later) ─▶ publish(v6): v7 stored: no
+//!  every tick: hint > adopted? ─▶ read the blob once per hint ─▶ adopt if newer
+//! ```
+
+/// Shared data keys (shared by every worker of this VM).
+pub const SNAPSHOT_KEY: &str = "kzscaler.snapshot";
+/// The version of the snapshot stored under [`SNAPSHOT_KEY`]: cheap to read every tick.
+pub const SNAPSHOT_VERSION_KEY: &str = "kzscaler.snapshot.version";
+/// Until when (ms, [`Clock`] time of the worker that took it) one worker polls.
+pub const POLL_LEASE_KEY: &str = "kzscaler.poll.lease";
+
+/// Envoy's shared data, as the workers see it.
+pub trait Shared {
+    /// The value and its CAS token; None when the host refused the call.
+    fn get(&self, key: &str) -> Option<(Option<Vec<u8>>, Option<u32>)>;
+    /// Stores `value` if the key's CAS token is still `cas`; false when it changed meanwhile.
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+}
+
+/// A little-endian u64 at the start of `bytes`.
+pub fn u64_le(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+/// CAS attempts before giving up on a write another worker keeps winning (it wrote
+/// something at least as new, or will on its next tick).
+const CAS_ATTEMPTS: usize = 4;
+
+/// Stores a snapshot of `version` for the other workers, unless one at least as new is
+/// stored: an older answer landing last never overwrites a newer one. Returns whether it
+/// stored it.
+pub fn publish(shared: &mut impl Shared, version: u64, body: &[u8]) -> bool {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((stored, cas)) = shared.get(SNAPSHOT_KEY) else {
+            return false;
+        };
+        if stored
+            .as_deref()
+            .and_then(u64_le)
+            .is_some_and(|v| v >= version)
+        {
+            return false;
+        }
+        let mut blob = Vec::with_capacity(8 + body.len());
+        blob.extend_from_slice(&version.to_le_bytes());
+        blob.extend_from_slice(body);
+        if shared.set(SNAPSHOT_KEY, &blob, cas) {
+            raise_hint(shared, version);
+            return true;
+        }
+    }
+    false
+}
+
+fn raise_hint(shared: &mut impl Shared, version: u64) {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((hint, cas)) = shared.get(SNAPSHOT_VERSION_KEY) else {
+            return;
+        };
+        if hint
+            .as_deref()
+            .and_then(u64_le)
+            .is_some_and(|h| h >= version)
+            || shared.set(SNAPSHOT_VERSION_KEY, &version.to_le_bytes(), cas)
+        {
+            return;
+        }
+    }
+}
+
+/// Which snapshot a worker holds, and which stored one it last looked at.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// The version of the table in use (sent back as `If-None-Match`).
+    pub version: Option<u64>,
+    /// The hint of the stored blob last read, adopted or not (a blob that did not parse is
+    /// read again only when the hint moves).
+    tried_hint: Option<u64>,
+}
+
+impl Adopted {
+    /// Whether a snapshot of `version` may replace the one in use: versions only move forward.
+    pub fn is_newer(&self, version: u64) -> bool {
+        self.version.is_none_or(|v| version > v)
+    }
+
+    /// Marks `version` as in use.
+    pub fn adopt(&mut self, version: u64) {
+        self.version = Some(version);
+    }
+
+    /// A stored snapshot newer than the one in use, as `(version, body)`, read at most once
+    /// per change of the stored version.
+    pub fn newer_stored(&mut self, shared: &impl Shared) -> Option<(u64, Vec<u8>)> {
+        let (hint, _) = shared.get(SNAPSHOT_VERSION_KEY)?;
+        let hint = u64_le(hint.as_deref()?)?;
+        if !self.is_newer(hint) || self.tried_hint == Some(hint) {
+            return None;
+        }
+        self.tried_hint = Some(hint);
+        let (blob, _) = shared.get(SNAPSHOT_KEY)?;
+        let blob = blob?;
+        let version = u64_le(&blob)?;
+        if !self.is_newer(version) {
+            return None;
+        }
+        Some((
+            version,
+            blob.get(8..).map(<[u8]>::to_vec).unwrap_or_default(),
+        ))
+    }
+}
+
+/// Takes the poll lease for `period_ms` if it is free: passed, or further ahead than any
+/// lease is ever set (the holder's clock was ahead of ours, or ours stepped back: waiting
+/// for it would stop polling for as long as the step).
+pub fn take_poll_lease(shared: &mut impl Shared, now: u64, period_ms: u64) -> bool {
+    let Some((lease, cas)) = shared.get(POLL_LEASE_KEY) else {
+        return false;
+    };
+    if lease
+        .as_deref()
+        .and_then(u64_le)
+        .is_some_and(|until| now < until && until <= now.saturating_add(period_ms))
+    {
+        return false;
+    }
+    shared.set(
+        POLL_LEASE_KEY,
+        &now.saturating_add(period_ms).to_le_bytes(),
+        cas,
+    )
+}
+
+/// Time for deadlines and periods that a step of the wall clock cannot stretch: it follows
+/// the wall clock's progress, counting a step back as no time and a jump forward as at most
+/// [`Clock::MAX_STEP_MS`]. (The proxy-wasm ABI gives only the wall clock.)
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    last_wall: Option<u64>,
+    now: u64,
+}
+
+impl Clock {
+    /// The longest progress one reading may add: far longer than any tick period, far
+    /// shorter than a clock correction.
+    pub const MAX_STEP_MS: u64 = 5_000;
+
+    /// The time now, given the wall clock now.
+    pub fn now(&mut self, wall_ms: u64) -> u64 {
+        let progress = match self.last_wall {
+            None => wall_ms, // starts where the wall clock is: readable in logs
+            Some(last) => wall_ms.saturating_sub(last).min(Self::MAX_STEP_MS),
+        };
+        self.last_wall = Some(wall_ms);
+        self.now = self.now.saturating_add(progress);
+        self.now
+    }
+}
+
+/// The tick period a worker's root context runs at. Envoy re-arms the timer from "now" on
+/// every `set_tick_period`, so it must be set only when it changes: set on every held
+/// request, a steady stream of them would keep the tick from ever firing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    current: Option<std::time::Duration>,
+}
+
+impl Tick {
+    /// The period to hand to Envoy, if it differs from the one set.
+    pub fn change(&mut self, wanted: std::time::Duration) -> Option<std::time::Duration> {
+        (self.current != Some(wanted)).then(|| {
+            self.current = Some(wanted);
+            wanted
+        })
+    }
+}
+
+/// Whether an activity report arrived: the controller answers 204; anything else (Envoy's
+/// own 503 or 504, a follower's 503) means its counts must be sent again.
+pub fn report_delivered(status: Option<u32>) -> bool {
+    status == Some(204)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    /// Envoy's shared data: a CAS token per key that changes on every write.
+    #[derive(Default)]
+    struct FakeShared {
+        data: HashMap<String, (Vec<u8>, u32)>,
+        /// Reads of the (large) snapshot blob.
+        blob_reads: Cell<usize>,
+    }
+
+    impl Shared for FakeShared {
+        fn get(&self, key: &str) -> Option<(Option<Vec<u8>>, Option<u32>)> {
+            if key == SNAPSHOT_KEY {
+                self.blob_reads.set(self.blob_reads.get() + 1);
+            }
+            Some(match self.data.get(key) {
+                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+                None => (None, None),
+            })
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            let current = self.data.get(key).map(|(_, c)| *c);
+            if cas.is_some_and(|c| c != 0) && cas != current {
+                return false;
+            }
+            let next = current.unwrap_or(0) + 1;
+            self.data.insert(key.to_owned(), (value.to_vec(), next));
+            true
+        }
+    }
+
+    #[test]
+    fn an_older_snapshot_answered_last_never_overwrites_a_newer_one() {
+        let mut shared = FakeShared::default();
+        // Two workers' polls overlap: v7 lands first, the older v6 after it.
+        assert!(publish(&mut shared, 7, b"seven"));
+        assert!(!publish(&mut shared, 6, b"six"));
+        let mut other = Adopted::default();
+        assert_eq!(other.newer_stored(&shared), Some((7, b"seven".to_vec())));
+        other.adopt(7);
+        assert!(!other.is_newer(6), "a worker never adopts an older version");
+        assert!(other.is_newer(8));
+        assert_eq!(other.newer_stored(&shared), None);
+    }
+
+    #[test]
+    fn a_stored_snapshot_is_read_once_per_change_even_when_it_is_not_adopted() {
+        let mut shared = FakeShared::default();
+        publish(&mut shared, 3, b"not json");
+        let mut a = Adopted::default();
+        assert!(a.newer_stored(&shared).is_some());
+        let reads = shared.blob_reads.get();
+        // Not adopted (it did not parse): not read again on every tick.
+        for _ in 0..10 {
+            assert_eq!(a.newer_stored(&shared), None);
+        }
+        assert_eq!(shared.blob_reads.get(), reads);
+        publish(&mut shared, 4, b"{}");
+        assert_eq!(a.newer_stored(&shared), Some((4, b"{}".to_vec())));
+    }
+
+    #[test]
+    fn a_cas_lost_to_another_worker_is_retried_against_what_it_wrote() {
+        let mut shared = FakeShared::default();
+        publish(&mut shared, 5, b"five");
+        // Another worker wrote between our read and our write: the CAS fails, and the retry
+        // compares with what it wrote.
+        let (_, stale_cas) = shared.get(SNAPSHOT_KEY).unwrap();
+        publish(&mut shared, 9, b"nine");
+        assert!(!shared.set(SNAPSHOT_KEY, b"x", stale_cas));
+        assert!(!publish(&mut shared, 8, b"eight"));
+        assert!(publish(&mut shared, 10, b"ten"));
+        let hint = shared.get(SNAPSHOT_VERSION_KEY).unwrap().0.unwrap();
+        assert_eq!(u64_le(&hint), Some(10));
+    }
+
+    #[test]
+    fn one_worker_holds_the_poll_lease_for_a_period() {
+        let mut shared = FakeShared::default();
+        assert!(take_poll_lease(&mut shared, 1_000, 1_000));
+        assert!(!take_poll_lease(&mut shared, 1_500, 1_000), "held");
+        assert!(take_poll_lease(&mut shared, 2_000, 1_000), "passed");
+    }
+
+    #[test]
+    fn a_clock_step_back_does_not_stop_polling() {
+        let mut shared = FakeShared::default();
+        assert!(take_poll_lease(&mut shared, 10_000_000, 1_000));
+        // The wall clock steps back an hour: the lease lies further ahead than any lease is
+        // set. Waiting for it would stop polling for an hour.
+        assert!(take_poll_lease(&mut shared, 10_000_000 - 3_600_000, 1_000));
+        assert!(!take_poll_lease(&mut shared, 10_000_000 - 3_599_500, 1_000));
+    }
+
+    #[test]
+    fn the_clock_counts_a_step_back_as_no_time_and_a_jump_as_at_most_a_few_seconds() {
+        let mut c = Clock::default();
+        let t0 = c.now(1_000_000);
+        assert_eq!(c.now(1_000_100), t0 + 100);
+        assert_eq!(c.now(400_000), t0 + 100, "stepped back: no time passes");
+        assert_eq!(c.now(400_050), t0 + 150, "and it goes on from there");
+        assert_eq!(
+            c.now(400_050 + 3_600_000),
+            t0 + 150 + Clock::MAX_STEP_MS,
+            "an hour's jump forward does not expire every held request"
+        );
+    }
+
+    #[test]
+    fn the_tick_is_set_only_when_it_changes() {
+        let mut t = Tick::default();
+        let fast = Duration::from_millis(2);
+        let idle = Duration::from_millis(100);
+        assert_eq!(t.change(idle), Some(idle));
+        assert_eq!(t.change(fast), Some(fast));
+        // A stream of held requests each wanting the fast tick: Envoy is not re-armed.
+        for _ in 0..1_000 {
+            assert_eq!(t.change(fast), None);
+        }
+        assert_eq!(t.change(idle), Some(idle));
+    }
+
+    #[test]
+    fn only_the_controllers_204_delivers_a_report() {
+        assert!(report_delivered(Some(204)));
+        for lost in [None, Some(200), Some(503), Some(504), Some(400)] {
+            assert!(!report_delivered(lost), "{lost:?}");
+        }
+    }
+}
