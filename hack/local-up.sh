@@ -273,7 +273,8 @@ WEBHOOK_PKI=$PKI/webhook
 "$REPO_ROOT/hack/webhook-certs.sh" "$WEBHOOK_PKI" IP:127.0.0.1
 webhook_ready() { curl -sf --cacert "$WEBHOOK_PKI/ca.crt" "https://127.0.0.1:$WEBHOOK_PORT/readyz" >/dev/null; }
 start_component webhook "$WEBHOOK_PORT" webhook_ready 30 \
-  kzscaler-webhook --listen "127.0.0.1:$WEBHOOK_PORT" --tls-cert "$WEBHOOK_PKI/tls.crt" --tls-key "$WEBHOOK_PKI/tls.key"
+  kzscaler-webhook --listen "127.0.0.1:$WEBHOOK_PORT" --tls-cert "$WEBHOOK_PKI/tls.crt" --tls-key "$WEBHOOK_PKI/tls.key" \
+  --min-idle-timeout 1s --shutdown-delay 0s
 log=$KZSCALER_STATE_DIR/logs/webhook-config.log
 sed -e "s|@URL@|https://127.0.0.1:$WEBHOOK_PORT|" -e "s|@CABUNDLE@|$(base64 -w0 <"$WEBHOOK_PKI/ca.crt")|" \
   "$REPO_ROOT/hack/testbed/webhooks.yaml" | kubectl apply -f - >"$log" 2>&1 ||

@@ -41,6 +41,26 @@ pub const SLEPT_AT: &str = "kzscaler.io/slept-at";
 /// `{"replicas","scale_ms","pod_ready_ms","endpoint_ready_ms"}`.
 pub const LAST_WAKE: &str = "kzscaler.io/last-wake";
 
+/// The prefix of every kzscaler label and annotation.
+pub const PREFIX: &str = "kzscaler.io/";
+
+/// Every `kzscaler.io/*` annotation a Deployment may carry: the user's settings, then what
+/// `kubectl kzscaler` and the controller write. Any other key in the prefix is a typo.
+pub const DEPLOYMENT_ANNOTATIONS: &[&str] = &[
+    SCALE_TO_ZERO,
+    IDLE_TIMEOUT,
+    WAKE_TIMEOUT,
+    WAKE_REPLICAS,
+    IGNORE_PATHS,
+    PAUSED,
+    ACTION,
+    LAST_REQUEST,
+    STATE,
+    REPLICAS_BEFORE_SLEEP,
+    SLEPT_AT,
+    LAST_WAKE,
+];
+
 /// Default for [`IDLE_TIMEOUT`], in seconds.
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 /// Default for [`WAKE_TIMEOUT`], in seconds.

@@ -1,5 +1,7 @@
 //! Admission decisions: pure functions from an `AdmissionRequest` to an `AdmissionResponse`.
 
+use std::time::Duration;
+
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kzscaler_core::names;
@@ -77,9 +79,33 @@ pub fn mutate(body: &[u8], wasmplugin: &str) -> (AdmissionResponse, Outcome) {
     }
 }
 
+/// What the validating webhook enforces beyond the annotations' own syntax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The shortest `kzscaler.io/idle-timeout` allowed: the controller's drain period (a
+    /// Deployment must stay idle through the drain before it sleeps).
+    pub min_idle_timeout: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            min_idle_timeout: DEFAULT_MIN_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// The default of [`Policy::min_idle_timeout`]: above the controller's default drain period
+/// (two 1 s filter polls plus 500 ms).
+pub const DEFAULT_MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Deployment CREATE/UPDATE: refuses kzscaler annotations with values that cannot be used,
-/// naming the annotation, the value and what was expected.
-pub fn validate(body: &[u8]) -> (AdmissionResponse, Outcome) {
+/// naming the annotation, the value and what was expected; and keys in the `kzscaler.io/`
+/// prefix that kzscaler does not know (a typo would be ignored in silence), listing the
+/// known ones. On UPDATE, unknown keys and a short idle timeout are refused only when the
+/// update sets them: a Deployment that already has one stays updatable (by the controller
+/// too).
+pub fn validate(body: &[u8], policy: Policy) -> (AdmissionResponse, Outcome) {
     let req = match request(body) {
         Ok(r) => r,
         Err(e) => return (AdmissionResponse::invalid(e), Outcome::Error),
@@ -89,17 +115,75 @@ pub fn validate(body: &[u8]) -> (AdmissionResponse, Outcome) {
         return (resp, Outcome::Admitted);
     };
     let mut annotations = obj.metadata.annotations.clone().unwrap_or_default();
+    let old = req
+        .old_object
+        .as_ref()
+        .and_then(|o| o.metadata.annotations.clone())
+        .unwrap_or_default();
+    let set_here = |key: &str| annotations.get(key) != old.get(key);
+    if let Some(key) = annotations.keys().find(|k| {
+        k.starts_with(names::PREFIX)
+            && !names::DEPLOYMENT_ANNOTATIONS.contains(&k.as_str())
+            && set_here(k)
+    }) {
+        return (resp.deny(unknown_key(key)), Outcome::Denied);
+    }
+    let idle_set_here = set_here(names::IDLE_TIMEOUT);
     // Settings on a Deployment that is not (yet) managed are checked too: a typo should not
     // wait until someone turns scale-to-zero on.
     if !annotations.contains_key(names::SCALE_TO_ZERO)
-        && annotations.keys().any(|k| k.starts_with("kzscaler.io/"))
+        && annotations.keys().any(|k| k.starts_with(names::PREFIX))
     {
         annotations.insert(names::SCALE_TO_ZERO.to_owned(), "true".to_owned());
     }
     match ManagedSpec::from_annotations(&annotations) {
+        Ok(Some(spec)) if idle_set_here && spec.idle_timeout < policy.min_idle_timeout => {
+            let value = annotations
+                .get(names::IDLE_TIMEOUT)
+                .map_or("", String::as_str);
+            let msg = format!(
+                "kzscaler: annotation {}: {value:?} is not valid: expected at least {} (the controller's drain period: a Deployment stays idle through the drain before it sleeps)",
+                names::IDLE_TIMEOUT,
+                kzscaler_core::duration::format_duration(policy.min_idle_timeout),
+            );
+            (resp.deny(msg), Outcome::Denied)
+        }
         Ok(_) => (resp, Outcome::Admitted),
         Err(e) => (resp.deny(format!("kzscaler: {e}")), Outcome::Denied),
     }
+}
+
+/// The denial of an unknown key, the way kubectl names an unknown field.
+fn unknown_key(key: &str) -> String {
+    let closest = names::DEPLOYMENT_ANNOTATIONS
+        .iter()
+        .min_by_key(|k| edit_distance(key, k))
+        .filter(|k| edit_distance(key, k) <= 3);
+    let hint = closest.map_or(String::new(), |k| format!(" (did you mean {k}?)"));
+    format!(
+        "kzscaler: unknown annotation \"{key}\"{hint}: the kzscaler.io/ annotations of a Deployment are {}",
+        names::DEPLOYMENT_ANNOTATIONS.join(", ")
+    )
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -148,14 +232,22 @@ mod tests {
         assert_eq!(r["allowed"], true);
         assert_eq!(r["uid"], "7f0c5bd6-1111-2222-3333-444455556666");
         assert_eq!(r["patchType"], "JSONPatch");
-        // kube-core sends the patch as a JSON array of bytes, which the API server accepts.
+        // kube-core sends the patch as a JSON array of bytes, which the API server accepts:
+        // decode it and apply it to the pod, as the API server would.
         let bytes: Vec<u8> = serde_json::from_value(r["patch"].clone()).unwrap();
-        let patch = String::from_utf8(bytes).unwrap();
-        assert!(
-            patch.contains("/metadata/labels/kzscaler.io~1filter"),
-            "{patch}"
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": "web-", "namespace": "shop", "labels": {"app": "web"}}});
+        json_patch::patch(&mut pod, &patch).unwrap();
+        assert_eq!(
+            pod["metadata"]["labels"],
+            json!({"app": "web", "kzscaler.io/filter": "true"})
         );
-        assert!(patch.contains("shop/kzscaler"), "{patch}");
+        assert_eq!(
+            pod["metadata"]["annotations"],
+            json!({"kzscaler.io/wasmplugin": "shop/kzscaler",
+                "sidecar.istio.io/statsInclusionSuffixes": "membership_total"})
+        );
     }
 
     #[test]
@@ -181,7 +273,7 @@ mod tests {
             "metadata": {"name": "web", "namespace": "shop", "annotations": {
                 "kzscaler.io/scale-to-zero": "true", "kzscaler.io/idle-timeout": "10"}}}),
         );
-        let (resp, outcome) = validate(&body);
+        let (resp, outcome) = validate(&body, Policy::default());
         assert_eq!(outcome, Outcome::Denied);
         let r = response(resp);
         assert_eq!(r["allowed"], false);
@@ -200,7 +292,7 @@ mod tests {
             "metadata": {"name": "web", "namespace": "shop", "annotations": {
                 "kzscaler.io/wake-timeout": "forever"}}}),
         );
-        let (resp, outcome) = validate(&body);
+        let (resp, outcome) = validate(&body, Policy::default());
         assert_eq!(outcome, Outcome::Denied);
         let msg = response(resp)["status"]["message"]
             .as_str()
@@ -223,8 +315,87 @@ mod tests {
                 json!({"apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": "web", "namespace": "shop", "annotations": ann}}),
             );
-            assert_eq!(validate(&body).1, Outcome::Admitted);
+            assert_eq!(validate(&body, Policy::default()).1, Outcome::Admitted);
         }
+    }
+
+    fn deployment_update(old: Value, new: Value) -> Vec<u8> {
+        let mut review: Value = serde_json::from_slice(&review(
+            "Deployment",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "shop", "annotations": new}}),
+        ))
+        .unwrap();
+        review["request"]["operation"] = json!("UPDATE");
+        review["request"]["oldObject"] = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "annotations": old}});
+        serde_json::to_vec(&review).unwrap()
+    }
+
+    fn denial(body: &[u8]) -> String {
+        let (resp, outcome) = validate(body, Policy::default());
+        assert_eq!(outcome, Outcome::Denied);
+        response(resp)["status"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_misspelled_key_is_denied_with_the_known_ones() {
+        let body = review(
+            "Deployment",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "annotations": {
+                "kzscaler.io/scale-to-zero": "true", "kzscaler.io/idel-timeout": "5m"}}}),
+        );
+        let msg = denial(&body);
+        assert!(
+            msg.contains(r#"unknown annotation "kzscaler.io/idel-timeout""#)
+                && msg.contains("did you mean kzscaler.io/idle-timeout?")
+                && msg.contains("kzscaler.io/wake-timeout, kzscaler.io/wake-replicas"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn an_idle_timeout_shorter_than_the_drain_is_denied_naming_the_minimum() {
+        let body = review(
+            "Deployment",
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "annotations": {
+                "kzscaler.io/scale-to-zero": "true", "kzscaler.io/idle-timeout": "1ms"}}}),
+        );
+        let msg = denial(&body);
+        assert!(
+            msg.contains("kzscaler.io/idle-timeout")
+                && msg.contains(r#""1ms""#)
+                && msg.contains("at least 3s"),
+            "{msg}"
+        );
+        let lower = Policy {
+            min_idle_timeout: Duration::from_millis(1),
+        };
+        assert_eq!(validate(&body, lower).1, Outcome::Admitted);
+    }
+
+    #[test]
+    fn an_update_that_keeps_an_old_unknown_key_or_short_timeout_is_admitted() {
+        // The controller annotates Deployments that predate the webhook: its writes must not
+        // be refused for what it did not set.
+        let old = json!({"kzscaler.io/scale-to-zero": "true", "kzscaler.io/idel-timeout": "5m",
+            "kzscaler.io/idle-timeout": "1s"});
+        let mut new = old.clone();
+        new["kzscaler.io/state"] = json!("asleep");
+        let body = deployment_update(old.clone(), new);
+        assert_eq!(validate(&body, Policy::default()).1, Outcome::Admitted);
+        let mut typo = old.clone();
+        typo["kzscaler.io/pasued"] = json!("true");
+        let msg = denial(&deployment_update(old, typo));
+        assert!(
+            msg.contains("kzscaler.io/pasued") && msg.contains("did you mean kzscaler.io/paused?"),
+            "{msg}"
+        );
     }
 
     #[test]
