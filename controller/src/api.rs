@@ -108,6 +108,12 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
 }
 
 async fn snapshot<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, headers: HeaderMap) -> Response {
+    // A follower's view lacks the leader's draining marks, and its versions are not the
+    // leader's: filters only ever take the leader's.
+    if let Some(r) = api.not_leader() {
+        api.metrics.snapshot("not_leader");
+        return r;
+    }
     if let Some(r) = api.not_ready() {
         api.metrics.snapshot("not_ready");
         return r;
@@ -434,6 +440,14 @@ mod tests {
             Request::post("/v1/activity")
                 .body(Body::from(r#"{"outbound": []}"#))
                 .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        // Its snapshot lacks the leader's draining marks and its versions are not the
+        // leader's: it serves none.
+        let (status, _, _) = send_to(
+            app_leading(false),
+            Request::get("/v1/snapshot").body(Body::empty()).unwrap(),
         )
         .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

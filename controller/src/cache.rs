@@ -330,6 +330,12 @@ impl Built {
     }
 }
 
+/// The first version of a term (or of a process) begun at `wall_ms`: room for a thousand
+/// changes per millisecond of the term below the next term's first version.
+pub fn version_base(wall_ms: u64) -> u64 {
+    wall_ms.saturating_mul(1_000)
+}
+
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -362,6 +368,16 @@ impl Cache {
             },
             draining: BTreeSet::new(),
             closing: BTreeMap::new(),
+        }
+    }
+
+    /// This replica became leader at `base` (its wall clock in ms × 1000, see
+    /// [`version_base`]): its versions continue above every version an earlier leader can
+    /// have given (that leader started its term earlier, and changed less than a thousand
+    /// times per ms since), so filters, which only ever move forward, take its snapshots.
+    pub fn new_term(&mut self, base: u64) {
+        if base > self.snapshot.version {
+            self.snapshot.version = base;
         }
     }
 
@@ -684,5 +700,43 @@ mod tests {
         let mut after = Cache::starting_at(2_000);
         after.update(Built::default());
         assert!(after.snapshot().version > before.snapshot().version);
+    }
+
+    #[test]
+    fn a_new_leaders_versions_continue_above_the_old_leaders() {
+        // Two replicas start at the same time: the follower's cache never published, the
+        // leader's changed 500 times. The follower takes over 2 s later.
+        let start = version_base(1_700_000_000_000);
+        let mut old = Cache::starting_at(start);
+        for i in 0..500 {
+            let mut b = Built::default();
+            b.problems.push((
+                Problem {
+                    kind: "Service",
+                    key: Key {
+                        namespace: "n".into(),
+                        name: i.to_string(),
+                    },
+                    reason: "R",
+                    message: String::new(),
+                },
+                ObjectReference::default(),
+            ));
+            old.update(b);
+            old.set_draining(
+                &Key {
+                    namespace: "n".into(),
+                    name: "x".into(),
+                },
+                i % 2 == 0,
+            );
+        }
+        let mut new = Cache::starting_at(start);
+        new.new_term(version_base(1_700_000_002_000));
+        new.update(Built::default());
+        assert!(new.snapshot().version > old.snapshot().version);
+        let v = new.snapshot().version;
+        new.new_term(version_base(1_600_000_000_000));
+        assert_eq!(new.snapshot().version, v, "never backwards");
     }
 }

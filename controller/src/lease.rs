@@ -241,7 +241,7 @@ async fn attempt(
     tracker: &mut Tracker,
 ) -> Result<Result<(), String>, kube::Error> {
     let current = api.get_opt(&s.name).await?;
-    let now = crate::sleep::now_ms();
+    let now = crate::clock::mono_ms();
     let record = current.as_ref().map(Record::from_lease);
     match (tracker.decide(&s.identity, record, now), current) {
         (Decision::Follow { holder }, _) => Ok(Err(holder)),

@@ -12,6 +12,7 @@
 pub mod activate;
 pub mod api;
 pub mod cache;
+pub mod clock;
 pub mod idle;
 pub mod lease;
 pub mod metrics;

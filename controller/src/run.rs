@@ -273,10 +273,9 @@ async fn publish(
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let start_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-    let cache = Arc::new(RwLock::new(Cache::starting_at(start_ms)));
+    let cache = Arc::new(RwLock::new(Cache::starting_at(crate::cache::version_base(
+        crate::clock::wall_ms(),
+    ))));
     let (changes_tx, changes_rx) = watch::channel(0u64);
     let ready = Arc::new(AtomicBool::new(false));
     let recorder = Recorder::new(client.clone(), reporter(&opts.identity));
@@ -440,6 +439,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     }
 
     let mut reported: BTreeSet<Problem> = BTreeSet::new();
+    let mut led = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -450,6 +450,14 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         }
         // Let a burst of watch events land before rebuilding.
         tokio::time::sleep(Duration::from_millis(2)).await;
+        let leading = leadership.borrow_and_update().leader;
+        if leading && !led {
+            cache
+                .write()
+                .await
+                .new_term(crate::cache::version_base(crate::clock::wall_ms()));
+        }
+        led = leading;
         // Read before the stores: a rebuild from complete first lists makes this replica ready.
         let listed_before_build = listed.load(Ordering::Acquire);
         let mut in_scope = deps.state();
@@ -500,7 +508,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             }
             metrics.destinations(counts);
             // Only the leader reports problems; a new leader reports them afresh.
-            if leadership.borrow_and_update().leader {
+            if leading {
                 c.new_problems(&mut reported)
             } else {
                 reported.clear();

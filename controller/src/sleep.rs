@@ -21,12 +21,8 @@ use kzscaler_core::names;
 /// time for the watch to bring back what a finished wake wrote (wakes in flight are skipped).
 const CORRECT_AFTER_MS: u64 = 1_000;
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+/// Now on the monotonic clock: every idle and drain duration is measured on it.
+pub use crate::clock::mono_ms as now_ms;
 
 /// Activity shared by the API (reports, activations) and the sleeper.
 #[derive(Debug, Default)]
@@ -225,6 +221,9 @@ impl<S: Scaler> Sleeper<S> {
     /// Writes `kzscaler.io/last-request` for Deployments with requests since it was written,
     /// rate-limited (see [`last_request_due`]).
     async fn record_last_requests(&self) {
+        // The annotation is wall-clock time (people read it): the last request, taken on the
+        // monotonic clock, is converted before it is compared with what is written.
+        let (mono_now, wall_now) = (now_ms(), crate::clock::wall_ms());
         let due: Vec<(Key, u64)> = {
             let cache = self.cache.read().await;
             let Ok(activity) = self.idle.activity.lock() else {
@@ -234,7 +233,7 @@ impl<S: Scaler> Sleeper<S> {
                 .all_managed()
                 .iter()
                 .filter_map(|(k, m)| {
-                    let last = activity.last_request(k)?;
+                    let last = crate::clock::wall_of(activity.last_request(k)?, mono_now, wall_now);
                     last_request_due(last, m.recorded_last_request, m.spec.idle_timeout)
                         .then(|| (k.clone(), last))
                 })
