@@ -7,7 +7,7 @@
 //!                     └── everyone waits on cache changes until a ready endpoint or the deadline
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,16 +20,20 @@ use crate::metrics::Metrics;
 
 /// What a wake does to the cluster. The real one talks to the API server (`run.rs`).
 pub trait Scaler: Send + Sync + 'static {
-    /// Sets `deployments/scale` of `key` to `replicas`.
+    /// Wakes `key`: sets `deployments/scale` to `replicas` if it is still at 0 (a
+    /// compare-and-swap on the scale's resourceVersion; already scaled up is success).
     fn scale(&self, key: &Key, replicas: u32) -> impl Future<Output = Result<(), String>> + Send;
     /// Records a finished wake on the Deployment (annotation and Event).
     fn record_wake(&self, key: &Key, wake: &WakeRecord) -> impl Future<Output = ()> + Send;
-    /// Puts `key` to sleep: records `replicas` to wake back to, then scales to 0.
+    /// Puts `key` to sleep: records `replicas` to wake back to, then scales to 0, only if
+    /// the Deployment is still at the `resource_version` the decision was made on (anything
+    /// written since, a wake by another leader included, refuses it).
     fn sleep(
         &self,
         key: &Key,
         replicas: u32,
         idle_ms: u64,
+        resource_version: &str,
     ) -> impl Future<Output = Result<(), String>> + Send;
     /// Merges `annotations` (`null` removes one) into the Deployment's, and publishes `note`
     /// as an Event about it.
@@ -88,10 +92,26 @@ pub struct Activator<S> {
     metrics: Arc<Metrics>,
 }
 
-/// A wake in flight; a failure is published to everyone waiting on it.
+/// A wake in flight; how it ends is published to everyone waiting on it.
 #[derive(Debug)]
 struct WakeOp {
-    failed: watch::Sender<Option<String>>,
+    state: watch::Sender<OpState>,
+    /// The Deployment's uid: one created again under the same name does not join it.
+    uid: String,
+    /// The pods of the ready endpoints when it began: the Deployment was at 0 replicas, so
+    /// they are on their way out (the EndpointSlices lag the scale to 0). Only an endpoint of
+    /// another pod makes this wake ready.
+    stale: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OpState {
+    Running,
+    /// The scale call failed.
+    Failed(String),
+    /// Ended: ready, timed out, or scaled back to 0 under it (then the next activate scales
+    /// again).
+    Ended,
 }
 
 impl<S: Scaler> Activator<S> {
@@ -111,8 +131,9 @@ impl<S: Scaler> Activator<S> {
         })
     }
 
-    /// Wakes the destination's Deployment if it sleeps, and waits for a ready endpoint for at
-    /// most `deadline` (capped at the destination's wake timeout).
+    /// Wakes the destination's Deployment if it sleeps, and waits for a ready endpoint of the
+    /// destination's own Service, of a pod of this wake, for at most `deadline` (capped at the
+    /// destination's wake timeout).
     pub async fn activate(self: &Arc<Self>, cluster: &str, deadline: Duration) -> Outcome {
         let start = Instant::now();
         let mut changes = self.changes.clone();
@@ -136,45 +157,57 @@ impl<S: Scaler> Activator<S> {
                 _ => return Outcome::TimedOut(State::Draining),
             }
         }
-        let (key, deadline, op) = {
+        let (key, deadline) = {
             let cache = self.cache.read().await;
-            let Some((key, dest, managed)) = cache.destination(cluster) else {
+            let Some((key, dest, _)) = cache.destination(cluster) else {
                 return Outcome::NotManaged;
             };
-            // Ready endpoints of a Deployment at 0 replicas are on their way out.
-            if managed.desired > 0 && managed.ready_endpoints > 0 {
-                return Outcome::Ready;
-            }
-            let deadline = deadline.min(Duration::from_millis(dest.wake_timeout_ms));
-            let op = self.ensure_waking(
-                key,
-                managed.desired,
-                managed.wake_replicas(),
-                managed.spec.wake_timeout,
-            );
-            (key.clone(), deadline, op)
+            (
+                key.clone(),
+                deadline.min(Duration::from_millis(dest.wake_timeout_ms)),
+            )
         };
-        let mut failed = op.map(|op| op.failed.subscribe());
+        let mut op: Option<(Arc<WakeOp>, watch::Receiver<OpState>)> = None;
+        // The pods the last wake joined found going away.
+        let mut stale: BTreeSet<String> = BTreeSet::new();
         loop {
-            if let Some(msg) = failed.as_ref().and_then(|f| f.borrow().clone()) {
-                return Outcome::ScaleFailed(msg);
+            let now = op.as_ref().map(|(_, rx)| rx.borrow().clone());
+            match now {
+                Some(OpState::Failed(msg)) => return Outcome::ScaleFailed(msg),
+                Some(OpState::Ended) => op = None,
+                Some(OpState::Running) | None => {}
             }
             {
                 let cache = self.cache.read().await;
-                match cache.destination(cluster) {
-                    None => return Outcome::NotManaged,
-                    Some((_, _, m)) if m.desired > 0 && m.ready_endpoints > 0 => {
-                        return Outcome::Ready;
-                    }
-                    Some(_) => {}
+                let Some((_, _, m)) = cache.destination(cluster) else {
+                    return Outcome::NotManaged;
+                };
+                let fresh = cache
+                    .ready_pods(cluster)
+                    .is_some_and(|pods| pods.iter().any(|p| !stale.contains(p)));
+                if m.desired > 0 && fresh {
+                    return Outcome::Ready;
+                }
+                if op.is_none()
+                    && let Some(o) = self.ensure_waking(
+                        &key,
+                        &m.uid,
+                        m.desired,
+                        m.wake_replicas(),
+                        m.spec.wake_timeout,
+                        &m.ready_pods,
+                    )
+                {
+                    stale.clone_from(&o.stale);
+                    let rx = o.state.subscribe();
+                    op = Some((o, rx));
                 }
             }
             let left = deadline.saturating_sub(start.elapsed());
-            let wake_failed = async {
-                match failed.as_mut() {
-                    // Err: the wake ended without failing; only cache changes matter now.
-                    Some(f) => {
-                        if f.changed().await.is_err() {
+            let op_changed = async {
+                match op.as_mut() {
+                    Some((_, rx)) => {
+                        if rx.changed().await.is_err() {
                             std::future::pending::<()>().await;
                         }
                     }
@@ -190,7 +223,7 @@ impl<S: Scaler> Activator<S> {
             let woke = async {
                 tokio::select! {
                     () = cache_changed => {}
-                    () = wake_failed => {}
+                    () = op_changed => {}
                 }
             };
             if left.is_zero() || tokio::time::timeout(left, woke).await.is_err() {
@@ -198,8 +231,8 @@ impl<S: Scaler> Activator<S> {
                     .cache
                     .read()
                     .await
-                    .managed(&key)
-                    .map_or(State::Asleep, |m| m.state());
+                    .destination(cluster)
+                    .map_or(State::Asleep, |(_, d, _)| d.state);
                 return Outcome::TimedOut(state);
             }
         }
@@ -212,17 +245,22 @@ impl<S: Scaler> Activator<S> {
 
     /// Starts a wake unless one runs or the Deployment already has replicas. Returns the
     /// wake in flight, if any.
+    #[allow(clippy::too_many_arguments)]
     fn ensure_waking(
         self: &Arc<Self>,
         key: &Key,
+        uid: &str,
         desired: i32,
         replicas: u32,
         wake_timeout: Duration,
+        ready_pods: &BTreeSet<String>,
     ) -> Option<Arc<WakeOp>> {
         let Ok(mut inflight) = self.inflight.lock() else {
             return None;
         };
-        if let Some(op) = inflight.get(key) {
+        if let Some(op) = inflight.get(key)
+            && op.uid == uid
+        {
             return Some(op.clone());
         }
         if desired > 0 {
@@ -230,34 +268,43 @@ impl<S: Scaler> Activator<S> {
             return None;
         }
         let op = Arc::new(WakeOp {
-            failed: watch::Sender::new(None),
+            state: watch::Sender::new(OpState::Running),
+            uid: uid.to_owned(),
+            stale: ready_pods.clone(),
         });
         inflight.insert(key.clone(), op.clone());
         let this = self.clone();
         let key = key.clone();
         let task_op = op.clone();
         tokio::spawn(async move {
-            this.run_wake(&key, replicas, wake_timeout, &task_op).await;
-            if let Ok(mut inflight) = this.inflight.lock() {
+            let end = this.run_wake(&key, replicas, wake_timeout, &task_op).await;
+            if let Ok(mut inflight) = this.inflight.lock()
+                && inflight.get(&key).is_some_and(|o| Arc::ptr_eq(o, &task_op))
+            {
                 inflight.remove(&key);
             }
+            task_op.state.send_replace(end);
         });
         Some(op)
     }
 
-    /// One wake: PATCH the scale, then follow the cache until a ready endpoint (or the wake
-    /// timeout), recording each phase. Stays registered until the cache shows the new
-    /// replica count, so a late caller cannot PATCH a second time.
-    async fn run_wake(&self, key: &Key, replicas: u32, wake_timeout: Duration, op: &WakeOp) {
+    /// One wake: PATCH the scale, then follow the cache until a ready endpoint of a pod of
+    /// this wake (or the wake timeout, or a scale back to 0), recording each phase. Stays
+    /// registered until then, so a late caller cannot PATCH a second time.
+    async fn run_wake(
+        &self,
+        key: &Key,
+        replicas: u32,
+        wake_timeout: Duration,
+        op: &WakeOp,
+    ) -> OpState {
         let start = Instant::now();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        tracing::info!(deployment = %key, replicas, "waking: scaling up");
+        tracing::info!(deployment = %key, replicas, stale_endpoints = op.stale.len(), "waking: scaling up");
         if let Err(e) = self.scaler.scale(key, replicas).await {
             tracing::warn!(deployment = %key, error = %e, "wake failed: scale call refused");
             self.metrics.wake_failed();
-            op.failed
-                .send_replace(Some(format!("scaling {key} to {replicas} failed: {e}")));
-            return;
+            return OpState::Failed(format!("scaling {key} to {replicas} failed: {e}"));
         }
         let mut record = WakeRecord {
             replicas,
@@ -267,20 +314,25 @@ impl<S: Scaler> Activator<S> {
         };
         let mut changes = self.changes.clone();
         let limit = wake_timeout.max(Duration::from_secs(5));
+        let mut scaled_up_seen = false;
         loop {
             {
                 let cache = self.cache.read().await;
-                if let Some(m) = cache.managed(key) {
-                    if record.pod_ready_ms.is_none() && m.ready_replicas > 0 {
-                        record.pod_ready_ms = Some(ms(start.elapsed()));
-                    }
-                    if m.ready_endpoints > 0 {
-                        record.endpoint_ready_ms = Some(ms(start.elapsed()));
-                        record.pod_ready_ms.get_or_insert(ms(start.elapsed()));
-                        break;
-                    }
-                } else {
-                    break; // no longer managed
+                let Some(m) = cache.managed(key).filter(|m| m.uid == op.uid) else {
+                    return OpState::Ended; // no longer managed, or deleted and created again
+                };
+                scaled_up_seen |= m.desired > 0;
+                if scaled_up_seen && m.desired == 0 {
+                    tracing::info!(deployment = %key, "scaled back to 0 during the wake: it ends; the next activate wakes it again");
+                    return OpState::Ended;
+                }
+                if record.pod_ready_ms.is_none() && m.ready_replicas > 0 {
+                    record.pod_ready_ms = Some(ms(start.elapsed()));
+                }
+                if m.ready_pods.iter().any(|p| !op.stale.contains(p)) {
+                    record.endpoint_ready_ms = Some(ms(start.elapsed()));
+                    record.pod_ready_ms.get_or_insert(ms(start.elapsed()));
+                    break;
                 }
             }
             let left = limit.saturating_sub(start.elapsed());
@@ -292,6 +344,7 @@ impl<S: Scaler> Activator<S> {
         tracing::info!(deployment = %key, replicas, scale_ms = record.scale_ms,
             pod_ready_ms = ?record.pod_ready_ms, endpoint_ready_ms = ?record.endpoint_ready_ms, "wake finished");
         self.scaler.record_wake(key, &record).await;
+        OpState::Ended
     }
 }
 
@@ -311,13 +364,18 @@ mod tests {
     }
 
     fn built(replicas: i32, ready: bool) -> Built {
+        built_with(replicas, if ready { &["10.0.0.1"] } else { &[] })
+    }
+
+    /// The Deployment at `replicas`, its Service's slice listing `ready` endpoints.
+    fn built_with(replicas: i32, ready: &[&str]) -> Built {
         use serde_json::json;
         let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
             "metadata": {"namespace": "shop", "name": "web",
                          "annotations": {"kzscaler.io/scale-to-zero": "true"}},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
                      "template": {"metadata": {"labels": {"app": "web"}}}},
-            "status": {"readyReplicas": if ready { replicas } else { 0 }}
+            "status": {"readyReplicas": if ready.is_empty() { 0 } else { replicas }}
         }))
         .unwrap();
         let s: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
@@ -328,7 +386,7 @@ mod tests {
         let e: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(json!({
             "metadata": {"namespace": "shop", "name": "web-x", "labels": {"kubernetes.io/service-name": "web"}},
             "addressType": "IPv4",
-            "endpoints": if ready { json!([{"addresses": ["10.0.0.1"], "conditions": {"ready": true}}]) } else { json!([]) }
+            "endpoints": ready.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>()
         }))
         .unwrap();
         Built::from_objects(
@@ -358,7 +416,13 @@ mod tests {
             Ok(())
         }
         async fn record_wake(&self, _key: &Key, _wake: &WakeRecord) {}
-        async fn sleep(&self, _key: &Key, _replicas: u32, _idle_ms: u64) -> Result<(), String> {
+        async fn sleep(
+            &self,
+            _key: &Key,
+            _replicas: u32,
+            _idle_ms: u64,
+            _rv: &str,
+        ) -> Result<(), String> {
             Ok(())
         }
         async fn annotate(
@@ -442,6 +506,53 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), Outcome::Ready);
         assert_eq!(fake.scales.load(Ordering::SeqCst), 1);
         assert!(!fake.cache.read().await.is_closing(&key));
+    }
+
+    async fn set(fake: &FakeCluster, b: Built) {
+        fake.cache.write().await.update(b);
+        fake.tx.send_modify(|v| *v += 1);
+    }
+
+    #[tokio::test]
+    async fn a_wake_right_after_a_sleep_is_ready_only_on_a_pod_of_its_own() {
+        let (act, fake) = setup(Duration::from_secs(60), false);
+        // The sleep landed (0 replicas), but the slice still lists the old pod as ready.
+        set(&fake, built_with(0, &["10.0.0.9"])).await;
+        let waiting = {
+            let act = act.clone();
+            tokio::spawn(async move { act.activate(WEB, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.scales.load(Ordering::SeqCst), 1);
+        set(&fake, built_with(1, &["10.0.0.9"])).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "not ready on the pod that is going away"
+        );
+        set(&fake, built_with(1, &["10.0.0.9", "10.0.0.2"])).await;
+        assert_eq!(waiting.await.unwrap(), Outcome::Ready);
+    }
+
+    #[tokio::test]
+    async fn a_deployment_scaled_to_0_during_a_wake_is_woken_again() {
+        let (act, fake) = setup(Duration::from_secs(60), false);
+        let waiting = {
+            let act = act.clone();
+            tokio::spawn(async move { act.activate(WEB, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.scales.load(Ordering::SeqCst), 1);
+        // Someone scales it back to 0 before a pod is ready: that wake is over.
+        set(&fake, built_with(0, &[])).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            fake.scales.load(Ordering::SeqCst),
+            2,
+            "the waiting activate scales again instead of waiting out a dead wake"
+        );
+        set(&fake, built_with(1, &["10.0.0.2"])).await;
+        assert_eq!(waiting.await.unwrap(), Outcome::Ready);
     }
 
     #[tokio::test]

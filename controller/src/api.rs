@@ -325,7 +325,7 @@ mod tests {
             Err("deployments.apps \"web\" is forbidden".into())
         }
         async fn record_wake(&self, _: &Key, _: &WakeRecord) {}
-        async fn sleep(&self, _: &Key, _: u32, _: u64) -> Result<(), String> {
+        async fn sleep(&self, _: &Key, _: u32, _: u64, _: &str) -> Result<(), String> {
             Ok(())
         }
         async fn annotate(
@@ -377,6 +377,7 @@ mod tests {
             module: None,
             idle: Arc::default(),
             leadership: tokio::sync::watch::channel(crate::lease::Leadership {
+                until: None,
                 leader,
                 holder: "kzscaler-controller-a".into(),
             })

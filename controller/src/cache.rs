@@ -61,6 +61,12 @@ pub struct Managed {
     pub hpa_min: Option<u32>,
     /// Ready endpoints over all its Services.
     pub ready_endpoints: usize,
+    /// The pods behind those endpoints (see [`endpoint_identity`]).
+    pub ready_pods: BTreeSet<String>,
+    /// `metadata.resourceVersion` as last seen: a sleep is written only if it is unchanged.
+    pub resource_version: String,
+    /// `metadata.uid`: a Deployment deleted and created again under its name is another one.
+    pub uid: String,
     /// For Events.
     pub reference: ObjectReference,
 }
@@ -109,6 +115,18 @@ pub struct Built {
     pub destinations: BTreeMap<String, (Key, Destination)>,
     /// Problems found, with the object reference to report them on.
     pub problems: Vec<(Problem, ObjectReference)>,
+    /// Per Service of a destination: the pods of its ready endpoints. A destination is ready
+    /// when its own Service is, not when some other Service of its Deployment is.
+    pub service_ready: BTreeMap<Key, BTreeSet<String>>,
+}
+
+/// Which pod an endpoint is: its targetRef's uid (a pod recreated under the same name is
+/// another), else its name, else its first address.
+pub fn endpoint_identity(e: &k8s_openapi::api::discovery::v1::Endpoint) -> Option<String> {
+    let t = e.target_ref.as_ref();
+    t.and_then(|t| t.uid.clone())
+        .or_else(|| t.and_then(|t| t.name.clone()))
+        .or_else(|| e.addresses.first().cloned())
 }
 
 fn key_of<K: Resource>(obj: &K) -> Option<Key> {
@@ -204,6 +222,9 @@ impl Built {
                     action: annotations.get(kzscaler_core::names::ACTION).cloned(),
                     hpa_min: None,
                     ready_endpoints: 0,
+                    ready_pods: BTreeSet::new(),
+                    resource_version: d.metadata.resource_version.clone().unwrap_or_default(),
+                    uid: d.metadata.uid.clone().unwrap_or_default(),
                     reference,
                 },
             );
@@ -227,8 +248,8 @@ impl Built {
                     .or(Some(1));
             }
         }
-        // Ready endpoints per Service.
-        let mut ready: BTreeMap<Key, usize> = BTreeMap::new();
+        // Ready endpoints per Service, as the pods behind them.
+        let mut ready: BTreeMap<Key, BTreeSet<String>> = BTreeMap::new();
         for s in slices {
             let (Some(ns), Some(svc)) = (
                 s.metadata.namespace.as_ref(),
@@ -239,18 +260,19 @@ impl Built {
             ) else {
                 continue;
             };
-            let n = s
-                .endpoints
-                .iter()
-                .flatten()
-                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-                .count();
-            *ready
+            let pods = ready
                 .entry(Key {
                     namespace: ns.clone(),
                     name: svc.clone(),
                 })
-                .or_default() += n;
+                .or_default();
+            pods.extend(
+                s.endpoints
+                    .iter()
+                    .flatten()
+                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                    .filter_map(endpoint_identity),
+            );
         }
         for svc in services {
             let Some(skey) = key_of(svc.as_ref()) else {
@@ -292,7 +314,10 @@ impl Built {
             let Some(m) = built.managed.get_mut(&dkey) else {
                 continue;
             };
-            m.ready_endpoints += ready.get(&skey).copied().unwrap_or(0);
+            let pods = ready.get(&skey).cloned().unwrap_or_default();
+            m.ready_pods.extend(pods.iter().cloned());
+            m.ready_endpoints = m.ready_pods.len();
+            built.service_ready.insert(skey.clone(), pods);
             for port in spec.ports.iter().flatten() {
                 if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
                     continue;
@@ -320,7 +345,18 @@ impl Built {
         }
         for (dkey, dest) in built.destinations.values_mut() {
             if let Some(m) = built.managed.get(dkey) {
-                dest.state = m.state();
+                let own = Key {
+                    namespace: dest.namespace.clone(),
+                    name: dest.service.clone(),
+                };
+                let ready = built.service_ready.get(&own).map_or(0, BTreeSet::len);
+                dest.state = if m.desired == 0 {
+                    State::Asleep
+                } else if ready == 0 {
+                    State::Waking
+                } else {
+                    State::Awake
+                };
                 dest.wake_timeout_ms = duration_ms(m.spec.wake_timeout);
                 dest.ignore_paths = m.spec.ignore_paths.clone();
             }
@@ -388,6 +424,8 @@ impl Cache {
         self.closing.retain(|k, at| {
             managed.get(k).is_some_and(|m| m.desired > 0) && at.elapsed() < CLOSING_MAX
         });
+        // A Deployment no longer managed (deleted, annotation removed) keeps no mark.
+        self.draining.retain(|k| managed.contains_key(k));
         self.publish()
     }
 
@@ -459,6 +497,16 @@ impl Cache {
         let (key, dest) = self.built.destinations.get(cluster)?;
         let managed = self.built.managed.get(key)?;
         Some((key, dest, managed))
+    }
+
+    /// The pods of the ready endpoints of the Service behind `cluster` (none when it is not
+    /// a destination).
+    pub fn ready_pods(&self, cluster: &str) -> Option<&BTreeSet<String>> {
+        let (_, dest) = self.built.destinations.get(cluster)?;
+        self.built.service_ready.get(&Key {
+            namespace: dest.namespace.clone(),
+            name: dest.service.clone(),
+        })
     }
 
     /// A managed Deployment.
@@ -605,6 +653,67 @@ mod tests {
         assert_eq!(state(0, &[]), Some(State::Asleep));
         assert_eq!(state(1, &[false]), Some(State::Waking));
         assert_eq!(state(1, &[false, true]), Some(State::Awake));
+    }
+
+    #[test]
+    fn a_draining_mark_goes_with_its_deployment() {
+        let svc = [service("shop", "web", json!({"app": "web"}), &[80])];
+        let b = || {
+            Built::from_objects(
+                &[deployment("shop", "web", 1, managed())],
+                &svc,
+                &[slice("shop", "web", &[true])],
+                &[],
+                "cluster.local",
+            )
+        };
+        let key = Key {
+            namespace: "shop".into(),
+            name: "web".into(),
+        };
+        let mut cache = Cache::default();
+        cache.update(b());
+        cache.set_draining(&key, true);
+        cache.update(Built::default()); // deleted
+        assert!(!cache.is_draining(&key));
+        cache.update(b()); // created again: not draining
+        assert_eq!(cache.snapshot().destinations[0].state, State::Awake);
+    }
+
+    #[test]
+    fn each_service_is_ready_on_its_own_endpoints_not_its_deployments() {
+        // One Deployment behind two Services: "web" has a ready endpoint, "web-admin" (its
+        // port not ready yet) has none. Only web's destination is awake.
+        let built = Built::from_objects(
+            &[deployment("shop", "web", 1, managed())],
+            &[
+                service("shop", "web", json!({"app": "web"}), &[80]),
+                service("shop", "web-admin", json!({"app": "web"}), &[9000]),
+            ],
+            &[
+                slice("shop", "web", &[true]),
+                slice("shop", "web-admin", &[false]),
+            ],
+            &[],
+            "cluster.local",
+        );
+        let state = |c: &str| built.destinations[c].1.state;
+        assert_eq!(
+            state("outbound|80||web.shop.svc.cluster.local"),
+            State::Awake
+        );
+        assert_eq!(
+            state("outbound|9000||web-admin.shop.svc.cluster.local"),
+            State::Waking
+        );
+        let mut cache = Cache::default();
+        cache.update(built);
+        assert_eq!(
+            cache
+                .ready_pods("outbound|9000||web-admin.shop.svc.cluster.local")
+                .map(BTreeSet::len),
+            Some(0)
+        );
     }
 
     #[test]

@@ -135,6 +135,105 @@ pub struct Leadership {
     pub leader: bool,
     /// The holder last seen (this replica's identity when it leads).
     pub holder: String,
+    /// When this replica's term ends unless renewed (monotonic): the last successful renew
+    /// plus the renew deadline. None: no election, the term never ends.
+    pub until: Option<tokio::time::Instant>,
+}
+
+impl Leadership {
+    /// What is left of this replica's term, read on the monotonic clock now: None when it
+    /// does not lead, or its term has run out although no task has noticed yet (a process
+    /// resumed after a pause acts on nothing).
+    pub fn term_left(&self) -> Option<Duration> {
+        if !self.leader {
+            return None;
+        }
+        match self.until {
+            None => Some(Duration::MAX),
+            Some(until) => until
+                .checked_duration_since(tokio::time::Instant::now())
+                .filter(|d| !d.is_zero()),
+        }
+    }
+}
+
+/// The longest any one write to the API server may take, term or not.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every write this replica makes as leader goes through here: it is sent only inside the
+/// term and abandoned when the term ends, and shutdown waits for the writes in flight before
+/// the Lease is released. (A write already sent when its term ends is fenced by the API
+/// server: writes that change replicas carry a resourceVersion precondition.)
+#[derive(Debug)]
+pub struct Fence {
+    leadership: watch::Receiver<Leadership>,
+    inflight: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Decrements the count of writes in flight when a write ends, however it ends.
+struct InFlight<'a>(&'a Fence);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Fence {
+    /// A fence following `leadership`.
+    pub fn new(leadership: watch::Receiver<Leadership>) -> Self {
+        Self {
+            leadership,
+            inflight: std::sync::atomic::AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Runs the write `what` if this replica leads, for at most what is left of its term.
+    pub async fn write<T>(
+        &self,
+        what: &str,
+        write: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        let left =
+            self.leadership.borrow().term_left().ok_or_else(|| {
+                format!("{what}: not sent: this replica does not lead (any more)")
+            })?;
+        self.inflight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _inflight = InFlight(self);
+        match tokio::time::timeout(left.min(WRITE_TIMEOUT), write).await {
+            Ok(r) => r,
+            Err(_) if left < WRITE_TIMEOUT => Err(format!(
+                "{what}: abandoned: the leadership term ended before the API server answered"
+            )),
+            Err(_) => Err(format!(
+                "{what}: abandoned: no answer from the API server within {WRITE_TIMEOUT:?}"
+            )),
+        }
+    }
+
+    /// Waits until no write is in flight, for at most `max`.
+    pub async fn drained(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, async {
+            loop {
+                let idle = self.idle.notified();
+                if self.inflight.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+    }
 }
 
 fn lease_object(s: &Settings, transitions: i32, acquire: Option<MicroTime>) -> Lease {
@@ -163,6 +262,7 @@ pub async fn run(
     client: Client,
     s: Settings,
     tx: watch::Sender<Leadership>,
+    fence: std::sync::Arc<Fence>,
     mut stop: watch::Receiver<bool>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &s.namespace);
@@ -204,14 +304,23 @@ pub async fn run(
             }
         };
         if held {
+            let until = last_renew.map(|t| t + s.renew_deadline());
             set(&tx, true, s.identity.clone(), &s);
+            tx.send_if_modified(|l| {
+                let changed = l.until != until;
+                l.until = until;
+                changed
+            });
         } else if tx.borrow().leader {
             last_renew = None;
             set(&tx, false, String::new(), &s);
         }
     }
     if tx.borrow().leader {
+        // Stop acting first, let the writes in flight end, and only then let another
+        // replica take over: nothing this one sent can land after the other's.
         set(&tx, false, String::new(), &s);
+        fence.drained(Duration::from_secs(3)).await;
         release(&api, &s).await;
     }
 }
@@ -228,7 +337,11 @@ fn set(tx: &watch::Sender<Leadership>, leader: bool, holder: String, s: &Setting
         } else if !leader {
             tracing::info!(identity = %s.identity, leader = %holder, "following");
         }
-        *l = Leadership { leader, holder };
+        *l = Leadership {
+            leader,
+            holder,
+            until: l.until.filter(|_| leader),
+        };
         true
     });
 }
@@ -343,6 +456,66 @@ mod tests {
             t.decide("b", held_by("a", "1970"), 1_015_000),
             Decision::Acquire
         );
+    }
+
+    fn leading_until(until: Option<tokio::time::Instant>) -> watch::Receiver<Leadership> {
+        watch::channel(Leadership {
+            leader: true,
+            holder: "a".into(),
+            until,
+        })
+        .1
+    }
+
+    #[tokio::test]
+    async fn a_write_after_the_term_ran_out_is_not_sent() {
+        // A leader paused (SIGSTOP) past its renew deadline resumes with its Leadership still
+        // saying leader: the term, read on the monotonic clock, has ended all the same.
+        let ended = tokio::time::Instant::now() - Duration::from_millis(1);
+        let fence = Fence::new(leading_until(Some(ended)));
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        let r = fence
+            .write("scale shop/web to 0", async {
+                sent.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            })
+            .await;
+        assert!(r.unwrap_err().contains("does not lead"));
+        assert!(!sent.load(std::sync::atomic::Ordering::SeqCst));
+        let follower = Fence::new(watch::channel(Leadership::default()).1);
+        assert!(follower.write("x", async { Ok(()) }).await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_is_abandoned_when_the_term_ends() {
+        let until = tokio::time::Instant::now() + Duration::from_millis(500);
+        let fence = Fence::new(leading_until(Some(until)));
+        let r: Result<(), String> = fence.write("scale", std::future::pending()).await;
+        assert!(
+            r.unwrap_err().contains("term ended"),
+            "abandoned at the end of the term"
+        );
+        let unbounded = Fence::new(leading_until(None));
+        let r: Result<(), String> = unbounded.write("scale", std::future::pending()).await;
+        assert!(r.unwrap_err().contains("within"), "no write waits forever");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_waits_for_the_writes_in_flight() {
+        let fence = std::sync::Arc::new(Fence::new(leading_until(None)));
+        let f = fence.clone();
+        let write = tokio::spawn(async move {
+            f.write("slow", async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(())
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        let t = tokio::time::Instant::now();
+        fence.drained(Duration::from_secs(3)).await;
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert!(write.await.unwrap().is_ok());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio::sync::{Notify, RwLock, watch};
 use crate::activate::{Activator, Note, Scaler, WakeRecord};
 use crate::api::{self, Api as HttpApi};
 use crate::cache::{Built, Cache, Key, Problem};
-use crate::lease::Leadership;
+use crate::lease::{Fence, Leadership};
 use crate::metrics::Metrics;
 use crate::watch::spawn_reflector;
 
@@ -60,17 +60,24 @@ pub struct Options {
     pub namespace_selector: Option<String>,
 }
 
-/// Scales and records through the API server.
+/// Scales and records through the API server. Every write goes through the leadership
+/// [`Fence`]: sent only inside this replica's term, abandoned when it ends.
 #[derive(Clone)]
 pub struct KubeScaler {
     client: Client,
     recorder: Recorder,
+    fence: Arc<Fence>,
 }
 
 impl std::fmt::Debug for KubeScaler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("KubeScaler")
     }
+}
+
+/// A 409 from the API server: the object changed since the version a write was made on.
+fn conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
 fn reporter(identity: &str) -> Reporter {
@@ -120,15 +127,32 @@ async fn patch_leader_label(api: &Api<Pod>, name: &str, leader: bool) -> Result<
 
 impl Scaler for KubeScaler {
     async fn scale(&self, key: &Key, replicas: u32) -> Result<(), String> {
-        Api::<Deployment>::namespaced(self.client.clone(), &key.namespace)
-            .patch_scale(
-                &key.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-            )
+        let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
+        let what = format!("waking {key} to {replicas} replicas");
+        self.fence
+            .write(&what, async {
+                // Compare-and-swap: scaled up only if still at 0 when written.
+                for _ in 0..3 {
+                    let current = api.get_scale(&key.name).await.map_err(|e| e.to_string())?;
+                    if current.spec.and_then(|s| s.replicas).unwrap_or(0) > 0 {
+                        return Ok(()); // scaled up already (another wake, a person, an HPA)
+                    }
+                    let patch = json!({
+                        "metadata": {"resourceVersion": current.metadata.resource_version},
+                        "spec": {"replicas": replicas},
+                    });
+                    match api
+                        .patch_scale(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                    {
+                        Ok(_) => return Ok(()),
+                        Err(e) if conflict(&e) => continue, // changed in between: look again
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Err("the Deployment changed on every attempt; the next activate tries again".into())
+            })
             .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 
     async fn record_wake(&self, key: &Key, wake: &WakeRecord) {
@@ -156,20 +180,43 @@ impl Scaler for KubeScaler {
             .await;
     }
 
-    async fn sleep(&self, key: &Key, replicas: u32, idle_ms: u64) -> Result<(), String> {
+    async fn sleep(
+        &self,
+        key: &Key,
+        replicas: u32,
+        idle_ms: u64,
+        resource_version: &str,
+    ) -> Result<(), String> {
+        let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
         let at = k8s_openapi::jiff::Timestamp::now().to_string();
         let dep = self
-            .patch_annotations(
-                key,
-                json!({
-                    names::STATE: "asleep",
-                    names::REPLICAS_BEFORE_SLEEP: replicas.to_string(),
-                    names::SLEPT_AT: at,
-                }),
-            )
-            .await
-            .map_err(|e| format!("recording the sleep on {key}: {e}"))?;
-        self.scale(key, 0).await?;
+            .fence
+            .write(&format!("putting {key} to sleep"), async {
+                // Both writes carry the resourceVersion they follow: anything written since
+                // the Deployment was found idle (a wake by a newer leader, a person's change)
+                // refuses the sleep instead of being undone by it.
+                let record = json!({"metadata": {
+                    "resourceVersion": resource_version,
+                    "annotations": {
+                        names::STATE: "asleep",
+                        names::REPLICAS_BEFORE_SLEEP: replicas.to_string(),
+                        names::SLEPT_AT: at,
+                    },
+                }});
+                let dep = api
+                    .patch(&key.name, &PatchParams::default(), &Patch::Merge(record))
+                    .await
+                    .map_err(|e| stale_sleep(key, &e))?;
+                let scale = json!({
+                    "metadata": {"resourceVersion": dep.metadata.resource_version},
+                    "spec": {"replicas": 0},
+                });
+                api.patch_scale(&key.name, &PatchParams::default(), &Patch::Merge(scale))
+                    .await
+                    .map_err(|e| stale_sleep(key, &e))?;
+                Ok(dep)
+            })
+            .await?;
         let note = if idle_ms == 0 {
             format!(
                 "on request ({}: sleep): scaled {replicas} -> 0; a request will wake it to {replicas}",
@@ -192,10 +239,7 @@ impl Scaler for KubeScaler {
         annotations: serde_json::Value,
         note: Option<Note>,
     ) -> Result<(), String> {
-        let dep = self
-            .patch_annotations(key, annotations)
-            .await
-            .map_err(|e| format!("annotating {key}: {e}"))?;
+        let dep = self.patch_annotations(key, annotations).await?;
         if let Some(note) = note {
             let type_ = if note.warning {
                 EventType::Warning
@@ -209,19 +253,33 @@ impl Scaler for KubeScaler {
     }
 }
 
+/// Why a sleep was not written.
+fn stale_sleep(key: &Key, e: &kube::Error) -> String {
+    if conflict(e) {
+        format!("{key} changed since it was found idle; not put to sleep")
+    } else {
+        format!("putting {key} to sleep: {e}")
+    }
+}
+
 impl KubeScaler {
     /// Merges `annotations` (`null` removes one) into the Deployment's.
     async fn patch_annotations(
         &self,
         key: &Key,
         annotations: serde_json::Value,
-    ) -> Result<Deployment, kube::Error> {
-        Api::<Deployment>::namespaced(self.client.clone(), &key.namespace)
-            .patch(
-                &key.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
-            )
+    ) -> Result<Deployment, String> {
+        let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
+        self.fence
+            .write(&format!("annotating {key}"), async {
+                api.patch(
+                    &key.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+                )
+                .await
+                .map_err(|e| e.to_string())
+            })
             .await
     }
 
@@ -280,6 +338,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let recorder = Recorder::new(client.clone(), reporter(&opts.identity));
     let (lead_tx, mut leadership) = watch::channel(Leadership::default());
+    let fence = Arc::new(Fence::new(leadership.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let elector = match opts.election.clone() {
         Some(settings) => {
@@ -288,6 +347,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
                 client.clone(),
                 settings,
                 lead_tx.clone(),
+                fence.clone(),
                 stop_rx,
             )))
         }
@@ -296,6 +356,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             lead_tx.send_replace(Leadership {
                 leader: true,
                 holder: opts.identity.clone(),
+                until: None,
             });
             None
         }
@@ -317,6 +378,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let scaler = Arc::new(KubeScaler {
         client: client.clone(),
         recorder: recorder.clone(),
+        fence: fence.clone(),
     });
     let activator = Activator::new(cache.clone(), changes_rx, scaler.clone(), metrics.clone());
     let waking = activator.clone();
@@ -519,25 +581,36 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         if listed_before_build && !ready.swap(true, Ordering::Relaxed) {
             tracing::info!("first lists in and the cache built from them: ready");
         }
-        for (p, reference) in fresh {
-            tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, message = %p.message, "skipping a misconfigured object");
-            publish(
-                &recorder,
-                &reference,
-                &p.key,
-                EventType::Warning,
-                p.reason,
-                "Reconcile",
-                p.message,
-            )
-            .await;
+        if !fresh.is_empty() {
+            // Published off the loop: a new leader re-publishes every problem, and the
+            // rebuilds that held activates wait for must not queue behind those calls.
+            let recorder = recorder.clone();
+            tokio::spawn(async move {
+                for (p, reference) in fresh {
+                    tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, message = %p.message, "skipping a misconfigured object");
+                    publish(
+                        &recorder,
+                        &reference,
+                        &p.key,
+                        EventType::Warning,
+                        p.reason,
+                        "Reconcile",
+                        p.message,
+                    )
+                    .await;
+                }
+            });
         }
     }
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     if let Some(elector) = elector {
-        // Releases the Lease so the other replica takes over at once.
-        let _ = tokio::time::timeout(Duration::from_secs(3), elector).await;
+        // The elector stops this replica acting, waits for its writes in flight, and only
+        // then releases the Lease.
+        let _ = tokio::time::timeout(Duration::from_secs(6), elector).await;
+    } else {
+        lead_tx.send_modify(|l| l.leader = false);
+        fence.drained(Duration::from_secs(3)).await;
     }
     if let Some((ns, name)) = &opts.pod {
         let api = Api::<Pod>::namespaced(client.clone(), ns);

@@ -316,7 +316,7 @@ impl<S: Scaler> Sleeper<S> {
             let mut cache = self.cache.write().await;
             let now = now_ms();
             // A committed sleep waits for the cache to show 0 replicas: nothing to decide.
-            let managed: Vec<(Key, i32, State, Duration, bool)> = cache
+            let managed: Vec<(Key, i32, State, Duration, bool, String)> = cache
                 .all_managed()
                 .iter()
                 .filter(|(k, _)| !cache.is_closing(k))
@@ -327,6 +327,7 @@ impl<S: Scaler> Sleeper<S> {
                         m.state(),
                         m.spec.idle_timeout,
                         m.spec.paused,
+                        m.resource_version.clone(),
                     )
                 })
                 .collect();
@@ -336,7 +337,7 @@ impl<S: Scaler> Sleeper<S> {
             let all = cache.all_managed();
             activity.retain(|k| all.contains_key(k));
             draining.retain(|k, _| all.contains_key(k));
-            for (key, desired, state, idle_timeout, paused) in &managed {
+            for (key, desired, state, idle_timeout, paused, version) in &managed {
                 if *state != State::Awake {
                     // The idle clock starts when it is awake again, however it woke (a wake,
                     // or replicas set by hand).
@@ -378,7 +379,7 @@ impl<S: Scaler> Sleeper<S> {
                         } else {
                             now.saturating_sub(facts.last_active)
                         };
-                        to_sleep.push((key.clone(), *desired, idle_ms));
+                        to_sleep.push((key.clone(), *desired, idle_ms, version.clone()));
                     }
                 }
             }
@@ -393,9 +394,9 @@ impl<S: Scaler> Sleeper<S> {
                 tracing::warn!(deployment = %key, error = %e, "could not record the state {state}");
             }
         }
-        for (key, desired, idle_ms) in to_sleep {
+        for (key, desired, idle_ms, version) in to_sleep {
             let replicas = u32::try_from(desired).unwrap_or(1);
-            match self.scaler.sleep(&key, replicas, idle_ms).await {
+            match self.scaler.sleep(&key, replicas, idle_ms, &version).await {
                 // Stays marked draining until the cache shows 0 replicas (then the mark goes).
                 Ok(()) => {
                     self.metrics.sleep("ok");

@@ -583,6 +583,28 @@ impl PrivateMesh {
         Ok(())
     }
 
+    /// Pauses controller `i` (SIGSTOP), as a node under pressure or a debugger would: it keeps
+    /// its sockets and its belief that it leads.
+    pub fn pause_controller(&self, i: usize) -> anyhow::Result<()> {
+        self.signal_controller(i, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Resumes controller `i` (SIGCONT).
+    pub fn resume_controller(&self, i: usize) -> anyhow::Result<()> {
+        self.signal_controller(i, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal_controller(&self, i: usize, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = self.controllers[i]
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .ok_or_else(|| anyhow::anyhow!("controller {i} is not running"))?;
+        let pid = i32::try_from(pid)?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+            .with_context(|| format!("sending {sig} to controller {i} (pid {pid})"))
+    }
+
     /// Starts controller `i` again (same address and identity, like a restarted container).
     pub fn restart_controller(&mut self, i: usize) -> anyhow::Result<()> {
         self.spawn_controller(i)

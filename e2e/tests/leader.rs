@@ -8,7 +8,8 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kzscaler_core::wire::State;
 use kzscaler_e2e::kz::{
-    PrivateMesh, Setup, annotations, cluster, create_managed, replicas, wait_filter_sees,
+    PrivateMesh, Setup, annotations, cluster, create_managed, replicas, scale_patches, snapshot,
+    wait_filter_sees,
 };
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
@@ -283,6 +284,82 @@ async fn a_controller_killed_while_waking_loses_no_request_and_scales_once() -> 
         },
     )
     .await?;
+    drop(mesh);
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn a_leader_paused_across_a_failover_changes_no_replicas_when_it_resumes()
+-> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "fence", &[]).await?;
+    let mesh = PrivateMesh::start_setup(
+        &bed,
+        &ns.name,
+        Setup {
+            namespace: Some(ns.name.clone()),
+            controllers: 2,
+            ..Setup::kzscaler()?
+        },
+    )
+    .await?;
+    let leader = mesh
+        .leader(&bed)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader although start_setup waited for one"))?;
+    let follower = 1 - leader;
+    let l_addr = mesh.controllers[leader].addr.to_string();
+    create_managed(&ns, "web", 1, &[("kzscaler.io/idle-timeout", "2s")]).await?;
+    let web = cluster(&ns.name, "web", 80);
+
+    // The leader finds web idle and drains it: pause it there, before its scale to 0.
+    ns.wait_for(
+        "the leader to drain the idle Deployment",
+        Duration::from_secs(30),
+        || async {
+            let snap = snapshot(&bed, &l_addr).await?;
+            Ok(snap
+                .destinations
+                .iter()
+                .any(|d| d.cluster == web && d.state == State::Draining)
+                .then_some(()))
+        },
+    )
+    .await?;
+    mesh.pause_controller(leader)?;
+    // The other replica takes over; web is pinned awake for it.
+    ns.api::<Deployment>()
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"kzscaler.io/paused": "true"}}})),
+        )
+        .await?;
+    let took_over = ns
+        .wait_for(
+            "the other replica to take the Lease",
+            Duration::from_secs(15),
+            || async { Ok((mesh.leader(&bed).await == Some(follower)).then_some(())) },
+        )
+        .await;
+    let audit = bed.state_dir.join("logs/audit.log");
+    let before = scale_patches(&audit, &ns.name, "web")?;
+    // Resumed, the old leader still believes it leads, and its drain is long over.
+    mesh.resume_controller(leader)?;
+    took_over?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        replicas(&ns, "web").await?,
+        1,
+        "the resumed old leader put it to sleep\n{}",
+        mesh.logs(30)
+    );
+    assert_eq!(
+        scale_patches(&audit, &ns.name, "web")?,
+        before,
+        "the resumed old leader sent a scale\n{}",
+        mesh.logs(30)
+    );
     drop(mesh);
     ns.cleanup().await
 }
