@@ -118,6 +118,9 @@ pub struct Built {
     /// Per Service of a destination: the pods of its ready endpoints. A destination is ready
     /// when its own Service is, not when some other Service of its Deployment is.
     pub service_ready: BTreeMap<Key, BTreeSet<String>>,
+    /// Route timeouts of the VirtualServices routing to destinations (see
+    /// [`Built::with_virtual_services`]).
+    pub route_timeouts: Vec<kzscaler_core::wire::RouteTimeouts>,
 }
 
 /// Which pod an endpoint is: its targetRef's uid (a pod recreated under the same name is
@@ -141,6 +144,20 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 }
 
 impl Built {
+    /// Adds the route timeouts of the VirtualServices that route to these destinations.
+    pub fn with_virtual_services(
+        mut self,
+        virtual_services: &[Arc<crate::virtualservice::VirtualService>],
+    ) -> Self {
+        let services: BTreeSet<(String, String)> = self
+            .destinations
+            .values()
+            .map(|(_, d)| (d.namespace.clone(), d.service.clone()))
+            .collect();
+        self.route_timeouts = crate::virtualservice::route_timeouts(virtual_services, &services);
+        self
+    }
+
     /// Derives the managed destinations. Only Deployments annotated
     /// `kzscaler.io/scale-to-zero` are looked at closely; bad annotations and Services
     /// selecting several managed Deployments become problems, never errors.
@@ -400,7 +417,7 @@ impl Cache {
             built: Built::default(),
             snapshot: Snapshot {
                 version,
-                destinations: Vec::new(),
+                ..Snapshot::default()
             },
             draining: BTreeSet::new(),
             closing: BTreeMap::new(),
@@ -477,11 +494,13 @@ impl Cache {
                 d
             })
             .collect();
-        let changed = destinations != self.snapshot.destinations;
+        let changed = destinations != self.snapshot.destinations
+            || self.built.route_timeouts != self.snapshot.virtual_services;
         if changed {
             self.snapshot = Snapshot {
                 version: self.snapshot.version + 1,
                 destinations,
+                virtual_services: self.built.route_timeouts.clone(),
             };
         }
         changed

@@ -18,6 +18,7 @@ pub mod lease;
 pub mod metrics;
 pub mod run;
 pub mod sleep;
+pub mod virtualservice;
 pub mod wasmplugin;
 pub mod watch;
 

@@ -31,6 +31,7 @@ use crate::api::{self, Api as HttpApi};
 use crate::cache::{Built, Cache, Key, Problem};
 use crate::lease::{Fence, Leadership};
 use crate::metrics::Metrics;
+use crate::virtualservice::VirtualService;
 use crate::watch::spawn_reflector;
 
 use kzscaler_core::names;
@@ -435,6 +436,28 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         changed.clone(),
         "horizontalpodautoscalers",
     );
+    // VirtualServices, for their route timeouts (a plain-HTTP caller's deadline), when this
+    // cluster serves them: without Istio's CRDs (or the right to list them) holds are bounded
+    // by the caller's gRPC deadline and the wake timeout only.
+    let virtual_services = match Api::<VirtualService>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => {
+            let (store, writer) = reflector::store::<VirtualService>();
+            spawn_reflector(
+                writer,
+                Api::all(client.clone()),
+                changed.clone(),
+                "virtualservices",
+            );
+            Some(store)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "not reading VirtualServices: held requests are not bounded by route timeouts");
+            None
+        }
+    };
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -478,6 +501,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let listed = Arc::new(AtomicBool::new(false));
     {
         let (d, s, e, h) = (deps.clone(), svcs.clone(), slices.clone(), hpas.clone());
+        let v = virtual_services.clone();
         let (listed, changed) = (listed.clone(), changed.clone());
         let n = scope.clone();
         tokio::spawn(async move {
@@ -488,6 +512,9 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
                 d.wait_until_ready().await?;
                 s.wait_until_ready().await?;
                 e.wait_until_ready().await?;
+                if let Some(v) = &v {
+                    v.wait_until_ready().await?;
+                }
                 h.wait_until_ready().await
             };
             match all.await {
@@ -542,6 +569,12 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             &slices.state(),
             &hpas.state(),
             &opts.domain,
+        )
+        .with_virtual_services(
+            &virtual_services
+                .as_ref()
+                .map(|v| v.state())
+                .unwrap_or_default(),
         );
         let fresh = {
             let mut c = cache.write().await;

@@ -79,6 +79,61 @@ pub struct Snapshot {
     pub version: u64,
     /// Sorted by cluster name.
     pub destinations: Vec<Destination>,
+    /// The HTTP route timeouts of the VirtualServices that route to managed destinations,
+    /// sorted by namespace and name: a plain-HTTP caller's deadline, as Istio sets it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_services: Vec<RouteTimeouts>,
+}
+
+/// One VirtualService's HTTP routes and their timeouts. A sidecar's route carries its
+/// VirtualService in its metadata (`istio.config`, see [`virtual_service_of`]) and the
+/// route's `name` as its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTimeouts {
+    /// The VirtualService's namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its HTTP routes, in order.
+    pub routes: Vec<RouteTimeout>,
+}
+
+/// One HTTP route of a VirtualService.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteTimeout {
+    /// The route's `name` (empty when it has none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Its `timeout` in milliseconds; 0 when it has none.
+    pub timeout_ms: u64,
+}
+
+impl RouteTimeouts {
+    /// The timeout of the route Envoy names `route`: that route's, when a route has that
+    /// name (Istio appends `.<match name>` to it when a match is named); otherwise the
+    /// shortest of its unnamed routes' (the request may be on any of them). None: no bound.
+    pub fn timeout_ms(&self, route: &str) -> Option<u64> {
+        let own = route.split('.').next().unwrap_or(route);
+        if !own.is_empty()
+            && let Some(r) = self.routes.iter().find(|r| r.name == own)
+        {
+            return (r.timeout_ms > 0).then_some(r.timeout_ms);
+        }
+        self.routes
+            .iter()
+            .filter(|r| r.name.is_empty() && r.timeout_ms > 0)
+            .map(|r| r.timeout_ms)
+            .min()
+    }
+}
+
+/// The `(namespace, name)` of the VirtualService in a route's `istio.config` metadata,
+/// `/apis/networking.istio.io/<version>/namespaces/<ns>/virtual-service/<name>`.
+pub fn virtual_service_of(config: &str) -> Option<(&str, &str)> {
+    let rest = config.split_once("/namespaces/")?.1;
+    let (namespace, rest) = rest.split_once('/')?;
+    let name = rest.strip_prefix("virtual-service/")?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains('/')).then_some((namespace, name))
 }
 
 /// A filter asks the controller to wake the Deployment behind a cluster.
@@ -167,6 +222,7 @@ mod tests {
                 wake_timeout_ms: 60_000,
                 ignore_paths: vec![],
             }],
+            virtual_services: vec![],
         };
         let json = serde_json::to_string(&snap).unwrap();
         assert_eq!(
@@ -174,6 +230,53 @@ mod tests {
             r#"{"version":7,"destinations":[{"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":60000}]}"#
         );
         assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), snap);
+    }
+
+    #[test]
+    fn a_route_finds_its_own_timeout_or_the_shortest_unnamed_one() {
+        let vs = RouteTimeouts {
+            namespace: "shop".into(),
+            name: "web".into(),
+            routes: vec![
+                RouteTimeout {
+                    name: "slow".into(),
+                    timeout_ms: 7_000,
+                },
+                RouteTimeout {
+                    name: "open".into(),
+                    timeout_ms: 0,
+                },
+                RouteTimeout {
+                    name: String::new(),
+                    timeout_ms: 3_000,
+                },
+                RouteTimeout {
+                    name: String::new(),
+                    timeout_ms: 2_000,
+                },
+            ],
+        };
+        assert_eq!(vs.timeout_ms("slow"), Some(7_000));
+        assert_eq!(
+            vs.timeout_ms("slow.by-header"),
+            Some(7_000),
+            "a named match"
+        );
+        assert_eq!(vs.timeout_ms("open"), None, "its route has no timeout");
+        assert_eq!(vs.timeout_ms(""), Some(2_000));
+        assert_eq!(vs.timeout_ms("other"), Some(2_000));
+        assert_eq!(
+            virtual_service_of("/apis/networking.istio.io/v1/namespaces/shop/virtual-service/web"),
+            Some(("shop", "web"))
+        );
+        for bad in [
+            "",
+            "/apis/networking.istio.io/v1/namespaces/shop/destination-rule/web",
+            "/apis/networking.istio.io/v1/namespaces//virtual-service/web",
+            "/namespaces/shop/virtual-service/",
+        ] {
+            assert_eq!(virtual_service_of(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -273,3 +273,87 @@ async fn with_the_controller_stopped_awake_services_pass_and_asleep_ones_get_503
     drop(mesh);
     ns.cleanup().await
 }
+
+#[tokio::test]
+async fn a_virtual_service_timeout_bounds_the_hold_of_a_plain_http_request() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "vstimeout", &[]).await?;
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service("web", "web", 80, "http"))
+        .await?;
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &managed_deployment("web", 0, "30s"))
+        .await?;
+    // Its pods cannot start: only a deadline ends the hold.
+    ns.api::<Deployment>()
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"template": {"spec": {"nodeSelector": {"kzscaler-e2e/nowhere": "true"}}}}}),
+            ),
+        )
+        .await?;
+    let fqdn = format!("web.{}.svc.cluster.local", ns.name);
+    kzscaler_e2e::kz::create_istio(
+        &ns,
+        "VirtualService",
+        "web",
+        json!({"hosts": [fqdn], "http": [{"timeout": "2s", "route": [{"destination": {"host": fqdn}}]}]}),
+    )
+    .await?;
+    let ctl = controller(&bed)?;
+    ns.wait_for(
+        "the controller to publish the VirtualService's route timeout",
+        Duration::from_secs(30),
+        || async {
+            let snap = kzscaler_e2e::kz::snapshot(&bed, &ctl).await?;
+            Ok(snap
+                .virtual_services
+                .iter()
+                .any(|v| v.namespace == ns.name && v.routes.iter().any(|r| r.timeout_ms == 2_000))
+                .then_some(()))
+        },
+    )
+    .await?;
+    let admin = bed
+        .envoy_admin
+        .clone()
+        .context("KZSCALER_ENVOY_ADMIN is not set")?;
+    let route = format!("namespaces/{}/virtual-service/web", ns.name);
+    ns.wait_for(
+        "the caller's Envoy to route by the VirtualService",
+        Duration::from_secs(30),
+        || async {
+            let r = bed
+                .get_from(
+                    &admin,
+                    "admin",
+                    "/config_dump?resource=dynamic_route_configs",
+                    Duration::from_secs(5),
+                )
+                .await?;
+            Ok(r.body.contains(&route).then_some(()))
+        },
+    )
+    .await?;
+    wait_filter_sees(&ns, &ctl, &cluster(&ns.name, "web", 80), State::Asleep).await?;
+
+    let t = std::time::Instant::now();
+    let r = bed
+        .get(&format!("web.{}", ns.name), "/", Duration::from_secs(40))
+        .await?;
+    let took = t.elapsed();
+    eprintln!(
+        "[e2e] held under a 2 s route timeout: {} after {} ms",
+        r.status,
+        took.as_millis()
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("kzscaler"), "kzscaler's answer: {}", r.body);
+    assert!(
+        took < Duration::from_secs(2),
+        "answered before the route's 2 s timeout, not after the 30 s wake timeout: {took:?}"
+    );
+    ns.cleanup().await
+}

@@ -460,6 +460,28 @@ impl RootContext for Root {
     }
 }
 
+/// The timeout of the route this request took, when a VirtualService set one: a plain-HTTP
+/// caller's deadline as Istio knows it (read only for a request about to be held).
+fn route_timeout_ms(worker: &RefCell<Worker>) -> Option<u64> {
+    let config = hostcalls::get_property(vec![
+        "xds",
+        "route_metadata",
+        "filter_metadata",
+        "istio",
+        "config",
+    ])
+    .ok()
+    .flatten()?;
+    let route = hostcalls::get_property(vec!["xds", "route_name"])
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    worker.borrow().table.route_timeout_ms(
+        std::str::from_utf8(&config).ok()?,
+        std::str::from_utf8(&route).unwrap_or_default(),
+    )
+}
+
 /// One request. With no managed destination it does nothing. Otherwise it reads the cluster
 /// name. Inbound (`inbound|...`): counts it for this pod's own Deployment, if managed.
 /// Outbound: counts it for a managed destination (activity), and holds it only if that
@@ -561,12 +583,14 @@ impl HttpContext for Request {
         let budget = hold_budget_ms(
             wake_timeout_ms,
             &[
+                // Istio strips it from callers, but a caller whose sidecar trusts it keeps it.
                 self.header("x-envoy-expected-rq-timeout-ms")
                     .as_deref()
                     .and_then(envoy_expected_timeout_ms),
                 self.header("grpc-timeout")
                     .as_deref()
                     .and_then(grpc_timeout_ms),
+                route_timeout_ms(&worker),
             ],
         );
         let ask = hold::Ask {

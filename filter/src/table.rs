@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use kzscaler_core::cluster::ClusterName;
-use kzscaler_core::wire::{Destination, INBOUND_PREFIX, State};
+use kzscaler_core::wire::{Destination, INBOUND_PREFIX, RouteTimeouts, State, virtual_service_of};
 
 /// What the filter needs of one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,8 @@ pub struct Table {
     /// Managed Deployments as `<namespace>/<deployment>`, for inbound counting; the entry's
     /// `cluster` is the counter key `inbound|<namespace>/<deployment>`.
     by_workload: HashMap<String, Entry>,
+    /// VirtualServices' route timeouts by `<namespace>/<name>`.
+    route_timeouts: HashMap<String, RouteTimeouts>,
     /// Destinations of the last parse that did not parse, and the first reason.
     skipped: usize,
     first_skip: Option<String>,
@@ -73,6 +75,8 @@ impl Table {
         struct Lenient {
             version: u64,
             destinations: Vec<serde_json::Value>,
+            #[serde(default)]
+            virtual_services: Vec<serde_json::Value>,
         }
         let raw: Lenient =
             serde_json::from_slice(json).map_err(|e| format!("snapshot is not valid: {e}"))?;
@@ -80,6 +84,19 @@ impl Table {
             version: raw.version,
             ..Self::default()
         };
+        for value in raw.virtual_services {
+            match serde_json::from_value::<RouteTimeouts>(value) {
+                Ok(vs) => {
+                    table
+                        .route_timeouts
+                        .insert(format!("{}/{}", vs.namespace, vs.name), vs);
+                }
+                Err(e) => {
+                    table.skipped += 1;
+                    table.first_skip.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
         for value in raw.destinations {
             match serde_json::from_value::<Destination>(value) {
                 Ok(d) => table.insert(d),
@@ -153,6 +170,19 @@ impl Table {
             .get(c.service)?
             .get(&c.port)?;
         self.by_cluster.get(key)
+    }
+
+    /// The timeout of the route a request took, from the route's `istio.config` metadata
+    /// (its VirtualService) and its name: the deadline Istio gives a plain-HTTP caller. None
+    /// when the route is not a VirtualService's or has no timeout. Asked only for a request
+    /// about to be held, never on the warm path.
+    pub fn route_timeout_ms(&self, config: &str, route: &str) -> Option<u64> {
+        let (namespace, name) = virtual_service_of(config)?;
+        let mut key = String::with_capacity(namespace.len() + 1 + name.len());
+        key.push_str(namespace);
+        key.push('/');
+        key.push_str(name);
+        self.route_timeouts.get(&key)?.timeout_ms(route)
     }
 
     /// This pod's own Deployment (`<namespace>/<deployment>`), if managed: inbound requests
@@ -263,6 +293,31 @@ mod tests {
     }
 
     #[test]
+    fn a_route_of_a_virtual_service_finds_its_timeout() {
+        let t = Table::parse(
+            br#"{"version":2,"destinations":[],"virtual_services":[
+            {"namespace":"shop","name":"web","routes":[{"name":"slow","timeout_ms":7000},{"timeout_ms":2000}]},
+            {"broken":true}]}"#,
+        )
+        .unwrap();
+        let config = "/apis/networking.istio.io/v1/namespaces/shop/virtual-service/web";
+        assert_eq!(t.route_timeout_ms(config, "slow"), Some(7_000));
+        assert_eq!(t.route_timeout_ms(config, ""), Some(2_000));
+        assert_eq!(
+            t.route_timeout_ms(
+                "/apis/networking.istio.io/v1/namespaces/shop/virtual-service/db",
+                ""
+            ),
+            None
+        );
+        assert_eq!(t.route_timeout_ms("", ""), None);
+        assert!(
+            t.degraded()
+                .is_some_and(|m| m.contains("1 destination(s) skipped"))
+        );
+    }
+
+    #[test]
     fn bad_snapshot_is_an_error_not_a_panic() {
         assert!(Table::parse(b"{").is_err());
         assert!(Table::parse(br#"{"version":1}"#).is_err());
@@ -310,6 +365,12 @@ mod tests {
         #[test]
         fn any_snapshot_body_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
             let _ = Table::parse(&body);
+        }
+
+        #[test]
+        fn any_route_metadata_is_looked_up_without_panic(config in "\\PC{0,80}|/apis/[a-z./0-9]{0,20}/namespaces/[a-z/]{0,10}/virtual-service/[a-z/]{0,8}", route in "\\PC{0,20}") {
+            let t = Table::parse(br#"{"version":1,"destinations":[],"virtual_services":[{"namespace":"a","name":"b","routes":[{"timeout_ms":5}]}]}"#).unwrap();
+            let _ = t.route_timeout_ms(&config, &route);
         }
 
         #[test]
