@@ -357,3 +357,33 @@ async fn a_virtual_service_timeout_bounds_the_hold_of_a_plain_http_request() -> 
     );
     ns.cleanup().await
 }
+
+#[tokio::test]
+async fn headers_with_any_bytes_are_held_and_woken_like_any_other() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "bytes", &[]).await?;
+    asleep_service(&ns, "web", "http").await?;
+    // A Latin-1 User-Agent (legal obs-text) and a grpc-timeout whose last character is two
+    // bytes: both reach the filter on the first request of a period. The SDK's string
+    // accessor panicked on the first, the deadline parser on the second, and a panic kills
+    // the VM.
+    let mut request = format!("GET /bytes HTTP/1.1\r\nhost: web.{}\r\n", ns.name).into_bytes();
+    request.extend_from_slice(b"user-agent: caf\xe9-client/1.0\r\ngrpc-timeout: 1\xc2\xb5\r\n");
+    request.extend_from_slice(b"connection: close\r\n\r\n");
+    let mut tcp = tokio::net::TcpStream::connect(&bed.envoy).await?;
+    tcp.write_all(&request).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAKE, tcp.read_to_end(&mut answer))
+        .await
+        .context("no answer through Envoy")??;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "held and woken: {answer}"
+    );
+    // The VM is still alive: the next request is served as usual.
+    let again = bed.get(&format!("web.{}", ns.name), "/again", WAKE).await?;
+    assert_eq!(again.status, 200, "{}", again.body);
+    ns.cleanup().await
+}

@@ -10,11 +10,11 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
-use kzscaler_core::wire::{ActivityReport, INBOUND_PREFIX};
+use kzscaler_core::wire::ActivityReport;
 
 use crate::config::Config;
-use crate::deadline::{envoy_expected_timeout_ms, grpc_timeout_ms, hold_budget_ms};
-use crate::hold::{self, Hold, Reply, Worker};
+use crate::hold::{self, Reply, Worker};
+use crate::request::{self, Decision};
 use crate::sync::{self, Adopted, Clock, Shared, Tick};
 use crate::table::Table;
 
@@ -460,28 +460,6 @@ impl RootContext for Root {
     }
 }
 
-/// The timeout of the route this request took, when a VirtualService set one: a plain-HTTP
-/// caller's deadline as Istio knows it (read only for a request about to be held).
-fn route_timeout_ms(worker: &RefCell<Worker>) -> Option<u64> {
-    let config = hostcalls::get_property(vec![
-        "xds",
-        "route_metadata",
-        "filter_metadata",
-        "istio",
-        "config",
-    ])
-    .ok()
-    .flatten()?;
-    let route = hostcalls::get_property(vec!["xds", "route_name"])
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    worker.borrow().table.route_timeout_ms(
-        std::str::from_utf8(&config).ok()?,
-        std::str::from_utf8(&route).unwrap_or_default(),
-    )
-}
-
 /// One request. With no managed destination it does nothing. Otherwise it reads the cluster
 /// name. Inbound (`inbound|...`): counts it for this pod's own Deployment, if managed.
 /// Outbound: counts it for a managed destination (activity), and holds it only if that
@@ -498,13 +476,55 @@ struct Request {
     counted: Option<Rc<str>>,
 }
 
-impl Request {
+impl request::Request for Request {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn cluster_name(&self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["xds", "cluster_name"])
+            .ok()
+            .flatten()
+    }
+
     /// A request header as bytes: any byte may be in a header (obs-text), and the SDK's
     /// string accessor panics on one that is not UTF-8.
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
             .ok()
             .flatten()
+    }
+
+    fn num_endpoints(&self) -> Option<u64> {
+        hostcalls::get_property(vec!["upstream", "num_endpoints"])
+            .ok()
+            .flatten()
+            .and_then(|b| u64_le(&b))
+    }
+
+    fn route(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        let config = hostcalls::get_property(vec![
+            "xds",
+            "route_metadata",
+            "filter_metadata",
+            "istio",
+            "config",
+        ])
+        .ok()
+        .flatten()?;
+        let name = hostcalls::get_property(vec!["xds", "route_name"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Some((config, name))
+    }
+
+    fn own_workload(&self) -> Option<String> {
+        own_workload()
+    }
+
+    fn now_ms(&self) -> u64 {
+        now_ms(&self.clock)
     }
 }
 
@@ -528,94 +548,18 @@ impl HttpContext for Request {
         let Some(worker) = self.worker.clone() else {
             return Action::Continue;
         };
-        let (state, wake_timeout_ms, cluster) = {
-            let mut guard = worker.borrow_mut();
-            let w = &mut *guard;
-            if w.table.is_empty() {
-                return Action::Continue;
-            }
-            let Ok(Some(name)) = hostcalls::get_property(vec!["xds", "cluster_name"]) else {
-                return Action::Continue;
-            };
-            let Ok(cluster) = std::str::from_utf8(&name) else {
-                return Action::Continue;
-            };
-            let inbound = cluster.starts_with(INBOUND_PREFIX);
-            let entry = if inbound {
-                // The inbound side of a pod: its requests are its own Deployment's activity.
-                let own = w.own_workload.get_or_insert_with(own_workload);
-                own.as_deref().and_then(|o| w.table.workload(o))
-            } else {
-                w.table.get(cluster)
-            };
-            let Some(e) = entry else {
-                return Action::Continue;
-            };
-            let counted = w.counters.start(&e.cluster, || {
-                e.counts(self.header("user-agent").as_deref(), || {
-                    self.header(":path")
-                })
-            });
-            if counted {
-                self.counted = Some(e.cluster.clone());
-            }
-            if inbound {
-                return Action::Continue;
-            }
-            (e.state, e.wake_timeout_ms, e.cluster.clone())
-        };
-        if !state.must_hold() {
-            return Action::Continue;
-        }
-        // This Envoy already routes to an endpoint: nothing to wait for (except while
-        // draining: see State::hold_despite_endpoints).
-        let endpoints = hostcalls::get_property(vec!["upstream", "num_endpoints"])
-            .ok()
-            .flatten()
-            .and_then(|b| u64_le(&b))
-            .unwrap_or(0);
-        if endpoints > 0 && !state.hold_despite_endpoints() {
-            return Action::Continue;
-        }
-        let grpc = self
-            .header("content-type")
-            .is_some_and(|c| c.starts_with(b"application/grpc"));
-        let budget = hold_budget_ms(
-            wake_timeout_ms,
-            &[
-                // Istio strips it from callers, but a caller whose sidecar trusts it keeps it.
-                self.header("x-envoy-expected-rq-timeout-ms")
-                    .as_deref()
-                    .and_then(envoy_expected_timeout_ms),
-                self.header("grpc-timeout")
-                    .as_deref()
-                    .and_then(grpc_timeout_ms),
-                route_timeout_ms(&worker),
-            ],
-        );
-        let ask = hold::Ask {
-            grpc,
-            activity: self.counted.is_some(),
-            why: if endpoints > 0 {
-                hold::Why::AskFirst
-            } else {
-                hold::Why::NoEndpoint
-            },
-        };
-        let decision =
-            worker
-                .borrow_mut()
-                .hold(self.id, &cluster, budget, now_ms(&self.clock), ask);
-        match decision {
-            Hold::Paused => {
+        let outcome = request::on_request_headers(&mut worker.borrow_mut(), &*self);
+        self.counted = outcome.counted;
+        match outcome.decision {
+            Decision::Continue => Action::Continue,
+            Decision::Held => {
                 self.held = true;
                 // Speeds up this worker's root tick, once: set again on every held request, a
                 // steady stream of them would re-arm the timer before it ever fired.
                 set_tick(&self.tick, self.hold_tick);
                 Action::Pause
             }
-            Hold::Pass => Action::Continue,
-            Hold::Reply(r) => {
+            Decision::Reply(r) => {
                 let headers: Vec<(&str, &str)> =
                     r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 let _ = hostcalls::send_http_response(r.status, headers, Some(r.body.as_bytes()));
