@@ -399,6 +399,9 @@ fn duration_ms(d: Duration) -> u64 {
 pub struct Cache {
     built: Built,
     snapshot: Snapshot,
+    /// The snapshot as served, encoded once per change, and its ETag.
+    encoded: bytes::Bytes,
+    etag: String,
     draining: BTreeSet<Key>,
     /// Deployments whose scale to 0 is committed, until the cache shows 0 replicas (or
     /// [`CLOSING_MAX`] passed: someone scaled it back up before the watch saw the 0).
@@ -419,6 +422,8 @@ impl Cache {
                 version,
                 ..Snapshot::default()
             },
+            encoded: bytes::Bytes::new(),
+            etag: String::new(),
             draining: BTreeSet::new(),
             closing: BTreeMap::new(),
         }
@@ -431,6 +436,7 @@ impl Cache {
     pub fn new_term(&mut self, base: u64) {
         if base > self.snapshot.version {
             self.snapshot.version = base;
+            self.encode();
         }
     }
 
@@ -502,6 +508,7 @@ impl Cache {
                 destinations,
                 virtual_services: self.built.route_timeouts.clone(),
             };
+            self.encode();
         }
         changed
     }
@@ -509,6 +516,26 @@ impl Cache {
     /// The snapshot filters poll.
     pub fn snapshot(&self) -> &Snapshot {
         &self.snapshot
+    }
+
+    /// The snapshot as served (encoded once per change) and its ETag (see
+    /// [`kzscaler_core::wire::snapshot_etag`]).
+    pub fn encoded(&self) -> (bytes::Bytes, String) {
+        if self.etag.is_empty() {
+            // Never published (a cache built without a first update): encode it now.
+            let bytes = serde_json::to_vec(&self.snapshot).unwrap_or_default();
+            let etag = kzscaler_core::wire::snapshot_etag(self.snapshot.version, &bytes);
+            return (bytes::Bytes::from(bytes), etag);
+        }
+        (self.encoded.clone(), self.etag.clone())
+    }
+
+    fn encode(&mut self) {
+        // Encoding plain data into a Vec cannot fail; an empty body would be refused by
+        // filters as not a snapshot, never misread.
+        let bytes = serde_json::to_vec(&self.snapshot).unwrap_or_default();
+        self.etag = kzscaler_core::wire::snapshot_etag(self.snapshot.version, &bytes);
+        self.encoded = bytes::Bytes::from(bytes);
     }
 
     /// The destination behind an outbound cluster name, with its Deployment.
@@ -828,6 +855,24 @@ mod tests {
         let mut after = Cache::starting_at(2_000);
         after.update(Built::default());
         assert!(after.snapshot().version > before.snapshot().version);
+    }
+
+    #[test]
+    fn the_served_bytes_and_etag_follow_every_change_and_term() {
+        let mut cache = Cache::starting_at(100);
+        cache.update(Built::default());
+        let (bytes, etag) = cache.encoded();
+        let served: Snapshot = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(&served, cache.snapshot());
+        assert_eq!(
+            etag,
+            kzscaler_core::wire::snapshot_etag(served.version, &bytes)
+        );
+        cache.new_term(1_000);
+        let (bytes, etag2) = cache.encoded();
+        let served: Snapshot = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(served.version, 1_000, "a new term is served at once");
+        assert_ne!(etag, etag2);
     }
 
     #[test]

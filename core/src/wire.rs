@@ -85,6 +85,17 @@ pub struct Snapshot {
     pub virtual_services: Vec<RouteTimeouts>,
 }
 
+/// The snapshot's `ETag` for a version and the exact bytes served: the version (which moves
+/// forward across leadership terms) and a hash of the content, so two replicas can never
+/// answer 304 for different content. A filter computes it from the body it holds.
+pub fn snapshot_etag(version: u64, body: &[u8]) -> String {
+    // FNV-1a, 64 bits: no dependency, the same in the Wasm filter and the controller.
+    let hash = body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("\"{version}-{hash:016x}\"")
+}
+
 /// One VirtualService's HTTP routes and their timeouts. A sidecar's route carries its
 /// VirtualService in its metadata (`istio.config`, see [`virtual_service_of`]) and the
 /// route's `name` as its own.
@@ -230,6 +241,18 @@ mod tests {
             r#"{"version":7,"destinations":[{"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":60000}]}"#
         );
         assert_eq!(serde_json::from_str::<Snapshot>(&json).unwrap(), snap);
+    }
+
+    #[test]
+    fn the_etag_names_the_version_and_the_content() {
+        assert_eq!(snapshot_etag(7, b""), "\"7-cbf29ce484222325\"");
+        assert_eq!(snapshot_etag(7, b"a"), snapshot_etag(7, b"a"));
+        assert_ne!(
+            snapshot_etag(7, b"a"),
+            snapshot_etag(7, b"b"),
+            "same version, other content"
+        );
+        assert_ne!(snapshot_etag(7, b"a"), snapshot_etag(8, b"a"));
     }
 
     #[test]

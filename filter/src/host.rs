@@ -104,6 +104,9 @@ struct Poll {
     next_report_ms: u64,
     inflight: Option<u32>,
     adopted: Adopted,
+    /// The ETag of the adopted snapshot (its version and a hash of its bytes), sent back as
+    /// `If-None-Match`.
+    etag: Option<String>,
     last_ok_ms: u64,
     last_warn_ms: u64,
     last_degraded_ms: u64,
@@ -203,12 +206,19 @@ impl Root {
             return;
         };
         match Table::parse(&body) {
-            Ok(t) => self.adopt(worker, version, t, now),
+            Ok(t) => self.adopt(worker, version, t, &body, now),
             Err(e) => self.warn(now, &format!("ignoring the stored snapshot {version}: {e}")),
         }
     }
 
-    fn adopt(&mut self, worker: &RefCell<Worker>, version: u64, table: Table, now: u64) {
+    fn adopt(
+        &mut self,
+        worker: &RefCell<Worker>,
+        version: u64,
+        table: Table,
+        body: &[u8],
+        now: u64,
+    ) {
         if let Some(msg) = table.degraded()
             && now.saturating_sub(self.poll.last_degraded_ms) >= 60_000
         {
@@ -216,6 +226,7 @@ impl Root {
             self.poll.last_degraded_ms = now;
         }
         self.poll.adopted.adopt(version);
+        self.poll.etag = Some(kzscaler_core::wire::snapshot_etag(version, body));
         worker.borrow_mut().table = table;
     }
 
@@ -228,12 +239,7 @@ impl Root {
         if !sync::take_poll_lease(&mut EnvoyShared, now, period) {
             return; // another worker polls this period
         }
-        let etag = self
-            .poll
-            .adopted
-            .version
-            .map(|v| format!("\"{v}\""))
-            .unwrap_or_default();
+        let etag = self.poll.etag.clone().unwrap_or_default();
         let mut headers = vec![
             (":method", "GET"),
             (":path", kzscaler_core::wire::SNAPSHOT_PATH),
@@ -329,7 +335,7 @@ impl Root {
                         sync::publish(&mut EnvoyShared, t.version, &body);
                         // An older answer (polls overlap) never replaces a newer table.
                         if self.poll.adopted.is_newer(t.version) {
-                            self.adopt(worker, t.version, t, now);
+                            self.adopt(worker, t.version, t, &body, now);
                         }
                     }
                     Err(e) => self.warn(now, &e),
