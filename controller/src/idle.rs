@@ -97,6 +97,8 @@ pub struct Activity {
     last: HashMap<Key, u64>,
     /// Last real request (reports, activations), as opposed to clock starts.
     requests: HashMap<Key, u64>,
+    /// The uid each Deployment had when its clock started.
+    uids: HashMap<Key, String>,
 }
 
 impl Activity {
@@ -121,17 +123,33 @@ impl Activity {
         *self.last.entry(key.clone()).or_insert(now)
     }
 
+    /// Notes the uid of the Deployment `key` names now; when it is another Deployment than
+    /// before (deleted and created again under its name), its clock is forgotten and `true`
+    /// returned: the new one starts its own idle time, and nothing of the old one carries over.
+    pub fn forget_if_recreated(&mut self, key: &Key, uid: &str) -> bool {
+        match self.uids.insert(key.clone(), uid.to_owned()) {
+            Some(old) if old != uid => {
+                self.last.remove(key);
+                self.requests.remove(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Forgets every clock: each restarts at its next [`Activity::last_active`], as after a
     /// restart (a replica that just became leader has seen no activity reports).
     pub fn clear(&mut self) {
         self.last.clear();
         self.requests.clear();
+        self.uids.clear();
     }
 
     /// Forgets Deployments that are no longer managed.
     pub fn retain(&mut self, keep: impl Fn(&Key) -> bool) {
         self.last.retain(|k, _| keep(k));
         self.requests.retain(|k, _| keep(k));
+        self.uids.retain(|k, _| keep(k));
     }
 }
 
@@ -258,5 +276,24 @@ mod tests {
         assert_eq!(a.last_active(&k, 50), 5);
         a.touch(&k, 60);
         assert_eq!(a.last_active(&k, 70), 60);
+    }
+
+    #[test]
+    fn a_deployment_created_again_under_its_name_starts_its_own_idle_clock() {
+        let key = Key {
+            namespace: "shop".into(),
+            name: "web".into(),
+        };
+        let mut a = Activity::default();
+        assert!(!a.forget_if_recreated(&key, "uid-1"));
+        assert_eq!(a.last_active(&key, 1_000), 1_000);
+        assert!(!a.forget_if_recreated(&key, "uid-1"), "the same Deployment");
+        assert_eq!(a.last_active(&key, 600_000), 1_000, "idle since 1 s");
+        assert!(a.forget_if_recreated(&key, "uid-2"));
+        assert_eq!(
+            a.last_active(&key, 600_000),
+            600_000,
+            "the new Deployment is not ten minutes idle"
+        );
     }
 }

@@ -316,7 +316,7 @@ impl<S: Scaler> Sleeper<S> {
             let mut cache = self.cache.write().await;
             let now = now_ms();
             // A committed sleep waits for the cache to show 0 replicas: nothing to decide.
-            let managed: Vec<(Key, i32, State, Duration, bool, String)> = cache
+            let managed: Vec<(Key, i32, State, Duration, bool, String, String)> = cache
                 .all_managed()
                 .iter()
                 .filter(|(k, _)| !cache.is_closing(k))
@@ -328,6 +328,7 @@ impl<S: Scaler> Sleeper<S> {
                         m.spec.idle_timeout,
                         m.spec.paused,
                         m.resource_version.clone(),
+                        m.uid.clone(),
                     )
                 })
                 .collect();
@@ -337,7 +338,12 @@ impl<S: Scaler> Sleeper<S> {
             let all = cache.all_managed();
             activity.retain(|k| all.contains_key(k));
             draining.retain(|k, _| all.contains_key(k));
-            for (key, desired, state, idle_timeout, paused, version) in &managed {
+            for (key, desired, state, idle_timeout, paused, version, uid) in &managed {
+                if activity.forget_if_recreated(key, uid) {
+                    // Deleted and created again: nothing of the old one's drain carries over.
+                    draining.remove(key);
+                    changed |= cache.set_draining(key, false);
+                }
                 if *state != State::Awake {
                     // The idle clock starts when it is awake again, however it woke (a wake,
                     // or replicas set by hand).
