@@ -72,11 +72,12 @@ impl Table {
     /// table applies. Only a body that is not a snapshot at all is an error.
     pub fn parse(json: &[u8]) -> Result<Self, String> {
         #[derive(serde::Deserialize)]
-        struct Lenient {
+        struct Lenient<'a> {
             version: u64,
-            destinations: Vec<serde_json::Value>,
-            #[serde(default)]
-            virtual_services: Vec<serde_json::Value>,
+            #[serde(borrow)]
+            destinations: Vec<&'a serde_json::value::RawValue>,
+            #[serde(default, borrow)]
+            virtual_services: Vec<&'a serde_json::value::RawValue>,
         }
         let raw: Lenient =
             serde_json::from_slice(json).map_err(|e| format!("snapshot is not valid: {e}"))?;
@@ -85,7 +86,7 @@ impl Table {
             ..Self::default()
         };
         for value in raw.virtual_services {
-            match serde_json::from_value::<RouteTimeouts>(value) {
+            match serde_json::from_str::<RouteTimeouts>(value.get()) {
                 Ok(vs) => {
                     table
                         .route_timeouts
@@ -98,7 +99,7 @@ impl Table {
             }
         }
         for value in raw.destinations {
-            match serde_json::from_value::<Destination>(value) {
+            match serde_json::from_str::<Destination>(value.get()) {
                 Ok(d) => table.insert(d),
                 Err(e) => {
                     table.skipped += 1;
