@@ -1223,14 +1223,21 @@ mod tests {
 
     #[test]
     fn a_huge_wake_timeout_neither_overflows_nor_panics() {
+        // The deadline saturates at u64::MAX; `left + slack` overflowed (a panic in debug
+        // builds, a 499 ms callout timeout in the wasm profile).
         let mut w = worker(10);
-        let mut host = FakeHost {
+        let mut host = FakeHost::default();
+        w.hold(1, WEB, u64::MAX, 0, WAIT);
+        w.tick(&mut host);
+        assert_eq!(host.calls.len(), 1);
+        let mut late = worker(10);
+        let mut host2 = FakeHost {
             now: u64::MAX - 10,
             ..Default::default()
         };
-        w.hold(1, WEB, u64::MAX, host.now, WAIT);
-        w.tick(&mut host);
-        assert_eq!(host.calls.len(), 1);
+        late.hold(1, WEB, u64::MAX, host2.now, WAIT);
+        late.tick(&mut host2);
+        assert_eq!(host2.calls.len(), 1);
         w.on_activate_response(&mut host, 100, Some(502), br#"{"message":"no"}"#);
         w.tick(&mut host);
         assert!(w.holding());
