@@ -344,6 +344,11 @@ impl Worker {
         !self.held.is_empty()
     }
 
+    /// Whether requests to `cluster` are held here, waiting for their release.
+    pub fn is_waiting(&self, cluster: &str) -> bool {
+        self.clusters.get(cluster).is_some_and(|a| a.waiting > 0)
+    }
+
     /// Holds request `ctx` to `cluster` for at most `budget_ms`.
     pub fn hold(&mut self, ctx: u32, cluster: &str, budget_ms: u64, now_ms: u64, ask: Ask) -> Hold {
         let Ask {

@@ -96,14 +96,23 @@ pub fn on_request_headers(worker: &mut Worker, request: &impl Request) -> Outcom
             })
         })
         .then(|| e.cluster.clone());
-    if inbound || !e.state.must_hold() {
+    if inbound {
+        return Outcome::pass(counted);
+    }
+    // Requests to it are held here, waiting for their release: this one joins them, whatever
+    // the table or the endpoint count says. Through the wake the table lags (it may say awake
+    // before this Envoy has the endpoint), and the endpoint count runs ahead of the worker's
+    // host list (REFERENCE.md): a request let through then gets 503 "no healthy upstream".
+    // Joining also keeps the arrival order and the release window.
+    let joins = w.is_waiting(&e.cluster);
+    if !e.state.must_hold() && !joins {
         return Outcome::pass(counted);
     }
     let (state, wake_timeout_ms, cluster) = (e.state, e.wake_timeout_ms, e.cluster.clone());
     // This Envoy already routes to an endpoint: nothing to wait for (except while draining:
     // see State::hold_despite_endpoints).
     let endpoints = request.num_endpoints().unwrap_or(0);
-    if endpoints > 0 && !state.hold_despite_endpoints() {
+    if endpoints > 0 && !state.hold_despite_endpoints() && !joins {
         return Outcome::pass(counted);
     }
     let route_timeout = request.route().and_then(|(config, route)| {
@@ -132,7 +141,7 @@ pub fn on_request_headers(worker: &mut Worker, request: &impl Request) -> Outcom
             .header("content-type")
             .is_some_and(|c| c.starts_with(b"application/grpc")),
         activity: counted.is_some(),
-        why: if endpoints > 0 {
+        why: if endpoints > 0 && !joins {
             Why::AskFirst
         } else {
             Why::NoEndpoint
@@ -297,6 +306,28 @@ mod tests {
         assert_eq!(
             on_request_headers(&mut draining, &r).decision,
             Decision::Held
+        );
+    }
+
+    #[test]
+    fn a_request_arriving_while_others_are_held_joins_them_whatever_the_table_says() {
+        let mut w = worker("waking");
+        assert_eq!(
+            on_request_headers(&mut w, &to_web()).decision,
+            Decision::Held
+        );
+        // The endpoint count already shows the woken pod, and the table says awake: the
+        // worker's host list may still be empty, and the held ones go first.
+        w.table = worker("awake").table;
+        let mut next = to_web();
+        next.id = 8;
+        next.endpoints = 1;
+        assert_eq!(on_request_headers(&mut w, &next).decision, Decision::Held);
+        // Nothing held any more here: the warm path again.
+        let mut fresh = worker("awake");
+        assert_eq!(
+            on_request_headers(&mut fresh, &next).decision,
+            Decision::Continue
         );
     }
 
