@@ -143,17 +143,28 @@ async fn a_sustained_stream_to_a_late_waking_service_is_answered_in_full_within_
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
             let status = one(envoy, host, format!("/r{i}"), deadline).await;
-            (status, sent.elapsed())
+            (status, sent.duration_since(start), sent.elapsed())
         }));
     }
     let sent_in = start.elapsed();
     schedulable.await??;
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
     let mut slowest = Duration::ZERO;
+    let mut failed = Vec::new();
     for t in tasks {
-        let (status, took) = t.await?;
+        let (status, sent_at, took) = t.await?;
+        if status != "200" && failed.len() < 10 {
+            failed.push(format!(
+                "sent at {} ms, answered after {} ms: {status}",
+                sent_at.as_millis(),
+                took.as_millis()
+            ));
+        }
         *statuses.entry(status).or_default() += 1;
         slowest = slowest.max(took);
+    }
+    for f in &failed {
+        eprintln!("[e2e]   {f}");
     }
     eprintln!(
         "[e2e] {total} requests sent in {:.1} s (target {rate}/s for {secs} s), pods schedulable after {start_after:?}: {statuses:?}, slowest {} ms",

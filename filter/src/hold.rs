@@ -5,9 +5,10 @@
 //!  HTTP context (request headers)        root context (on_tick, every few ms while holding)
 //!  ─────────────────────────────         ───────────────────────────────────────────────────
 //!  managed + asleep/waking + this        per cluster: one activate call at a time (coalesced)
-//!  Envoy has no endpoint → hold()  ───▶  activate said awake and num_endpoints > 0 on one
-//!  (Pause)                               ticks → resume on the third (the worker's host list
-//!                                        lags the counter); deadline → 503 / grpc 14
+//!  Envoy has no endpoint (or requests    activate said awake and num_endpoints > 0 on two
+//!  to it are held here) → hold()  ───▶   ticks and 20 ms (the worker's host list lags the
+//!  (Pause)                               counter) → release in arrival order, at most
+//!                                        release_window in flight; deadline → 503 / grpc 14
 //! ```
 //!
 //! Every held request ends in exactly one of `resume` or `reply`, or is dropped by `forget`
@@ -119,6 +120,8 @@ struct Activation {
     releasing: bool,
     /// Ticks on which this Envoy's counter showed endpoints (see [`SIGHTINGS_BEFORE_RESUME`]).
     endpoints_seen: u8,
+    /// When this Envoy's counter first showed an endpoint.
+    first_seen_ms: u64,
     /// When activate said ready.
     ready_at_ms: u64,
     retry_at_ms: u64,
@@ -167,6 +170,11 @@ const MAX_BACKOFF_MS: u64 = 1_000;
 /// first sighting gave 503s (REFERENCE.md); waiting event-loop turns lets the list catch up,
 /// and two give a margin on a loaded machine.
 const SIGHTINGS_BEFORE_RESUME: u8 = 2;
+/// And at least this long since the first sighting: the counter is updated on Envoy's main
+/// thread, which then posts the host list to the workers. On a loaded machine that post can
+/// take longer than two ticks (seen: 32 of 10,000 requests resumed onto an empty host list, 503
+/// "no healthy upstream", while the test bed ran 1,000 requests a second after a build).
+const SETTLE_MS: u64 = 20;
 /// How long a "ready" answer is trusted while this Envoy shows no endpoint; then activate is
 /// asked again (Envoy learns of new endpoints within milliseconds).
 const READY_STALE_MS: u64 = 1_000;
@@ -449,11 +457,17 @@ impl Worker {
             };
             if act.ready {
                 if host.num_endpoints(first).unwrap_or(0) > 0 {
-                    if act.releasing || act.endpoints_seen >= SIGHTINGS_BEFORE_RESUME {
+                    if act.releasing
+                        || (act.endpoints_seen >= SIGHTINGS_BEFORE_RESUME
+                            && now.saturating_sub(act.first_seen_ms) >= SETTLE_MS)
+                    {
                         act.releasing = true;
                         act.release(host, held, released, cluster, limits.release_window);
                     } else {
-                        act.endpoints_seen += 1;
+                        if act.endpoints_seen == 0 {
+                            act.first_seen_ms = now;
+                        }
+                        act.endpoints_seen = act.endpoints_seen.saturating_add(1);
                     }
                 } else if act.releasing || now.saturating_sub(act.ready_at_ms) >= READY_STALE_MS {
                     // "Ready" but no endpoint here (any more): it went away (a sleep landed).
@@ -588,6 +602,7 @@ impl Worker {
                     && host.num_endpoints(first).unwrap_or(0) > 0
                 {
                     act.endpoints_seen = 1;
+                    act.first_seen_ms = now;
                 }
             }
             (Some(404), Some(_)) => {
@@ -879,10 +894,18 @@ mod tests {
         host.endpoints = 1;
         w.tick(&mut host);
         assert!(host.resumed.is_empty(), "first sighting: wait");
+        host.now += 2;
         w.tick(&mut host);
         assert!(host.resumed.is_empty(), "second sighting: wait once more");
+        host.now += 2;
         w.tick(&mut host);
-        assert_eq!(host.resumed, vec![1, 2]);
+        assert!(
+            host.resumed.is_empty(),
+            "two ticks, but 4 ms: the host list may still be on its way to the worker"
+        );
+        host.now += 16;
+        w.tick(&mut host);
+        assert_eq!(host.resumed, vec![1, 2], "20 ms after the first sighting");
         assert!(host.replies.is_empty());
         assert!(!w.holding());
     }
@@ -901,6 +924,7 @@ mod tests {
         );
         w.tick(&mut host);
         assert!(host.resumed.is_empty(), "second sighting: wait once more");
+        host.now = SETTLE_MS;
         w.tick(&mut host);
         assert_eq!(host.resumed, vec![1], "the answer was the first sighting");
     }
@@ -1091,6 +1115,7 @@ mod tests {
         host.endpoints = 1;
         w.on_activate_response(host, token, Some(200), AWAKE);
         w.tick(host);
+        host.now += SETTLE_MS;
         w.tick(host);
     }
 
