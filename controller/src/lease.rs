@@ -203,21 +203,33 @@ impl Fence {
         what: &str,
         write: impl std::future::Future<Output = Result<T, String>>,
     ) -> Result<T, String> {
+        // Counted before the term is checked: a shutdown that stops leading and then waits
+        // for the writes in flight cannot miss this one.
+        self.inflight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _inflight = InFlight(self);
         let left =
             self.leadership.borrow().term_left().ok_or_else(|| {
                 format!("{what}: not sent: this replica does not lead (any more)")
             })?;
-        self.inflight
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let _inflight = InFlight(self);
-        match tokio::time::timeout(left.min(WRITE_TIMEOUT), write).await {
-            Ok(r) => r,
-            Err(_) if left < WRITE_TIMEOUT => Err(format!(
-                "{what}: abandoned: the leadership term ended before the API server answered"
-            )),
-            Err(_) => Err(format!(
-                "{what}: abandoned: no answer from the API server within {WRITE_TIMEOUT:?}"
-            )),
+        let mut leadership = self.leadership.clone();
+        let stepped_down = async move {
+            // Err: no more changes will come; the term and the timeout still bound the write.
+            if leadership.wait_for(|l| !l.leader).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = tokio::time::timeout(left.min(WRITE_TIMEOUT), write) => match r {
+                Ok(r) => r,
+                Err(_) if left < WRITE_TIMEOUT => Err(format!(
+                    "{what}: abandoned: the leadership term ended before the API server answered"
+                )),
+                Err(_) => Err(format!(
+                    "{what}: abandoned: no answer from the API server within {WRITE_TIMEOUT:?}"
+                )),
+            },
+            () = stepped_down => Err(format!("{what}: abandoned: this replica stopped leading")),
         }
     }
 
@@ -320,7 +332,7 @@ pub async fn run(
         // Stop acting first, let the writes in flight end, and only then let another
         // replica take over: nothing this one sent can land after the other's.
         set(&tx, false, String::new(), &s);
-        fence.drained(Duration::from_secs(3)).await;
+        fence.drained(WRITE_TIMEOUT).await;
         release(&api, &s).await;
     }
 }
@@ -498,6 +510,26 @@ mod tests {
         let unbounded = Fence::new(leading_until(None));
         let r: Result<(), String> = unbounded.write("scale", std::future::pending()).await;
         assert!(r.unwrap_err().contains("within"), "no write waits forever");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_in_flight_is_abandoned_when_the_replica_stops_leading() {
+        let (tx, rx) = watch::channel(Leadership {
+            leader: true,
+            holder: "a".into(),
+            until: None,
+        });
+        let fence = std::sync::Arc::new(Fence::new(rx));
+        let f = fence.clone();
+        let write = tokio::spawn(async move {
+            f.write("scale", std::future::pending::<Result<(), String>>())
+                .await
+        });
+        tokio::task::yield_now().await;
+        tx.send_modify(|l| l.leader = false);
+        let r = write.await.unwrap();
+        assert!(r.unwrap_err().contains("stopped leading"));
+        fence.drained(Duration::from_secs(1)).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -640,10 +640,10 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     if let Some(elector) = elector {
         // The elector stops this replica acting, waits for its writes in flight, and only
         // then releases the Lease.
-        let _ = tokio::time::timeout(Duration::from_secs(6), elector).await;
+        let _ = tokio::time::timeout(crate::lease::WRITE_TIMEOUT * 2, elector).await;
     } else {
         lead_tx.send_modify(|l| l.leader = false);
-        fence.drained(Duration::from_secs(3)).await;
+        fence.drained(crate::lease::WRITE_TIMEOUT).await;
     }
     if let Some((ns, name)) = &opts.pod {
         let api = Api::<Pod>::namespaced(client.clone(), ns);

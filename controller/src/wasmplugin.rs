@@ -128,9 +128,20 @@ pub async fn run(
         return;
     }
     loop {
-        // Only the leader writes WasmPlugins.
-        if leadership.borrow_and_update().leader {
-            reconcile_all(&client, &store.state(), &settings).await;
+        // Only the leader writes WasmPlugins, inside its term (a leader resumed after a pause
+        // past its term writes nothing), and for no longer than the term lasts.
+        let term = leadership.borrow_and_update().term_left();
+        if let Some(left) = term {
+            let namespaces = store.state();
+            let pass = reconcile_all(&client, &namespaces, &settings);
+            if tokio::time::timeout(left.min(crate::lease::WRITE_TIMEOUT * 3), pass)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "WasmPlugin reconcile abandoned: the leadership term ended or the API server was too slow"
+                );
+            }
         }
         tokio::select! {
             () = changed.notified() => tokio::time::sleep(Duration::from_millis(20)).await,

@@ -352,9 +352,13 @@ impl Worker {
         !self.held.is_empty()
     }
 
-    /// Whether requests to `cluster` are held here, waiting for their release.
-    pub fn is_waiting(&self, cluster: &str) -> bool {
-        self.clusters.get(cluster).is_some_and(|a| a.waiting > 0)
+    /// Whether a new request to `cluster` must join the ones held here: they wait, and their
+    /// release has not begun (once it has, this Envoy's host list is known to have the
+    /// endpoint, and new requests go at the caller's own pace).
+    pub fn must_join(&self, cluster: &str) -> bool {
+        self.clusters
+            .get(cluster)
+            .is_some_and(|a| a.waiting > 0 && !a.releasing)
     }
 
     /// Holds request `ctx` to `cluster` for at most `budget_ms`.
@@ -414,6 +418,16 @@ impl Worker {
         }
         act.activity |= activity;
         Hold::Paused
+    }
+
+    /// A resumed request got its response headers: it leaves its destination's release
+    /// window (a long stream, gRPC or WebSocket, must not hold a slot until it ends).
+    pub fn answered(&mut self, ctx: u32) {
+        if let Some(cluster) = self.released.remove(&ctx)
+            && let Some(act) = self.clusters.get_mut(&cluster)
+        {
+            act.released = act.released.saturating_sub(1);
+        }
     }
 
     /// Request `ctx` ended (its caller went away, or its answer was sent): nothing may be done
@@ -1289,5 +1303,52 @@ mod tests {
         assert_eq!((r.outbound[0].requests, r.outbound[0].in_flight), (2, 0));
         assert_eq!((r.inbound[0].requests, r.inbound[0].in_flight), (1, 1));
         assert_eq!(c.take_report().unwrap().outbound.len(), 0, "sent once");
+    }
+
+    #[test]
+    fn a_released_stream_frees_its_slot_at_its_response_headers() {
+        let mut w = Worker::new(Limits {
+            max_held: 100,
+            release_window: 2,
+        });
+        let mut host = FakeHost::default();
+        for ctx in 0..4 {
+            w.hold(ctx, WEB, 10_000, 0, WAIT);
+        }
+        woken(&mut w, &mut host);
+        assert_eq!(host.resumed, [0, 1]);
+        // Two long streams: answered (headers), still open.
+        w.answered(0);
+        w.answered(1);
+        w.tick(&mut host);
+        assert_eq!(
+            host.resumed,
+            [0, 1, 2, 3],
+            "the window is free although they stream on"
+        );
+        w.forget(0);
+        w.forget(1);
+        w.answered(2);
+        w.forget(2);
+        w.forget(3);
+        assert!(!w.must_join(WEB));
+    }
+
+    #[test]
+    fn new_requests_join_the_held_ones_only_until_their_release_begins() {
+        let mut w = Worker::new(Limits {
+            max_held: 100,
+            release_window: 1,
+        });
+        let mut host = FakeHost::default();
+        w.hold(1, WEB, 10_000, 0, WAIT);
+        w.hold(2, WEB, 10_000, 0, WAIT);
+        assert!(w.must_join(WEB), "waiting, release not begun");
+        woken(&mut w, &mut host);
+        assert_eq!(host.resumed, [1]);
+        assert!(
+            !w.must_join(WEB),
+            "released: new requests pass at their own pace while 2 waits for the window"
+        );
     }
 }

@@ -409,8 +409,10 @@ impl RootContext for Root {
                     None => self.worker = Some(Rc::new(RefCell::new(Worker::new(c.limits())))),
                 }
                 let idle = c.poll_period.min(Duration::from_millis(100));
+                let hold_tick = c.hold_tick;
                 self.config = Some(Rc::new(c));
-                self.set_tick(idle);
+                let holding = self.worker.as_ref().is_some_and(|w| w.borrow().holding());
+                self.set_tick(if holding { hold_tick } else { idle });
                 true
             }
             Err(e) => {
@@ -550,6 +552,16 @@ impl Context for Request {
 }
 
 impl HttpContext for Request {
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        // A resumed request has its answer: its release slot is free (it may stream on).
+        if self.held
+            && let Some(w) = &self.worker
+        {
+            w.borrow_mut().answered(self.id);
+        }
+        Action::Continue
+    }
+
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(worker) = self.worker.clone() else {
             return Action::Continue;

@@ -99,12 +99,12 @@ pub fn on_request_headers(worker: &mut Worker, request: &impl Request) -> Outcom
     if inbound {
         return Outcome::pass(counted);
     }
-    // Requests to it are held here, waiting for their release: this one joins them, whatever
-    // the table or the endpoint count says. Through the wake the table lags (it may say awake
-    // before this Envoy has the endpoint), and the endpoint count runs ahead of the worker's
-    // host list (REFERENCE.md): a request let through then gets 503 "no healthy upstream".
-    // Joining also keeps the arrival order and the release window.
-    let joins = w.is_waiting(&e.cluster);
+    // Requests to it are held here and their release has not begun: this one joins them,
+    // whatever the table or the endpoint count says. Through the wake the table lags (it may
+    // say awake before this Envoy has the endpoint), and the endpoint count runs ahead of the
+    // worker's host list (REFERENCE.md): a request let through then gets 503 "no healthy
+    // upstream". Once the release has begun, new requests go at the caller's own pace.
+    let joins = w.must_join(&e.cluster);
     if !e.state.must_hold() && !joins {
         return Outcome::pass(counted);
     }
@@ -141,7 +141,9 @@ pub fn on_request_headers(worker: &mut Worker, request: &impl Request) -> Outcom
             .header("content-type")
             .is_some_and(|c| c.starts_with(b"application/grpc")),
         activity: counted.is_some(),
-        why: if endpoints > 0 && !joins {
+        // Held only to ask first: draining with endpoints in sight (if the controller cannot
+        // be asked, it goes through, whether it joined others or not).
+        why: if endpoints > 0 && state.hold_despite_endpoints() {
             Why::AskFirst
         } else {
             Why::NoEndpoint

@@ -187,7 +187,15 @@ pub async fn serve_on(
                         return;
                     }
                 };
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // An HTTP/1 client that sends its headers too slowly gives its slot back (the
+                // API server sends a review at once). One that sends nothing at all after its
+                // handshake keeps its slot until it goes: protocol detection waits for it.
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.handshake_timeout);
                 let conn = builder.serve_connection(TokioIo::new(tls), svc);
                 tokio::pin!(conn);
                 let result = tokio::select! {
