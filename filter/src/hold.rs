@@ -118,6 +118,9 @@ struct Activation {
     ready: bool,
     /// Endpoints were seen long enough: held requests go, as the window allows.
     releasing: bool,
+    /// The last request held when the release began: until it is gone, new requests queue
+    /// behind it (the release window bounds them all); after, they go at their own pace.
+    backlog_until: Option<u32>,
     /// Ticks on which this Envoy's counter showed endpoints (see [`SIGHTINGS_BEFORE_RESUME`]).
     endpoints_seen: u8,
     /// When this Envoy's counter first showed an endpoint.
@@ -143,8 +146,9 @@ pub struct Worker {
     pub table: Table,
     limits: Limits,
     held: HashMap<u32, Held>,
-    /// Resumed requests not yet finished, and their destination.
-    released: HashMap<u32, Rc<str>>,
+    /// Resumed requests not yet finished: their destination, and when their response
+    /// headers came.
+    released: HashMap<u32, (Rc<str>, Option<u64>)>,
     /// Deadlines of held requests, earliest first (entries of requests gone are skipped).
     deadlines: BinaryHeap<Reverse<(u64, u32)>>,
     clusters: HashMap<Rc<str>, Activation>,
@@ -175,6 +179,9 @@ const SIGHTINGS_BEFORE_RESUME: u8 = 2;
 /// take longer than two ticks (seen: 32 of 10,000 requests resumed onto an empty host list, 503
 /// "no healthy upstream", while the test bed ran 1,000 requests a second after a build).
 const SETTLE_MS: u64 = 20;
+/// How long a released request that has its response headers keeps its release slot: short
+/// answers end well before, long streams give it back then.
+pub const STREAM_SLOT_MS: u64 = 1_000;
 /// How long a "ready" answer is trusted while this Envoy shows no endpoint; then activate is
 /// asked again (Envoy learns of new endpoints within milliseconds).
 const READY_STALE_MS: u64 = 1_000;
@@ -353,12 +360,17 @@ impl Worker {
     }
 
     /// Whether a new request to `cluster` must join the ones held here: they wait, and their
-    /// release has not begun (once it has, this Envoy's host list is known to have the
-    /// endpoint, and new requests go at the caller's own pace).
+    /// release has not begun or the requests held when it began are not all gone (after
+    /// that, this Envoy's host list is known to have the endpoint, and new requests go at the
+    /// caller's own pace).
     pub fn must_join(&self, cluster: &str) -> bool {
-        self.clusters
-            .get(cluster)
-            .is_some_and(|a| a.waiting > 0 && !a.releasing)
+        self.clusters.get(cluster).is_some_and(|a| {
+            a.waiting > 0
+                && (!a.releasing
+                    || a.backlog_until
+                        .zip(a.queue.front())
+                        .is_some_and(|(last, first)| *first <= last))
+        })
     }
 
     /// Holds request `ctx` to `cluster` for at most `budget_ms`.
@@ -420,13 +432,12 @@ impl Worker {
         Hold::Paused
     }
 
-    /// A resumed request got its response headers: it leaves its destination's release
-    /// window (a long stream, gRPC or WebSocket, must not hold a slot until it ends).
-    pub fn answered(&mut self, ctx: u32) {
-        if let Some(cluster) = self.released.remove(&ctx)
-            && let Some(act) = self.clusters.get_mut(&cluster)
-        {
-            act.released = act.released.saturating_sub(1);
+    /// A resumed request got its response headers at `now_ms`. It keeps its release slot
+    /// until it ends (the destination's circuit breakers count it until then), but at most
+    /// [`STREAM_SLOT_MS`] more: a long stream (gRPC, WebSocket) must not hold a slot for good.
+    pub fn answered(&mut self, ctx: u32, now_ms: u64) {
+        if let Some((_, at)) = self.released.get_mut(&ctx) {
+            at.get_or_insert(now_ms);
         }
     }
 
@@ -437,7 +448,7 @@ impl Worker {
             if let Some(act) = self.clusters.get_mut(&h.cluster) {
                 act.waiting = act.waiting.saturating_sub(1);
             }
-        } else if let Some(cluster) = self.released.remove(&ctx)
+        } else if let Some((cluster, _)) = self.released.remove(&ctx)
             && let Some(act) = self.clusters.get_mut(&cluster)
         {
             act.released = act.released.saturating_sub(1);
@@ -448,6 +459,7 @@ impl Worker {
     pub fn tick(&mut self, host: &mut impl Host) {
         let now = host.now_ms();
         self.answer_expired(host, now);
+        self.free_stream_slots(now);
         let Self {
             held,
             released,
@@ -475,7 +487,10 @@ impl Worker {
                         || (act.endpoints_seen >= SIGHTINGS_BEFORE_RESUME
                             && now.saturating_sub(act.first_seen_ms) >= SETTLE_MS)
                     {
-                        act.releasing = true;
+                        if !act.releasing {
+                            act.releasing = true;
+                            act.backlog_until = act.queue.back().copied();
+                        }
                         act.release(host, held, released, cluster, limits.release_window);
                     } else {
                         if act.endpoints_seen == 0 {
@@ -518,6 +533,19 @@ impl Worker {
         }
     }
 
+    /// Released requests answered more than [`STREAM_SLOT_MS`] ago stream on: their slots
+    /// are freed (the request itself is untouched).
+    fn free_stream_slots(&mut self, now: u64) {
+        let clusters = &mut self.clusters;
+        self.released.retain(|_, (cluster, answered)| {
+            let streaming = answered.is_some_and(|at| now.saturating_sub(at) >= STREAM_SLOT_MS);
+            if streaming && let Some(act) = clusters.get_mut(cluster) {
+                act.released = act.released.saturating_sub(1);
+            }
+            !streaming
+        });
+    }
+
     /// Answers every held request whose deadline has passed, earliest first.
     fn answer_expired(&mut self, host: &mut impl Host, now: u64) {
         while let Some(&Reverse((deadline, ctx))) = self.deadlines.peek() {
@@ -558,7 +586,7 @@ impl Worker {
             Some(h) if h.why == Why::AskFirst => {
                 if let Some(h) = held.remove(ctx) {
                     host.resume(*ctx);
-                    released.insert(*ctx, h.cluster);
+                    released.insert(*ctx, (h.cluster, None));
                     act.waiting = act.waiting.saturating_sub(1);
                     act.released += 1;
                 }
@@ -667,7 +695,7 @@ impl Activation {
         &mut self,
         host: &mut impl Host,
         held: &mut HashMap<u32, Held>,
-        released: &mut HashMap<u32, Rc<str>>,
+        released: &mut HashMap<u32, (Rc<str>, Option<u64>)>,
         cluster: &str,
         window: usize,
     ) {
@@ -680,7 +708,7 @@ impl Activation {
             };
             debug_assert_eq!(&*h.cluster, cluster);
             host.resume(ctx);
-            released.insert(ctx, h.cluster);
+            released.insert(ctx, (h.cluster, None));
             self.waiting = self.waiting.saturating_sub(1);
             self.released += 1;
         }
@@ -1306,36 +1334,42 @@ mod tests {
     }
 
     #[test]
-    fn a_released_stream_frees_its_slot_at_its_response_headers() {
+    fn a_released_stream_gives_its_slot_back_a_while_after_its_response_headers() {
         let mut w = Worker::new(Limits {
             max_held: 100,
             release_window: 2,
         });
         let mut host = FakeHost::default();
         for ctx in 0..4 {
-            w.hold(ctx, WEB, 10_000, 0, WAIT);
+            w.hold(ctx, WEB, 60_000, 0, WAIT);
         }
         woken(&mut w, &mut host);
         assert_eq!(host.resumed, [0, 1]);
         // Two long streams: answered (headers), still open.
-        w.answered(0);
-        w.answered(1);
+        w.answered(0, host.now);
+        w.answered(1, host.now);
+        w.tick(&mut host);
+        assert_eq!(
+            host.resumed,
+            [0, 1],
+            "counted while the circuit breakers count them"
+        );
+        host.now += STREAM_SLOT_MS;
         w.tick(&mut host);
         assert_eq!(
             host.resumed,
             [0, 1, 2, 3],
             "the window is free although they stream on"
         );
-        w.forget(0);
-        w.forget(1);
-        w.answered(2);
-        w.forget(2);
-        w.forget(3);
+        for ctx in 0..4 {
+            w.forget(ctx);
+        }
         assert!(!w.must_join(WEB));
+        assert!(!w.holding());
     }
 
     #[test]
-    fn new_requests_join_the_held_ones_only_until_their_release_begins() {
+    fn new_requests_join_the_held_ones_until_those_held_at_the_release_are_gone() {
         let mut w = Worker::new(Limits {
             max_held: 100,
             release_window: 1,
@@ -1347,8 +1381,16 @@ mod tests {
         woken(&mut w, &mut host);
         assert_eq!(host.resumed, [1]);
         assert!(
+            w.must_join(WEB),
+            "2, held when the release began, still waits"
+        );
+        w.hold(3, WEB, 10_000, host.now, WAIT);
+        w.forget(1);
+        w.tick(&mut host);
+        assert_eq!(host.resumed, [1, 2]);
+        assert!(
             !w.must_join(WEB),
-            "released: new requests pass at their own pace while 2 waits for the window"
+            "the backlog is gone: new requests go at their own pace (3 still drains)"
         );
     }
 }

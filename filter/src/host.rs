@@ -553,11 +553,11 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        // A resumed request has its answer: its release slot is free (it may stream on).
+        // A resumed request has its answer: its release slot goes back soon (it may stream on).
         if self.held
             && let Some(w) = &self.worker
         {
-            w.borrow_mut().answered(self.id);
+            w.borrow_mut().answered(self.id, now_ms(&self.clock));
         }
         Action::Continue
     }
