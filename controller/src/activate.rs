@@ -45,6 +45,10 @@ pub trait Scaler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
+/// In a [`Scaler::sleep`] error: the Deployment changed since it was found idle (its
+/// resourceVersion precondition failed), so the sleep was not written and can be decided again.
+pub const STALE_SLEEP: &str = "changed since it was found idle";
+
 /// An Event to publish about a Deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {

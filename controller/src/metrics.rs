@@ -7,7 +7,7 @@
 //! | `kzscaler_wake_phase_seconds` | histogram | `phase` = scale, pod_ready, endpoint_ready | time from the first activate to the end of each phase of a wake |
 //! | `kzscaler_snapshot_requests_total` | counter | `status` = 200, 304 | snapshot polls by filters |
 //! | `kzscaler_destinations` | gauge | `state` = awake, draining, asleep, waking | managed destinations by state |
-//! | `kzscaler_sleeps_total` | counter | `result` = ok, failed | idle Deployments scaled to 0 |
+//! | `kzscaler_sleeps_total` | counter | `result` = ok, failed, stale | idle Deployments scaled to 0 |
 //! | `kzscaler_leader` | gauge | | 1 while this replica holds the Lease and acts, 0 while it follows |
 
 use prometheus_client::encoding::EncodeLabelSet;

@@ -257,7 +257,7 @@ impl Scaler for KubeScaler {
 /// Why a sleep was not written.
 fn stale_sleep(key: &Key, e: &kube::Error) -> String {
     if conflict(e) {
-        format!("{key} changed since it was found idle; not put to sleep")
+        format!("{key} {}; not put to sleep", crate::activate::STALE_SLEEP)
     } else {
         format!("putting {key} to sleep: {e}")
     }

@@ -408,6 +408,14 @@ impl<S: Scaler> Sleeper<S> {
                     self.metrics.sleep("ok");
                     tracing::info!(deployment = %key, replicas, idle_ms, "asleep: scaled to 0")
                 }
+                Err(e) if e.contains(crate::activate::STALE_SLEEP) => {
+                    // Written to since the decision (a last-request record, a person, another
+                    // leader): decide again on the next pass, from what the watch brings. The
+                    // drain stays, so activity meanwhile still cancels it.
+                    self.metrics.sleep("stale");
+                    tracing::info!(deployment = %key, error = %e, "not put to sleep: deciding again");
+                    self.cache.write().await.set_closing(&key, false);
+                }
                 Err(e) => {
                     self.metrics.sleep("failed");
                     tracing::warn!(deployment = %key, error = %e, "could not put it to sleep; will retry after the idle timeout");
