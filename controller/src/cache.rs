@@ -59,9 +59,7 @@ pub struct Managed {
     pub action: Option<String>,
     /// The minReplicas of an HPA targeting it.
     pub hpa_min: Option<u32>,
-    /// Ready endpoints over all its Services.
-    pub ready_endpoints: usize,
-    /// The pods behind those endpoints (see [`endpoint_identity`]).
+    /// The pods of the ready endpoints over all its Services (see [`endpoint_identity`]).
     pub ready_pods: BTreeSet<String>,
     /// `metadata.resourceVersion` as last seen: a sleep is written only if it is unchanged.
     pub resource_version: String,
@@ -81,15 +79,22 @@ impl Managed {
         )
     }
 
-    /// State from the counts alone: 0 replicas is asleep however it got there.
+    /// The Deployment's state, over the ready endpoints of all its Services (the sleeper's
+    /// view; each destination's own state counts its own Service's, see [`state_of`]).
     pub fn state(&self) -> State {
-        if self.desired == 0 {
-            State::Asleep
-        } else if self.ready_endpoints == 0 {
-            State::Waking
-        } else {
-            State::Awake
-        }
+        state_of(self.desired, self.ready_pods.len())
+    }
+}
+
+/// State from the counts alone: 0 replicas is asleep however it got there; replicas but no
+/// ready endpoint is waking.
+pub fn state_of(desired: i32, ready_endpoints: usize) -> State {
+    if desired == 0 {
+        State::Asleep
+    } else if ready_endpoints == 0 {
+        State::Waking
+    } else {
+        State::Awake
     }
 }
 
@@ -238,7 +243,6 @@ impl Built {
                         .and_then(|t| u64::try_from(t.as_millisecond()).ok()),
                     action: annotations.get(kzscaler_core::names::ACTION).cloned(),
                     hpa_min: None,
-                    ready_endpoints: 0,
                     ready_pods: BTreeSet::new(),
                     resource_version: d.metadata.resource_version.clone().unwrap_or_default(),
                     uid: d.metadata.uid.clone().unwrap_or_default(),
@@ -333,7 +337,6 @@ impl Built {
             };
             let pods = ready.get(&skey).cloned().unwrap_or_default();
             m.ready_pods.extend(pods.iter().cloned());
-            m.ready_endpoints = m.ready_pods.len();
             built.service_ready.insert(skey.clone(), pods);
             for port in spec.ports.iter().flatten() {
                 if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
@@ -367,13 +370,7 @@ impl Built {
                     name: dest.service.clone(),
                 };
                 let ready = built.service_ready.get(&own).map_or(0, BTreeSet::len);
-                dest.state = if m.desired == 0 {
-                    State::Asleep
-                } else if ready == 0 {
-                    State::Waking
-                } else {
-                    State::Awake
-                };
+                dest.state = state_of(m.desired, ready);
                 dest.wake_timeout_ms = duration_ms(m.spec.wake_timeout);
                 dest.ignore_paths = m.spec.ignore_paths.clone();
             }
@@ -381,6 +378,14 @@ impl Built {
         built.problems.sort_by(|a, b| a.0.cmp(&b.0));
         built
     }
+}
+
+/// A snapshot as served, and its ETag. Encoding plain data into a Vec cannot fail; an empty
+/// body would be refused by filters as not a snapshot, never misread.
+fn encode(snapshot: &Snapshot) -> (bytes::Bytes, String) {
+    let bytes = serde_json::to_vec(snapshot).unwrap_or_default();
+    let etag = kzscaler_core::wire::snapshot_etag(snapshot.version, &bytes);
+    (bytes::Bytes::from(bytes), etag)
 }
 
 /// The first version of a term (or of a process) begun at `wall_ms`: room for a thousand
@@ -523,19 +528,13 @@ impl Cache {
     pub fn encoded(&self) -> (bytes::Bytes, String) {
         if self.etag.is_empty() {
             // Never published (a cache built without a first update): encode it now.
-            let bytes = serde_json::to_vec(&self.snapshot).unwrap_or_default();
-            let etag = kzscaler_core::wire::snapshot_etag(self.snapshot.version, &bytes);
-            return (bytes::Bytes::from(bytes), etag);
+            return encode(&self.snapshot);
         }
         (self.encoded.clone(), self.etag.clone())
     }
 
     fn encode(&mut self) {
-        // Encoding plain data into a Vec cannot fail; an empty body would be refused by
-        // filters as not a snapshot, never misread.
-        let bytes = serde_json::to_vec(&self.snapshot).unwrap_or_default();
-        self.etag = kzscaler_core::wire::snapshot_etag(self.snapshot.version, &bytes);
-        self.encoded = bytes::Bytes::from(bytes);
+        (self.encoded, self.etag) = encode(&self.snapshot);
     }
 
     /// The destination behind an outbound cluster name, with its Deployment.

@@ -12,6 +12,8 @@ use tokio::sync::{RwLock, watch};
 
 use crate::activate::{Note, Scaler};
 use crate::cache::{Cache, Key};
+// Every idle and drain duration is measured on the monotonic clock.
+use crate::clock::mono_ms;
 use crate::idle::{Activity, Facts, Step, corrected_state, decide, last_request_due};
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
@@ -20,9 +22,6 @@ use kzscaler_core::names;
 /// How long the recorded state may disagree with the replicas before it is corrected: the
 /// time for the watch to bring back what a finished wake wrote (wakes in flight are skipped).
 const CORRECT_AFTER_MS: u64 = 1_000;
-
-/// Now on the monotonic clock: every idle and drain duration is measured on it.
-pub use crate::clock::mono_ms as now_ms;
 
 /// Activity shared by the API (reports, activations) and the sleeper.
 #[derive(Debug, Default)]
@@ -40,7 +39,7 @@ impl Idle {
         if cache.managed(&key).is_some()
             && let Ok(mut a) = self.activity.lock()
         {
-            a.request(&key, now_ms());
+            a.request(&key, mono_ms());
         }
     }
 
@@ -49,7 +48,7 @@ impl Idle {
         if let Some((key, _, _)) = cache.destination(cluster)
             && let Ok(mut a) = self.activity.lock()
         {
-            a.request(key, now_ms());
+            a.request(key, mono_ms());
         }
     }
 }
@@ -148,7 +147,7 @@ impl<S: Scaler> Sleeper<S> {
                 })
                 .collect()
         };
-        let now = now_ms();
+        let now = mono_ms();
         acted.retain(|k, (a, at)| {
             now.saturating_sub(*at) < ACTED_MS
                 && asked.iter().any(|(ak, aa, ..)| ak == k && aa == a)
@@ -223,7 +222,7 @@ impl<S: Scaler> Sleeper<S> {
     async fn record_last_requests(&self) {
         // The annotation is wall-clock time (people read it): the last request, taken on the
         // monotonic clock, is converted before it is compared with what is written.
-        let (mono_now, wall_now) = (now_ms(), crate::clock::wall_ms());
+        let (mono_now, wall_now) = (mono_ms(), crate::clock::wall_ms());
         let due: Vec<(Key, u64)> = {
             let cache = self.cache.read().await;
             let Ok(activity) = self.idle.activity.lock() else {
@@ -258,7 +257,7 @@ impl<S: Scaler> Sleeper<S> {
         mismatched: &mut HashMap<Key, u64>,
         draining: &HashMap<Key, u64>,
     ) {
-        let now = now_ms();
+        let now = mono_ms();
         let wrong: Vec<(Key, &'static str, i32)> = {
             let cache = self.cache.read().await;
             cache
@@ -314,7 +313,7 @@ impl<S: Scaler> Sleeper<S> {
             // The cache lock first: no await while the activity lock is held. The decision
             // reads the cache under the same lock that marks a committed sleep.
             let mut cache = self.cache.write().await;
-            let now = now_ms();
+            let now = mono_ms();
             // A committed sleep waits for the cache to show 0 replicas: nothing to decide.
             let managed: Vec<(Key, i32, State, Duration, bool, String, String)> = cache
                 .all_managed()
@@ -421,7 +420,7 @@ impl<S: Scaler> Sleeper<S> {
                     tracing::warn!(deployment = %key, error = %e, "could not put it to sleep; will retry after the idle timeout");
                     draining.remove(&key);
                     if let Ok(mut a) = self.idle.activity.lock() {
-                        a.touch(&key, now_ms());
+                        a.touch(&key, mono_ms());
                     }
                     {
                         let mut cache = self.cache.write().await;

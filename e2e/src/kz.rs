@@ -53,6 +53,31 @@ pub async fn create_managed(
     Ok(())
 }
 
+/// Makes the pods of Deployment `name` schedulable again, or not (a node selector no node
+/// matches): a wake then scales it up, but no pod starts until the test lets it.
+pub async fn set_schedulable(
+    deployments: &kube::Api<Deployment>,
+    name: &str,
+    schedulable: bool,
+) -> anyhow::Result<()> {
+    let selector = if schedulable {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({"kzscaler-e2e/nowhere": "true"})
+    };
+    deployments
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"spec": {"template": {"spec": {"nodeSelector": selector}}}}),
+            ),
+        )
+        .await
+        .with_context(|| format!("setting {name} schedulable: {schedulable}"))?;
+    Ok(())
+}
+
 /// The annotations of Deployment `name`.
 pub async fn annotations(
     ns: &TempNamespace,

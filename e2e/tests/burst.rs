@@ -13,11 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Patch, PatchParams, PostParams};
 use kzscaler_core::wire::State;
-use kzscaler_e2e::fixtures::service;
-use kzscaler_e2e::kz::{cluster, create_istio, managed_deployment, wait_filter_sees};
+use kzscaler_e2e::kz::{cluster, create_istio, create_managed, set_schedulable, wait_filter_sees};
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
 use serde_json::json;
@@ -70,22 +67,8 @@ async fn a_sustained_stream_to_a_late_waking_service_is_answered_in_full_within_
     let deadline = Duration::from_secs(30);
     let bed = TestBed::connect().await?;
     let ns = TempNamespace::create(&bed, "burst", &[]).await?;
-    ns.api::<Service>()
-        .create(&PostParams::default(), &service("web", "web", 80, "http"))
-        .await?;
-    ns.api::<Deployment>()
-        .create(&PostParams::default(), &managed_deployment("web", 0, "30s"))
-        .await?;
-    let unschedulable = |selector: serde_json::Value| {
-        Patch::Merge(json!({"spec": {"template": {"spec": {"nodeSelector": selector}}}}))
-    };
-    ns.api::<Deployment>()
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &unschedulable(json!({"kzscaler-e2e/nowhere": "true"})),
-        )
-        .await?;
+    create_managed(&ns, "web", 0, &[]).await?;
+    set_schedulable(&ns.api::<Deployment>(), "web", false).await?;
     let fqdn = format!("web.{}.svc.cluster.local", ns.name);
     create_istio(
         &ns,
@@ -129,9 +112,7 @@ async fn a_sustained_stream_to_a_late_waking_service_is_answered_in_full_within_
         let deployments = ns.api::<Deployment>();
         tokio::spawn(async move {
             tokio::time::sleep(start_after).await;
-            deployments
-                .patch("web", &PatchParams::default(), &unschedulable(json!(null)))
-                .await
+            set_schedulable(&deployments, "web", true).await
         })
     };
     let mut tasks = Vec::with_capacity(usize::try_from(total)?);

@@ -8,8 +8,8 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kzscaler_core::wire::State;
 use kzscaler_e2e::kz::{
-    PrivateMesh, Setup, annotations, cluster, create_managed, replicas, scale_patches, snapshot,
-    wait_filter_sees,
+    PrivateMesh, Setup, annotations, cluster, create_managed, replicas, scale_patches,
+    set_schedulable, snapshot, wait_filter_sees,
 };
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
@@ -62,14 +62,14 @@ async fn scale_to(ns: &TempNamespace, name: &str, n: i32) -> anyhow::Result<()> 
     Ok(())
 }
 
-#[tokio::test]
-async fn only_the_leader_scales_and_the_other_replica_takes_over_when_it_is_killed()
--> anyhow::Result<()> {
-    let bed = TestBed::connect().await?;
-    let ns = TempNamespace::create(&bed, "leader", &[]).await?;
-    // (The follower's 503 to activate and activity is unit-tested in api.rs.)
-    let mut mesh = PrivateMesh::start_setup(
-        &bed,
+/// A private mesh with two controller replicas for `ns`: the mesh, and which replica leads
+/// and which follows.
+async fn two_controllers(
+    bed: &TestBed,
+    ns: &TempNamespace,
+) -> anyhow::Result<(PrivateMesh, usize, usize)> {
+    let mesh = PrivateMesh::start_setup(
+        bed,
         &ns.name,
         Setup {
             namespace: Some(ns.name.clone()),
@@ -79,10 +79,19 @@ async fn only_the_leader_scales_and_the_other_replica_takes_over_when_it_is_kill
     )
     .await?;
     let leader = mesh
-        .leader(&bed)
+        .leader(bed)
         .await
         .ok_or_else(|| anyhow::anyhow!("no leader although start_setup waited for one"))?;
-    let follower = 1 - leader;
+    Ok((mesh, leader, 1 - leader))
+}
+
+#[tokio::test]
+async fn only_the_leader_scales_and_the_other_replica_takes_over_when_it_is_killed()
+-> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "leader", &[]).await?;
+    // (The follower's 503 to activate and activity is unit-tested in api.rs.)
+    let (mut mesh, leader, follower) = two_controllers(&bed, &ns).await?;
     let (l_addr, f_addr) = (
         mesh.controllers[leader].addr.to_string(),
         mesh.controllers[follower].addr.to_string(),
@@ -250,13 +259,7 @@ async fn a_controller_killed_while_waking_loses_no_request_and_scales_once() -> 
     mesh.restart_controller(0)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Now the pods may run.
-    ns.api::<Deployment>()
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"template": {"spec": {"nodeSelector": null}}}})),
-        )
-        .await?;
+    set_schedulable(&ns.api::<Deployment>(), "web", true).await?;
     let r = held.await??;
     assert_eq!(
         r.status,
@@ -293,21 +296,7 @@ async fn a_leader_paused_across_a_failover_changes_no_replicas_when_it_resumes()
 -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
     let ns = TempNamespace::create(&bed, "fence", &[]).await?;
-    let mesh = PrivateMesh::start_setup(
-        &bed,
-        &ns.name,
-        Setup {
-            namespace: Some(ns.name.clone()),
-            controllers: 2,
-            ..Setup::kzscaler()?
-        },
-    )
-    .await?;
-    let leader = mesh
-        .leader(&bed)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("no leader although start_setup waited for one"))?;
-    let follower = 1 - leader;
+    let (mesh, leader, follower) = two_controllers(&bed, &ns).await?;
     let l_addr = mesh.controllers[leader].addr.to_string();
     create_managed(&ns, "web", 1, &[("kzscaler.io/idle-timeout", "2s")]).await?;
     let web = cluster(&ns.name, "web", 80);

@@ -12,8 +12,8 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kzscaler_core::wire::State;
 use kzscaler_e2e::fixtures::service;
 use kzscaler_e2e::kz::{
-    PrivateMesh, cluster, create_caller, managed_deployment, replicas, scale_patches,
-    wait_filter_sees, wasm_filter_loaded,
+    PrivateMesh, cluster, create_caller, create_istio, create_managed, managed_deployment,
+    replicas, scale_patches, set_schedulable, snapshot, wait_filter_sees, wasm_filter_loaded,
 };
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::TestBed;
@@ -188,17 +188,8 @@ async fn grpc_call_wakes_the_service_and_a_short_deadline_fails_fast_unavailable
     // Pods that cannot be scheduled, so a 1 s call cannot wake it: the filter answers
     // UNAVAILABLE before the caller's own deadline (tonic would end the call itself with
     // CANCELLED, or Envoy with DEADLINE_EXCEEDED, if it did not).
-    let unschedulable = |selector: serde_json::Value| {
-        Patch::Merge(json!({"spec": {"template": {"spec": {"nodeSelector": selector}}}}))
-    };
     let deployments = ns.api::<Deployment>();
-    deployments
-        .patch(
-            "api",
-            &PatchParams::default(),
-            &unschedulable(json!({"kzscaler-e2e/nowhere": "true"})),
-        )
-        .await?;
+    set_schedulable(&deployments, "api", false).await?;
     let mut short = tonic::Request::new(HealthCheckRequest::default());
     short.set_timeout(Duration::from_secs(1));
     let err = HealthClient::new(chan.clone())
@@ -209,9 +200,7 @@ async fn grpc_call_wakes_the_service_and_a_short_deadline_fails_fast_unavailable
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 
     // Schedulable again: the wake already under way completes and the next call is served.
-    deployments
-        .patch("api", &PatchParams::default(), &unschedulable(json!(null)))
-        .await?;
+    set_schedulable(&deployments, "api", true).await?;
 
     let mut call = tonic::Request::new(HealthCheckRequest::default());
     call.set_timeout(WAKE);
@@ -278,24 +267,11 @@ async fn with_the_controller_stopped_awake_services_pass_and_asleep_ones_get_503
 async fn a_virtual_service_timeout_bounds_the_hold_of_a_plain_http_request() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
     let ns = TempNamespace::create(&bed, "vstimeout", &[]).await?;
-    ns.api::<Service>()
-        .create(&PostParams::default(), &service("web", "web", 80, "http"))
-        .await?;
-    ns.api::<Deployment>()
-        .create(&PostParams::default(), &managed_deployment("web", 0, "30s"))
-        .await?;
+    create_managed(&ns, "web", 0, &[]).await?;
     // Its pods cannot start: only a deadline ends the hold.
-    ns.api::<Deployment>()
-        .patch(
-            "web",
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"spec": {"template": {"spec": {"nodeSelector": {"kzscaler-e2e/nowhere": "true"}}}}}),
-            ),
-        )
-        .await?;
+    set_schedulable(&ns.api::<Deployment>(), "web", false).await?;
     let fqdn = format!("web.{}.svc.cluster.local", ns.name);
-    kzscaler_e2e::kz::create_istio(
+    create_istio(
         &ns,
         "VirtualService",
         "web",
@@ -307,7 +283,7 @@ async fn a_virtual_service_timeout_bounds_the_hold_of_a_plain_http_request() -> 
         "the controller to publish the VirtualService's route timeout",
         Duration::from_secs(30),
         || async {
-            let snap = kzscaler_e2e::kz::snapshot(&bed, &ctl).await?;
+            let snap = snapshot(&bed, &ctl).await?;
             Ok(snap
                 .virtual_services
                 .iter()

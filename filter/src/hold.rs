@@ -755,6 +755,14 @@ mod tests {
             release_window: 1_000,
         })
     }
+
+    /// A worker with this release window, holding more than any test does.
+    fn windowed(release_window: usize) -> Worker {
+        Worker::new(Limits {
+            max_held: 10_000,
+            release_window,
+        })
+    }
     /// Held because this Envoy has no endpoint: the usual case.
     const WAIT: Ask = Ask {
         grpc: false,
@@ -1152,10 +1160,7 @@ mod tests {
 
     #[test]
     fn held_requests_go_at_the_pace_their_answers_come_back_not_as_one_burst() {
-        let mut w = Worker::new(Limits {
-            max_held: 10_000,
-            release_window: 10,
-        });
+        let mut w = windowed(10);
         let mut host = FakeHost::default();
         for ctx in 0..100 {
             w.hold(ctx, WEB, 10_000, 0, WAIT);
@@ -1200,10 +1205,7 @@ mod tests {
 
     #[test]
     fn endpoints_gone_while_releasing_ask_again() {
-        let mut w = Worker::new(Limits {
-            max_held: 100,
-            release_window: 1,
-        });
+        let mut w = windowed(1);
         let mut host = FakeHost::default();
         w.hold(1, WEB, 10_000, 0, WAIT);
         w.hold(2, WEB, 10_000, 0, WAIT);
@@ -1324,10 +1326,7 @@ mod tests {
 
     #[test]
     fn a_released_stream_gives_its_slot_back_a_while_after_its_response_headers() {
-        let mut w = Worker::new(Limits {
-            max_held: 100,
-            release_window: 2,
-        });
+        let mut w = windowed(2);
         let mut host = FakeHost::default();
         for ctx in 0..4 {
             w.hold(ctx, WEB, 60_000, 0, WAIT);
@@ -1359,10 +1358,7 @@ mod tests {
 
     #[test]
     fn new_requests_join_the_held_ones_while_any_wait() {
-        let mut w = Worker::new(Limits {
-            max_held: 100,
-            release_window: 1,
-        });
+        let mut w = windowed(1);
         let mut host = FakeHost::default();
         w.hold(1, WEB, 10_000, 0, WAIT);
         w.hold(2, WEB, 10_000, 0, WAIT);

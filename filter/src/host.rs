@@ -99,6 +99,14 @@ fn own_workload() -> Option<String> {
 
 use sync::u64_le;
 
+/// `upstream.num_endpoints` of the effective context's routed cluster.
+fn num_endpoints() -> Option<u64> {
+    hostcalls::get_property(vec!["upstream", "num_endpoints"])
+        .ok()
+        .flatten()
+        .and_then(|b| u64_le(&b))
+}
+
 #[derive(Default)]
 struct Poll {
     next_report_ms: u64,
@@ -149,12 +157,7 @@ impl hold::Host for ProxyHost<'_> {
     }
 
     fn num_endpoints(&mut self, ctx: u32) -> Option<u64> {
-        self.on(ctx, || {
-            hostcalls::get_property(vec!["upstream", "num_endpoints"])
-        })
-        .and_then(Result::ok)
-        .flatten()
-        .and_then(|b| u64_le(&b))
+        self.on(ctx, num_endpoints).flatten()
     }
 
     fn resume(&mut self, ctx: u32) {
@@ -504,10 +507,7 @@ impl request::Request for Request {
     }
 
     fn num_endpoints(&self) -> Option<u64> {
-        hostcalls::get_property(vec!["upstream", "num_endpoints"])
-            .ok()
-            .flatten()
-            .and_then(|b| u64_le(&b))
+        num_endpoints()
     }
 
     fn route(&self) -> Option<(Vec<u8>, Vec<u8>)> {
