@@ -355,7 +355,7 @@ impl<S: Scaler> Activator<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Built;
+    use crate::cache::Index;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Counts scale calls and, like the real cluster, makes the Deployment ready a moment later.
@@ -367,12 +367,12 @@ mod tests {
         refuse: bool,
     }
 
-    fn built(replicas: i32, ready: bool) -> Built {
+    fn built(replicas: i32, ready: bool) -> Index {
         built_with(replicas, if ready { &["10.0.0.1"] } else { &[] })
     }
 
     /// The Deployment at `replicas`, its Service's slice listing `ready` endpoints.
-    fn built_with(replicas: i32, ready: &[&str]) -> Built {
+    fn built_with(replicas: i32, ready: &[&str]) -> Index {
         use serde_json::json;
         let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
             "metadata": {"namespace": "shop", "name": "web",
@@ -393,7 +393,7 @@ mod tests {
             "endpoints": ready.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>()
         }))
         .unwrap();
-        Built::from_objects(
+        Index::from_objects(
             &[Arc::new(d)],
             &[Arc::new(s)],
             &[Arc::new(e)],
@@ -409,12 +409,12 @@ mod tests {
                 return Err("forbidden".into());
             }
             let n = i32::try_from(replicas).unwrap();
-            self.cache.write().await.update(built(n, false));
+            self.cache.write().await.replace_index(built(n, false));
             self.tx.send_modify(|v| *v += 1);
             let (cache, tx, after) = (self.cache.clone(), self.tx.clone(), self.ready_after);
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
-                cache.write().await.update(built(n, true));
+                cache.write().await.replace_index(built(n, true));
                 tx.send_modify(|v| *v += 1);
             });
             Ok(())
@@ -453,7 +453,7 @@ mod tests {
             refuse,
         });
         if let Ok(mut c) = cache.try_write() {
-            c.update(built(0, false));
+            c.replace_index(built(0, false));
         }
         let act = Activator::new(cache, rx, fake.clone(), Arc::new(Metrics::default()));
         (act, fake)
@@ -491,7 +491,7 @@ mod tests {
         };
         {
             let mut c = fake.cache.write().await;
-            c.update(built(1, true));
+            c.replace_index(built(1, true));
             c.set_closing(&key, true);
         }
         let waiting = {
@@ -505,15 +505,15 @@ mod tests {
         );
         assert_eq!(fake.scales.load(Ordering::SeqCst), 0);
         // The sleep lands: 0 replicas clears the mark, and the waiting activate wakes it.
-        fake.cache.write().await.update(built(0, false));
+        fake.cache.write().await.replace_index(built(0, false));
         fake.tx.send_modify(|v| *v += 1);
         assert_eq!(waiting.await.unwrap(), Outcome::Ready);
         assert_eq!(fake.scales.load(Ordering::SeqCst), 1);
         assert!(!fake.cache.read().await.is_closing(&key));
     }
 
-    async fn set(fake: &FakeCluster, b: Built) {
-        fake.cache.write().await.update(b);
+    async fn set(fake: &FakeCluster, b: Index) {
+        fake.cache.write().await.replace_index(b);
         fake.tx.send_modify(|v| *v += 1);
     }
 

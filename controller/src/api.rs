@@ -3,6 +3,7 @@
 //! | method and path | answer |
 //! |---|---|
 //! | `GET /v1/snapshot` | 200 [`Snapshot`] with `ETag: "<version>"`; 304 when `If-None-Match` matches; 503 before the first lists are in |
+//! | `GET /v1/snapshot?since=V&term=T&wait=S` | 200 [`Delta`] from version V of term T; 200 [`Snapshot`] when V is unknown or too old; 304 when V is current, after waiting up to S seconds (at most 60) for a change; 400 naming a bad parameter |
 //! | `POST /v1/activate` [`ActivateRequest`] | 200 `{"state":"awake"}` once a ready endpoint exists; 504 `{"state":..,"message":..}` when the deadline passes first; 404 for a destination that is not managed; 502 when scaling failed; 400 for a bad body; 503 on a replica that is not the leader or has not listed yet |
 //! | `POST /v1/activity` [`ActivityReport`] | 204; each outbound cluster, and each inbound Deployment, with requests or requests in flight counts as activity of that Deployment; 400 for a bad body; 503 on a replica that is not the leader or has not listed yet |
 //! | `GET /healthz` | 200 while the process runs |
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State as AxState;
+use axum::extract::{RawQuery, State as AxState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,7 +26,7 @@ use kzscaler_core::wire::{self, ActivateRequest, ActivateResponse, ActivityRepor
 use tokio::sync::RwLock;
 
 use crate::activate::{Activator, Outcome, Scaler};
-use crate::cache::Cache;
+use crate::cache::{Answer, Cache};
 use crate::metrics::Metrics;
 
 /// What the handlers share.
@@ -107,38 +108,134 @@ fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response {
     }
 }
 
-async fn snapshot<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>, headers: HeaderMap) -> Response {
-    // A follower's view lacks the leader's draining marks, and its versions are not the
-    // leader's: filters only ever take the leader's.
-    if let Some(r) = api.not_leader() {
-        api.metrics.snapshot("not_leader");
-        return r;
-    }
-    if let Some(r) = api.not_ready() {
-        api.metrics.snapshot("not_ready");
-        return r;
-    }
-    // Encoded once per change: a poll costs a compare, or a copy of a reference.
-    let (bytes, etag) = api.cache.read().await.encoded();
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
-    {
-        api.metrics.snapshot("304");
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(v) = HeaderValue::from_str(&etag) {
-            r.headers_mut().insert(header::ETAG, v);
+/// The query of `GET /v1/snapshot`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct SnapshotQuery {
+    /// `(since, term)`: the version the filter holds.
+    since: Option<(u64, u64)>,
+    /// How long to wait for a change before answering 304.
+    wait: Duration,
+}
+
+impl SnapshotQuery {
+    /// Parses `since=V&term=T&wait=S`; unknown parameters are ignored (a newer filter may
+    /// send more). The error names the parameter, the value and what was expected.
+    fn parse(query: Option<&str>) -> Result<Self, String> {
+        let mut since = None;
+        let mut term = 0;
+        let mut wait = 0;
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = |what: &str| {
+                v.parse::<u64>().map_err(|_| {
+                    format!("query parameter {k}={v:?}: expected {what}, an unsigned integer")
+                })
+            };
+            match k {
+                wire::SINCE_PARAM => since = Some(number("a snapshot version")?),
+                wire::TERM_PARAM => term = number("a snapshot term")?,
+                wire::WAIT_PARAM => wait = number("seconds to wait for a change")?,
+                _ => {}
+            }
         }
-        return r;
+        Ok(Self {
+            since: since.map(|s| (s, term)),
+            wait: Duration::from_secs(wait.min(wire::MAX_WAIT_SECS)),
+        })
     }
-    api.metrics.snapshot("200");
-    let mut r = (
+}
+
+async fn snapshot<S: Scaler>(
+    AxState(api): AxState<Arc<Api<S>>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let query = match SnapshotQuery::parse(query.as_deref()) {
+        Ok(q) => q,
+        Err(e) => {
+            api.metrics.snapshot("bad_request");
+            return message(StatusCode::BAD_REQUEST, None, e);
+        }
+    };
+    let deadline = tokio::time::Instant::now() + query.wait;
+    let mut versions = api.cache.read().await.subscribe();
+    let mut leadership = api.leadership.clone();
+    loop {
+        // A follower's view lacks the leader's draining marks, and its versions are not the
+        // leader's: filters only ever take the leader's.
+        if let Some(r) = api.not_leader() {
+            api.metrics.snapshot("not_leader");
+            return r;
+        }
+        if let Some(r) = api.not_ready() {
+            api.metrics.snapshot("not_ready");
+            return r;
+        }
+        versions.borrow_and_update();
+        let answer = {
+            let cache = api.cache.read().await;
+            match query.since {
+                Some((since, term)) => cache.answer(since, term),
+                None => {
+                    // Encoded once per version: a poll costs a compare, or a copy of a
+                    // reference.
+                    let (bytes, etag) = cache.encoded();
+                    if headers
+                        .get(header::IF_NONE_MATCH)
+                        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+                    {
+                        api.metrics.snapshot("304");
+                        return with_etag(StatusCode::NOT_MODIFIED.into_response(), &etag);
+                    }
+                    Answer::Full(bytes, etag)
+                }
+            }
+        };
+        match answer {
+            Answer::Full(bytes, etag) => {
+                api.metrics.snapshot("200");
+                return with_etag(json_bytes(bytes), &etag);
+            }
+            Answer::Delta(bytes) => {
+                api.metrics.snapshot("delta");
+                return json_bytes(bytes);
+            }
+            Answer::Current => {
+                // A long poll: answer when something changes, the leadership does, or the
+                // wait is over.
+                // A closed channel never wakes it: it waits out its time.
+                let woke = tokio::time::timeout_at(deadline, async {
+                    tokio::select! {
+                        Ok(()) = versions.changed() => {}
+                        Ok(()) = leadership.changed() => {}
+                        else => std::future::pending().await,
+                    }
+                })
+                .await;
+                if woke.is_err() {
+                    api.metrics.snapshot("304");
+                    return StatusCode::NOT_MODIFIED.into_response();
+                }
+            }
+        }
+    }
+}
+
+fn json_bytes(bytes: Bytes) -> Response {
+    (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         bytes,
     )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
+        .into_response()
+}
+
+fn with_etag(mut r: Response, etag: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         r.headers_mut().insert(header::ETAG, v);
     }
     r
@@ -316,7 +413,7 @@ async fn metrics<S: Scaler>(AxState(api): AxState<Arc<Api<S>>>) -> Response {
 mod tests {
     use super::*;
     use crate::activate::{Scaler, WakeRecord};
-    use crate::cache::{Built, Key};
+    use crate::cache::{Index, Key};
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
@@ -351,10 +448,13 @@ mod tests {
     }
 
     fn app_with(leader: bool, ready: bool) -> Router {
-        let mut cache = Cache::default();
+        app_and_cache(leader, ready).0
+    }
+
+    fn web(replicas: i32) -> Index {
         let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
             "metadata": {"namespace": "shop", "name": "web", "annotations": {"kzscaler.io/scale-to-zero": "true"}},
-            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
                      "template": {"metadata": {"labels": {"app": "web"}}}}
         }))
         .unwrap();
@@ -363,19 +463,18 @@ mod tests {
             "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}
         }))
         .unwrap();
-        cache.update(Built::from_objects(
-            &[Arc::new(d)],
-            &[Arc::new(s)],
-            &[],
-            &[],
-            "cluster.local",
-        ));
+        Index::from_objects(&[Arc::new(d)], &[Arc::new(s)], &[], &[], "cluster.local")
+    }
+
+    fn app_and_cache(leader: bool, ready: bool) -> (Router, Arc<RwLock<Cache>>) {
+        let mut cache = Cache::default();
+        cache.replace_index(web(0));
         let cache = Arc::new(RwLock::new(cache));
         let (_tx, rx) = tokio::sync::watch::channel(0);
         let metrics = Arc::new(Metrics::default());
-        router(Arc::new(Api {
+        let app = router(Arc::new(Api {
             activator: Activator::new(cache.clone(), rx, Arc::new(Refuse), metrics.clone()),
-            cache,
+            cache: cache.clone(),
             metrics,
             ready: Arc::new(AtomicBool::new(ready)),
             module: None,
@@ -386,7 +485,8 @@ mod tests {
                 holder: "kzscaler-controller-a".into(),
             })
             .1,
-        }))
+        }));
+        (app, cache)
     }
 
     async fn send(req: Request<Body>) -> (StatusCode, HeaderMap, String) {
@@ -425,6 +525,66 @@ mod tests {
         )
         .await;
         assert_eq!((status, body.as_str()), (StatusCode::NOT_MODIFIED, ""));
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_answers_with_the_change_as_soon_as_it_is_published() {
+        let (app, cache) = app_and_cache(true, true);
+        let (status, _, body) = send_to(
+            app.clone(),
+            Request::get("/v1/snapshot").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let snap: wire::Snapshot = serde_json::from_str(&body).unwrap();
+        let current = format!("/v1/snapshot?since={}&term={}", snap.version, snap.term);
+        // Nothing changed and no wait: 304 at once.
+        let (status, _, _) = send_to(
+            app.clone(),
+            Request::get(&current).body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        let poll = tokio::spawn(send_to(
+            app.clone(),
+            Request::get(format!("{current}&wait=30"))
+                .body(Body::empty())
+                .unwrap(),
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !poll.is_finished(),
+            "a long poll waits while nothing changes"
+        );
+        cache.write().await.replace_index(web(1));
+        let (status, _, body) = tokio::time::timeout(Duration::from_secs(5), poll)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let delta: wire::Delta = serde_json::from_str(&body).unwrap();
+        assert_eq!(delta.since, snap.version);
+        assert_eq!(delta.upsert.len(), 1);
+        assert_eq!(delta.upsert[0].state, State::Waking);
+    }
+
+    #[tokio::test]
+    async fn a_bad_snapshot_query_is_refused_naming_the_parameter() {
+        for (query, expect) in [
+            ("since=abc&term=1", "since=\\\"abc\\\""),
+            ("since=1&term=-3", "term=\\\"-3\\\""),
+            ("since=1&wait=soon", "wait=\\\"soon\\\""),
+        ] {
+            let (status, _, body) = send(
+                Request::get(format!("/v1/snapshot?{query}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+            assert!(body.contains(expect), "{query}: {body}");
+            assert!(body.contains("unsigned integer"), "{body}");
+        }
     }
 
     #[tokio::test]

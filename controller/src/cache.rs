@@ -1,28 +1,26 @@
-//! The replica cache: every managed destination (Service port → managed Deployment), its state
-//! and its counts, derived from the API objects by a pure function.
+//! The replica cache: the [`Index`] of managed destinations, the snapshot filters hold, and a
+//! log of what changed per version, so a filter that is one change behind downloads one
+//! destination, not all of them.
 //!
 //! ```text
-//!  reflector stores ──(any change)──▶ Built::from_objects ──▶ Cache::update
-//!   Deployments, Services,              (pure)                  version++ when the
-//!   EndpointSlices, HPAs                                         snapshot changed
+//!  watch events ──▶ Index (apply/delete one object) ──changed clusters──▶ Cache::publish
+//!                                                                          │ version++ only if a
+//!                                                                          │ published value changed
+//!  GET /v1/snapshot?since=V ◀── delta from the log (or the full snapshot), encoded once per version
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Resource;
-use kzscaler_core::cluster::outbound_cluster;
-use kzscaler_core::names::{self, SERVICE_NAME_LABEL};
-use kzscaler_core::spec::replicas_before_sleep;
-use kzscaler_core::wire::{Destination, Snapshot, State};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kzscaler_core::wire::{Delta, Destination, RouteTimeouts, Snapshot, State};
+use serde::Serialize;
+use tokio::sync::watch;
 
 use kzscaler_core::spec::ManagedSpec;
 
+pub use crate::index::Index;
 pub use kzscaler_core::names::REPLICAS_BEFORE_SLEEP;
 
 /// A namespaced name.
@@ -111,23 +109,6 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Everything derived from one set of objects.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Built {
-    /// Managed Deployments.
-    pub managed: BTreeMap<Key, Managed>,
-    /// Destinations by outbound cluster name, sorted.
-    pub destinations: BTreeMap<String, (Key, Destination)>,
-    /// Problems found, with the object reference to report them on.
-    pub problems: Vec<(Problem, ObjectReference)>,
-    /// Per Service of a destination: the pods of its ready endpoints. A destination is ready
-    /// when its own Service is, not when some other Service of its Deployment is.
-    pub service_ready: BTreeMap<Key, BTreeSet<String>>,
-    /// Route timeouts of the VirtualServices routing to destinations (see
-    /// [`Built::with_virtual_services`]).
-    pub route_timeouts: Vec<kzscaler_core::wire::RouteTimeouts>,
-}
-
 /// Which pod an endpoint is: its targetRef's uid (a pod recreated under the same name is
 /// another), else its name, else its first address.
 pub fn endpoint_identity(e: &k8s_openapi::api::discovery::v1::Endpoint) -> Option<String> {
@@ -137,324 +118,230 @@ pub fn endpoint_identity(e: &k8s_openapi::api::discovery::v1::Endpoint) -> Optio
         .or_else(|| e.addresses.first().cloned())
 }
 
-fn key_of<K: Resource>(obj: &K) -> Option<Key> {
-    Some(Key {
-        namespace: obj.meta().namespace.clone()?,
-        name: obj.meta().name.clone()?,
-    })
-}
-
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-impl Built {
-    /// Adds the route timeouts of the VirtualServices that route to these destinations.
-    pub fn with_virtual_services(
-        mut self,
-        virtual_services: &[Arc<crate::virtualservice::VirtualService>],
-    ) -> Self {
-        let services: BTreeSet<(String, String)> = self
-            .destinations
-            .values()
-            .map(|(_, d)| (d.namespace.clone(), d.service.clone()))
-            .collect();
-        self.route_timeouts = crate::virtualservice::route_timeouts(virtual_services, &services);
-        self
-    }
-
-    /// Derives the managed destinations. Only Deployments annotated
-    /// `kzscaler.io/scale-to-zero` are looked at closely; bad annotations and Services
-    /// selecting several managed Deployments become problems, never errors.
-    pub fn from_objects(
-        deployments: &[Arc<Deployment>],
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-        hpas: &[Arc<HorizontalPodAutoscaler>],
-        domain: &str,
-    ) -> Self {
-        let mut built = Built::default();
-        let mut pod_labels: BTreeMap<Key, BTreeMap<String, String>> = BTreeMap::new();
-        for d in deployments {
-            let Some(key) = key_of(d.as_ref()) else {
-                continue;
-            };
-            let annotations = d.metadata.annotations.clone().unwrap_or_default();
-            if !annotations.contains_key(names::SCALE_TO_ZERO) {
-                continue;
-            }
-            let reference = d.object_ref(&());
-            let spec = match ManagedSpec::from_annotations(&annotations) {
-                Ok(Some(s)) => s,
-                Ok(None) => continue,
-                Err(e) => {
-                    built.problems.push((
-                        Problem {
-                            kind: "Deployment",
-                            key,
-                            reason: "InvalidAnnotation",
-                            message: format!(
-                                "{e}; kzscaler ignores this Deployment until it is fixed"
-                            ),
-                        },
-                        reference,
-                    ));
-                    continue;
-                }
-            };
-            let replicas_before_sleep = match replicas_before_sleep(&annotations) {
-                Ok(n) => n,
-                Err(e) => {
-                    built.problems.push((
-                        Problem {
-                            kind: "Deployment",
-                            key: key.clone(),
-                            reason: "InvalidAnnotation",
-                            message: format!("{e}; ignored"),
-                        },
-                        reference.clone(),
-                    ));
-                    None
-                }
-            };
-            let spec_d = d.spec.as_ref();
-            pod_labels.insert(
-                key.clone(),
-                spec_d
-                    .and_then(|s| s.template.metadata.as_ref())
-                    .and_then(|m| m.labels.clone())
-                    .unwrap_or_default(),
-            );
-            built.managed.insert(
-                key,
-                Managed {
-                    spec,
-                    desired: spec_d.and_then(|s| s.replicas).unwrap_or(1),
-                    ready_replicas: d
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.ready_replicas)
-                        .unwrap_or(0),
-                    replicas_before_sleep,
-                    recorded_state: annotations.get(kzscaler_core::names::STATE).cloned(),
-                    recorded_last_request: annotations
-                        .get(kzscaler_core::names::LAST_REQUEST)
-                        .and_then(|v| v.parse::<k8s_openapi::jiff::Timestamp>().ok())
-                        .and_then(|t| u64::try_from(t.as_millisecond()).ok()),
-                    action: annotations.get(kzscaler_core::names::ACTION).cloned(),
-                    hpa_min: None,
-                    ready_pods: BTreeSet::new(),
-                    resource_version: d.metadata.resource_version.clone().unwrap_or_default(),
-                    uid: d.metadata.uid.clone().unwrap_or_default(),
-                    reference,
-                },
-            );
-        }
-        for h in hpas {
-            let Some(ns) = h.metadata.namespace.as_ref() else {
-                continue;
-            };
-            let spec = &h.spec;
-            if spec.scale_target_ref.kind != "Deployment" {
-                continue;
-            }
-            let key = Key {
-                namespace: ns.clone(),
-                name: spec.scale_target_ref.name.clone(),
-            };
-            if let Some(m) = built.managed.get_mut(&key) {
-                m.hpa_min = spec
-                    .min_replicas
-                    .and_then(|n| u32::try_from(n).ok())
-                    .or(Some(1));
-            }
-        }
-        // Ready endpoints per Service, as the pods behind them.
-        let mut ready: BTreeMap<Key, BTreeSet<String>> = BTreeMap::new();
-        for s in slices {
-            let (Some(ns), Some(svc)) = (
-                s.metadata.namespace.as_ref(),
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-            ) else {
-                continue;
-            };
-            let pods = ready
-                .entry(Key {
-                    namespace: ns.clone(),
-                    name: svc.clone(),
-                })
-                .or_default();
-            pods.extend(
-                s.endpoints
-                    .iter()
-                    .flatten()
-                    .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-                    .filter_map(endpoint_identity),
-            );
-        }
-        for svc in services {
-            let Some(skey) = key_of(svc.as_ref()) else {
-                continue;
-            };
-            let Some(spec) = svc.spec.as_ref() else {
-                continue;
-            };
-            let Some(selector) = spec.selector.as_ref() else {
-                continue;
-            };
-            let matched: Vec<&Key> = pod_labels
-                .iter()
-                .filter(|(k, labels)| k.namespace == skey.namespace && selects(selector, labels))
-                .map(|(k, _)| k)
-                .collect();
-            let dkey = match matched.as_slice() {
-                [] => continue,
-                [one] => (*one).clone(),
-                many => {
-                    let names: Vec<&str> = many.iter().map(|k| k.name.as_str()).collect();
-                    built.problems.push((
-                        Problem {
-                            kind: "Service",
-                            key: skey.clone(),
-                            reason: "AmbiguousService",
-                            message: format!(
-                                "Service {} selects {} managed Deployments ({}); kzscaler ignores this Service",
-                                skey.name,
-                                many.len(),
-                                names.join(", ")
-                            ),
-                        },
-                        svc.object_ref(&()),
-                    ));
-                    continue;
-                }
-            };
-            let Some(m) = built.managed.get_mut(&dkey) else {
-                continue;
-            };
-            let pods = ready.get(&skey).cloned().unwrap_or_default();
-            m.ready_pods.extend(pods.iter().cloned());
-            built.service_ready.insert(skey.clone(), pods);
-            for port in spec.ports.iter().flatten() {
-                if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
-                    continue;
-                }
-                let Ok(p) = u16::try_from(port.port) else {
-                    continue;
-                };
-                let cluster = outbound_cluster(&skey.name, &skey.namespace, domain, p);
-                built.destinations.insert(
-                    cluster.clone(),
-                    (
-                        dkey.clone(),
-                        Destination {
-                            cluster,
-                            namespace: skey.namespace.clone(),
-                            service: skey.name.clone(),
-                            deployment: dkey.name.clone(),
-                            state: State::Awake, // set below, once endpoints are summed
-                            wake_timeout_ms: 0,
-                            ignore_paths: Vec::new(),
-                        },
-                    ),
-                );
-            }
-        }
-        for (dkey, dest) in built.destinations.values_mut() {
-            if let Some(m) = built.managed.get(dkey) {
-                let own = Key {
-                    namespace: dest.namespace.clone(),
-                    name: dest.service.clone(),
-                };
-                let ready = built.service_ready.get(&own).map_or(0, BTreeSet::len);
-                dest.state = state_of(m.desired, ready);
-                dest.wake_timeout_ms = duration_ms(m.spec.wake_timeout);
-                dest.ignore_paths = m.spec.ignore_paths.clone();
-            }
-        }
-        built.problems.sort_by(|a, b| a.0.cmp(&b.0));
-        built
-    }
-}
-
-/// A snapshot as served, and its ETag. Encoding plain data into a Vec cannot fail; an empty
-/// body would be refused by filters as not a snapshot, never misread.
-fn encode(snapshot: &Snapshot) -> (bytes::Bytes, String) {
-    let bytes = serde_json::to_vec(snapshot).unwrap_or_default();
-    let etag = kzscaler_core::wire::snapshot_etag(snapshot.version, &bytes);
-    (bytes::Bytes::from(bytes), etag)
-}
-
 /// The first version of a term (or of a process) begun at `wall_ms`: room for a thousand
 /// changes per millisecond of the term below the next term's first version.
 pub fn version_base(wall_ms: u64) -> u64 {
     wall_ms.saturating_mul(1_000)
 }
 
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// What one version changed.
+#[derive(Debug)]
+struct Change {
+    version: u64,
+    clusters: Vec<String>,
+    routes: bool,
 }
 
-/// The cache: the latest [`Built`] and a snapshot version that changes only when the
-/// destinations do.
+/// The most cluster changes the log keeps: a filter further behind gets the full snapshot.
+const LOG_MAX_CLUSTERS: usize = 16_384;
+/// The most versions the log keeps.
+const LOG_MAX_VERSIONS: usize = 4_096;
+/// The most distinct deltas kept encoded for the current version.
+const ENCODED_DELTAS_MAX: usize = 64;
+
+/// Answers encoded for the current version, so a thousand filters asking the same costs one
+/// encoding.
 #[derive(Debug, Default)]
+struct Encoded {
+    version: u64,
+    full: Option<(bytes::Bytes, String)>,
+    deltas: HashMap<u64, bytes::Bytes>,
+}
+
+/// What to answer a filter that holds `since`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// It is current: 304.
+    Current,
+    /// A [`Delta`] from its version, encoded.
+    Delta(bytes::Bytes),
+    /// The full snapshot and its ETag: its version is unknown here or too old.
+    Full(bytes::Bytes, String),
+}
+
+/// Destinations as served: the full snapshot, serialized from borrowed values.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    version: u64,
+    term: u64,
+    destinations: Vec<&'a Destination>,
+    #[serde(skip_serializing_if = "<[RouteTimeouts]>::is_empty")]
+    virtual_services: &'a [RouteTimeouts],
+}
+
+/// The cache: the index, what filters were last given (the published destinations, with
+/// draining marks) and a version that changes only when that does.
+#[derive(Debug)]
 pub struct Cache {
-    built: Built,
-    snapshot: Snapshot,
-    /// The snapshot as served, encoded once per change, and its ETag.
-    encoded: bytes::Bytes,
-    etag: String,
+    index: Index,
+    published: BTreeMap<String, Destination>,
+    virtual_services: Vec<RouteTimeouts>,
+    version: u64,
+    term: u64,
+    log: VecDeque<Change>,
+    log_clusters: usize,
+    /// The oldest version a delta can start from.
+    log_floor: u64,
+    encoded: Mutex<Encoded>,
+    versions: watch::Sender<u64>,
+    /// Published destinations per state: awake, draining, asleep, waking, unknown.
+    counts: [i64; 5],
     draining: BTreeSet<Key>,
     /// Deployments whose scale to 0 is committed, until the cache shows 0 replicas (or
     /// [`CLOSING_MAX`] passed: someone scaled it back up before the watch saw the 0).
     closing: BTreeMap<Key, std::time::Instant>,
 }
 
+impl Default for Cache {
+    fn default() -> Self {
+        Self::new(Index::default(), 0)
+    }
+}
+
 /// The longest a committed sleep is waited for.
 const CLOSING_MAX: Duration = Duration::from_secs(10);
 
+fn state_slot(s: State) -> usize {
+    match s {
+        State::Awake => 0,
+        State::Draining => 1,
+        State::Asleep => 2,
+        State::Waking => 3,
+        State::Unknown => 4,
+    }
+}
+
 impl Cache {
-    /// A cache whose first snapshot version is `version + 1`. Start it from the clock, so a
-    /// restarted controller never reuses a version a filter still holds (it would answer 304
-    /// to `If-None-Match` with different content).
-    pub fn starting_at(version: u64) -> Self {
-        Self {
-            built: Built::default(),
-            snapshot: Snapshot {
-                version,
-                ..Snapshot::default()
-            },
-            encoded: bytes::Bytes::new(),
-            etag: String::new(),
+    /// A cache over `index` whose first snapshot version is `version + 1`. Start it from the
+    /// clock, so a restarted controller never reuses a version a filter still holds.
+    pub fn new(index: Index, version: u64) -> Self {
+        let mut cache = Self {
+            index,
+            published: BTreeMap::new(),
+            virtual_services: Vec::new(),
+            version,
+            term: version,
+            log: VecDeque::new(),
+            log_clusters: 0,
+            log_floor: version,
+            encoded: Mutex::new(Encoded::default()),
+            versions: watch::Sender::new(version),
+            counts: [0; 5],
             draining: BTreeSet::new(),
             closing: BTreeMap::new(),
-        }
+        };
+        cache.index.mark_all_changed();
+        cache.publish();
+        cache
+    }
+
+    /// An empty cache (all namespaces in scope) whose first version is `version + 1`.
+    pub fn starting_at(version: u64) -> Self {
+        Self::new(Index::default(), version)
+    }
+
+    /// The index, to apply watch events to; [`Cache::publish`] after a batch.
+    pub fn index_mut(&mut self) -> &mut Index {
+        &mut self.index
+    }
+
+    /// The index.
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Replaces the whole index (tests; a bulk load); returns whether the snapshot changed.
+    pub fn replace_index(&mut self, mut index: Index) -> bool {
+        index.mark_all_changed();
+        let old = std::mem::replace(&mut self.index, index);
+        let mut extra: BTreeSet<String> = old.destinations().keys().cloned().collect();
+        extra.extend(self.published.keys().cloned());
+        self.publish_with(extra)
     }
 
     /// This replica became leader at `base` (its wall clock in ms × 1000, see
     /// [`version_base`]): its versions continue above every version an earlier leader can
-    /// have given (that leader started its term earlier, and changed less than a thousand
-    /// times per ms since), so filters, which only ever move forward, take its snapshots.
+    /// have given, and a new term begins: deltas are answered only from versions of it.
     pub fn new_term(&mut self, base: u64) {
-        if base > self.snapshot.version {
-            self.snapshot.version = base;
-            self.encode();
+        if base > self.version {
+            self.version = base;
         }
+        self.term = self.version;
+        self.log.clear();
+        self.log_clusters = 0;
+        self.log_floor = self.version;
+        self.versions.send_replace(self.version);
     }
 
-    /// Replaces the content; returns whether the snapshot changed.
-    pub fn update(&mut self, built: Built) -> bool {
-        self.built = built;
-        let managed = &self.built.managed;
+    /// Publishes what the index changed since the last call; returns whether the snapshot
+    /// changed (and so its version).
+    pub fn publish(&mut self) -> bool {
+        self.publish_with(BTreeSet::new())
+    }
+
+    fn publish_with(&mut self, mut clusters: BTreeSet<String>) -> bool {
+        let managed = self.index.managed();
         self.closing.retain(|k, at| {
             managed.get(k).is_some_and(|m| m.desired > 0) && at.elapsed() < CLOSING_MAX
         });
         // A Deployment no longer managed (deleted, annotation removed) keeps no mark.
         self.draining.retain(|k| managed.contains_key(k));
-        self.publish()
+        clusters.extend(self.index.take_changed());
+        self.apply(clusters)
+    }
+
+    fn apply(&mut self, clusters: BTreeSet<String>) -> bool {
+        let mut changed = Vec::new();
+        for c in clusters {
+            let now = self.index.destinations().get(&c).map(|(k, d)| {
+                let mut d = d.clone();
+                if d.state == State::Awake && self.draining.contains(k) {
+                    d.state = State::Draining;
+                }
+                d
+            });
+            let before = self.published.get(&c);
+            if before == now.as_ref() {
+                continue;
+            }
+            if let Some(b) = before {
+                self.counts[state_slot(b.state)] -= 1;
+            }
+            match now {
+                Some(d) => {
+                    self.counts[state_slot(d.state)] += 1;
+                    self.published.insert(c.clone(), d);
+                }
+                None => {
+                    self.published.remove(&c);
+                }
+            }
+            changed.push(c);
+        }
+        let routes = self.index.routes_stale()
+            && self.index.route_timeouts() != self.virtual_services.as_slice();
+        if routes {
+            self.virtual_services = self.index.route_timeouts().to_vec();
+        }
+        if changed.is_empty() && !routes {
+            return false;
+        }
+        self.version += 1;
+        self.log_clusters += changed.len();
+        self.log.push_back(Change {
+            version: self.version,
+            clusters: changed,
+            routes,
+        });
+        while self.log.len() > LOG_MAX_VERSIONS || self.log_clusters > LOG_MAX_CLUSTERS {
+            let Some(old) = self.log.pop_front() else {
+                break;
+            };
+            self.log_clusters -= old.clusters.len();
+            self.log_floor = old.version;
+        }
+        self.versions.send_replace(self.version);
+        true
     }
 
     /// Marks a Deployment whose scale to 0 is committed (or no longer): an activate waits for
@@ -479,11 +366,14 @@ impl Cache {
     /// changed. Draining shows only while the Deployment is awake.
     pub fn set_draining(&mut self, key: &Key, draining: bool) -> bool {
         let changed = if draining {
-            self.draining.insert(key.clone())
+            self.index.managed().contains_key(key) && self.draining.insert(key.clone())
         } else {
             self.draining.remove(key)
         };
-        changed && self.publish()
+        changed && {
+            let clusters = self.index.clusters_of_deployment(key);
+            self.publish_with(clusters)
+        }
     }
 
     /// Whether a Deployment is marked draining.
@@ -491,106 +381,183 @@ impl Cache {
         self.draining.contains(key)
     }
 
-    fn publish(&mut self) -> bool {
-        let draining = &self.draining;
-        let destinations: Vec<Destination> = self
-            .built
-            .destinations
-            .values()
-            .map(|(k, d)| {
-                let mut d = d.clone();
-                if d.state == State::Awake && draining.contains(k) {
-                    d.state = State::Draining;
-                }
-                d
-            })
-            .collect();
-        let changed = destinations != self.snapshot.destinations
-            || self.built.route_timeouts != self.snapshot.virtual_services;
-        if changed {
-            self.snapshot = Snapshot {
-                version: self.snapshot.version + 1,
-                destinations,
-                virtual_services: self.built.route_timeouts.clone(),
-            };
-            self.encode();
+    /// The current version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The current term (see [`Cache::new_term`]).
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Follows the version: long polls wait on it.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.versions.subscribe()
+    }
+
+    /// Published destinations per state, as `(state, count)`.
+    pub fn counts(&self) -> [(&'static str, i64); 4] {
+        let c = &self.counts;
+        [
+            ("awake", c[0]),
+            ("draining", c[1]),
+            ("asleep", c[2]),
+            ("waking", c[3]),
+        ]
+    }
+
+    /// The snapshot filters hold (built; the served bytes come from [`Cache::encoded`]).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: self.version,
+            term: self.term,
+            destinations: self.published.values().cloned().collect(),
+            virtual_services: self.virtual_services.clone(),
         }
-        changed
     }
 
-    /// The snapshot filters poll.
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
+    fn encoded_for_version(&self) -> std::sync::MutexGuard<'_, Encoded> {
+        let mut e = self
+            .encoded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if e.version != self.version {
+            *e = Encoded {
+                version: self.version,
+                ..Encoded::default()
+            };
+        }
+        e
     }
 
-    /// The snapshot as served (encoded once per change) and its ETag (see
+    /// The full snapshot as served, encoded once per version, and its ETag (see
     /// [`kzscaler_core::wire::snapshot_etag`]).
     pub fn encoded(&self) -> (bytes::Bytes, String) {
-        if self.etag.is_empty() {
-            // Never published (a cache built without a first update): encode it now.
-            return encode(&self.snapshot);
+        let mut e = self.encoded_for_version();
+        if let Some(full) = &e.full {
+            return full.clone();
         }
-        (self.encoded.clone(), self.etag.clone())
+        let snapshot = SnapshotRef {
+            version: self.version,
+            term: self.term,
+            destinations: self.published.values().collect(),
+            virtual_services: &self.virtual_services,
+        };
+        // Encoding plain data into a Vec cannot fail; an empty body would be refused by
+        // filters as not a snapshot, never misread.
+        let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
+        let etag = kzscaler_core::wire::snapshot_etag(self.version, &bytes);
+        let full = (bytes::Bytes::from(bytes), etag);
+        e.full = Some(full.clone());
+        full
     }
 
-    fn encode(&mut self) {
-        (self.encoded, self.etag) = encode(&self.snapshot);
+    /// What to answer a filter holding version `since` of term `term`.
+    pub fn answer(&self, since: u64, term: u64) -> Answer {
+        if term != self.term || since < self.log_floor || since > self.version {
+            let (bytes, etag) = self.encoded();
+            return Answer::Full(bytes, etag);
+        }
+        if since == self.version {
+            return Answer::Current;
+        }
+        let mut e = self.encoded_for_version();
+        if let Some(d) = e.deltas.get(&since) {
+            return Answer::Delta(d.clone());
+        }
+        let mut clusters: BTreeSet<&str> = BTreeSet::new();
+        let mut routes = false;
+        for c in self.log.iter().rev().take_while(|c| c.version > since) {
+            clusters.extend(c.clusters.iter().map(String::as_str));
+            routes |= c.routes;
+        }
+        let mut delta = Delta {
+            version: self.version,
+            term: self.term,
+            since,
+            upsert: Vec::new(),
+            remove: Vec::new(),
+            virtual_services: routes.then(|| self.virtual_services.clone()),
+        };
+        for c in clusters {
+            match self.published.get(c) {
+                Some(d) => delta.upsert.push(d.clone()),
+                None => delta.remove.push(c.to_owned()),
+            }
+        }
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&delta).unwrap_or_default());
+        if e.deltas.len() < ENCODED_DELTAS_MAX {
+            e.deltas.insert(since, bytes.clone());
+        }
+        Answer::Delta(bytes)
     }
 
     /// The destination behind an outbound cluster name, with its Deployment.
     pub fn destination(&self, cluster: &str) -> Option<(&Key, &Destination, &Managed)> {
-        let (key, dest) = self.built.destinations.get(cluster)?;
-        let managed = self.built.managed.get(key)?;
+        let (key, dest) = self.index.destinations().get(cluster)?;
+        let managed = self.index.managed().get(key)?;
         Some((key, dest, managed))
     }
 
     /// The pods of the ready endpoints of the Service behind `cluster` (none when it is not
     /// a destination).
     pub fn ready_pods(&self, cluster: &str) -> Option<&BTreeSet<String>> {
-        let (_, dest) = self.built.destinations.get(cluster)?;
-        self.built.service_ready.get(&Key {
-            namespace: dest.namespace.clone(),
-            name: dest.service.clone(),
-        })
+        let (_, dest) = self.index.destinations().get(cluster)?;
+        static NONE: BTreeSet<String> = BTreeSet::new();
+        Some(
+            self.index
+                .service_ready(&dest.namespace, &dest.service)
+                .unwrap_or(&NONE),
+        )
     }
 
     /// A managed Deployment.
     pub fn managed(&self, key: &Key) -> Option<&Managed> {
-        self.built.managed.get(key)
+        self.index.managed().get(key)
     }
 
     /// All managed Deployments.
     pub fn all_managed(&self) -> &BTreeMap<Key, Managed> {
-        &self.built.managed
-    }
-
-    /// Current problems.
-    pub fn problems(&self) -> &[(Problem, ObjectReference)] {
-        &self.built.problems
+        self.index.managed()
     }
 
     /// Problems not in `reported`; adds them to it and forgets fixed ones.
     pub fn new_problems(
-        &self,
+        &mut self,
         reported: &mut BTreeSet<Problem>,
     ) -> Vec<(Problem, ObjectReference)> {
-        let now: BTreeSet<Problem> = self.built.problems.iter().map(|(p, _)| p.clone()).collect();
+        // Unchanged since the last call: nothing new, unless nothing was reported yet (a new
+        // leader reports every problem afresh).
+        if !self.index.take_problems_changed() && !reported.is_empty() {
+            return Vec::new();
+        }
+        let now: BTreeSet<Problem> = self.index.problems().map(|(p, _)| p.clone()).collect();
         let fresh = self
-            .built
-            .problems
-            .iter()
+            .index
+            .problems()
             .filter(|(p, _)| !reported.contains(p))
             .cloned()
             .collect();
         *reported = now;
         fresh
     }
+
+    /// Current problems, sorted.
+    pub fn problems(&self) -> Vec<(Problem, ObjectReference)> {
+        self.index.problems().cloned().collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use serde_json::json;
+    use std::sync::Arc;
 
     fn deployment(
         ns: &str,
@@ -642,7 +609,7 @@ mod tests {
 
     #[test]
     fn managed_deployment_maps_to_every_port_of_its_services() {
-        let built = Built::from_objects(
+        let built = Index::from_objects(
             &[deployment("shop", "web", 0, managed())],
             &[
                 service("shop", "web", json!({"app": "web"}), &[80, 8080]),
@@ -653,7 +620,7 @@ mod tests {
             &[],
             "cluster.local",
         );
-        let clusters: Vec<&String> = built.destinations.keys().collect();
+        let clusters: Vec<&String> = built.destinations().keys().collect();
         assert_eq!(
             clusters,
             vec![
@@ -662,38 +629,38 @@ mod tests {
                 "outbound|9000||web-admin.shop.svc.cluster.local",
             ]
         );
-        let (_, d) = &built.destinations["outbound|80||web.shop.svc.cluster.local"];
+        let (_, d) = &built.destinations()["outbound|80||web.shop.svc.cluster.local"];
         assert_eq!(
             (d.state, d.wake_timeout_ms, d.deployment.as_str()),
             (State::Asleep, 30_000, "web")
         );
-        assert!(built.problems.is_empty());
+        assert!(built.problems().next().is_none());
     }
 
     #[test]
     fn unmanaged_deployments_are_not_destinations() {
-        let built = Built::from_objects(
+        let built = Index::from_objects(
             &[deployment("shop", "web", 1, json!({}))],
             &[service("shop", "web", json!({"app": "web"}), &[80])],
             &[],
             &[],
             "cluster.local",
         );
-        assert!(built.destinations.is_empty() && built.managed.is_empty());
+        assert!(built.destinations().is_empty() && built.managed().is_empty());
     }
 
     #[test]
     fn state_follows_replicas_and_ready_endpoints() {
         let svc = [service("shop", "web", json!({"app": "web"}), &[80])];
         let state = |replicas, ready: &[bool]| {
-            let b = Built::from_objects(
+            let b = Index::from_objects(
                 &[deployment("shop", "web", replicas, managed())],
                 &svc,
                 &[slice("shop", "web", ready)],
                 &[],
                 "cluster.local",
             );
-            b.destinations.values().next().map(|(_, d)| d.state)
+            b.destinations().values().next().map(|(_, d)| d.state)
         };
         assert_eq!(state(0, &[]), Some(State::Asleep));
         assert_eq!(state(1, &[false]), Some(State::Waking));
@@ -704,7 +671,7 @@ mod tests {
     fn a_draining_mark_goes_with_its_deployment() {
         let svc = [service("shop", "web", json!({"app": "web"}), &[80])];
         let b = || {
-            Built::from_objects(
+            Index::from_objects(
                 &[deployment("shop", "web", 1, managed())],
                 &svc,
                 &[slice("shop", "web", &[true])],
@@ -717,11 +684,11 @@ mod tests {
             name: "web".into(),
         };
         let mut cache = Cache::default();
-        cache.update(b());
+        cache.replace_index(b());
         cache.set_draining(&key, true);
-        cache.update(Built::default()); // deleted
+        cache.replace_index(Index::default()); // deleted
         assert!(!cache.is_draining(&key));
-        cache.update(b()); // created again: not draining
+        cache.replace_index(b()); // created again: not draining
         assert_eq!(cache.snapshot().destinations[0].state, State::Awake);
     }
 
@@ -729,7 +696,7 @@ mod tests {
     fn each_service_is_ready_on_its_own_endpoints_not_its_deployments() {
         // One Deployment behind two Services: "web" has a ready endpoint, "web-admin" (its
         // port not ready yet) has none. Only web's destination is awake.
-        let built = Built::from_objects(
+        let built = Index::from_objects(
             &[deployment("shop", "web", 1, managed())],
             &[
                 service("shop", "web", json!({"app": "web"}), &[80]),
@@ -742,7 +709,7 @@ mod tests {
             &[],
             "cluster.local",
         );
-        let state = |c: &str| built.destinations[c].1.state;
+        let state = |c: &str| built.destinations()[c].1.state;
         assert_eq!(
             state("outbound|80||web.shop.svc.cluster.local"),
             State::Awake
@@ -752,7 +719,7 @@ mod tests {
             State::Waking
         );
         let mut cache = Cache::default();
-        cache.update(built);
+        cache.replace_index(built);
         assert_eq!(
             cache
                 .ready_pods("outbound|9000||web-admin.shop.svc.cluster.local")
@@ -763,7 +730,7 @@ mod tests {
 
     #[test]
     fn service_matching_two_managed_deployments_is_a_problem_and_ignored() {
-        let built = Built::from_objects(
+        let built = Index::from_objects(
             &[
                 deployment("shop", "a", 1, managed()),
                 deployment("shop", "b", 1, managed()),
@@ -773,15 +740,15 @@ mod tests {
             &[],
             "cluster.local",
         );
-        assert!(built.destinations.is_empty());
-        let (p, _) = &built.problems[0];
+        assert!(built.destinations().is_empty());
+        let (p, _) = built.problems().next().unwrap();
         assert_eq!((p.kind, p.reason), ("Service", "AmbiguousService"));
         assert!(p.message.contains("a, b"), "{}", p.message);
     }
 
     #[test]
     fn bad_annotation_is_a_problem_not_a_destination() {
-        let built = Built::from_objects(
+        let built = Index::from_objects(
             &[deployment(
                 "shop",
                 "web",
@@ -793,8 +760,8 @@ mod tests {
             &[],
             "cluster.local",
         );
-        assert!(built.destinations.is_empty());
-        let (p, _) = &built.problems[0];
+        assert!(built.destinations().is_empty());
+        let (p, _) = built.problems().next().unwrap();
         assert_eq!(p.reason, "InvalidAnnotation");
         assert!(p.message.contains("kzscaler.io/idle-timeout") && p.message.contains("soon"));
     }
@@ -809,28 +776,28 @@ mod tests {
                      "minReplicas": 5, "maxReplicas": 10}
         }))
         .unwrap();
-        let built = Built::from_objects(
+        let built = Index::from_objects(
             &[deployment("shop", "web", 0, ann.clone())],
             &[],
             &[],
             &[],
             "cluster.local",
         );
-        assert_eq!(built.managed.values().next().unwrap().wake_replicas(), 3);
-        let built = Built::from_objects(
+        assert_eq!(built.managed().values().next().unwrap().wake_replicas(), 3);
+        let built = Index::from_objects(
             &[deployment("shop", "web", 0, ann)],
             &[],
             &[],
             &[Arc::new(hpa)],
             "cluster.local",
         );
-        assert_eq!(built.managed.values().next().unwrap().wake_replicas(), 5);
+        assert_eq!(built.managed().values().next().unwrap().wake_replicas(), 5);
     }
 
     #[test]
     fn version_changes_only_when_destinations_do() {
         let objects = |replicas| {
-            Built::from_objects(
+            Index::from_objects(
                 &[deployment("shop", "web", replicas, managed())],
                 &[service("shop", "web", json!({"app": "web"}), &[80])],
                 &[slice("shop", "web", &[true])],
@@ -839,30 +806,30 @@ mod tests {
             )
         };
         let mut cache = Cache::default();
-        assert!(cache.update(objects(1)));
+        assert!(cache.replace_index(objects(1)));
         let v = cache.snapshot().version;
-        assert!(!cache.update(objects(1)));
+        assert!(!cache.replace_index(objects(1)));
         assert_eq!(cache.snapshot().version, v);
-        assert!(cache.update(objects(0)));
+        assert!(cache.replace_index(objects(0)));
         assert_eq!(cache.snapshot().version, v + 1);
     }
 
     #[test]
     fn a_restarted_cache_does_not_reuse_versions() {
         let mut before = Cache::starting_at(1_000);
-        before.update(Built::default());
+        before.replace_index(Index::default());
         let mut after = Cache::starting_at(2_000);
-        after.update(Built::default());
+        after.replace_index(Index::default());
         assert!(after.snapshot().version > before.snapshot().version);
     }
 
     #[test]
     fn the_served_bytes_and_etag_follow_every_change_and_term() {
         let mut cache = Cache::starting_at(100);
-        cache.update(Built::default());
+        cache.replace_index(Index::default());
         let (bytes, etag) = cache.encoded();
         let served: Snapshot = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(&served, cache.snapshot());
+        assert_eq!(served, cache.snapshot());
         assert_eq!(
             etag,
             kzscaler_core::wire::snapshot_etag(served.version, &bytes)
@@ -881,34 +848,133 @@ mod tests {
         let start = version_base(1_700_000_000_000);
         let mut old = Cache::starting_at(start);
         for i in 0..500 {
-            let mut b = Built::default();
-            b.problems.push((
-                Problem {
-                    kind: "Service",
-                    key: Key {
-                        namespace: "n".into(),
-                        name: i.to_string(),
-                    },
-                    reason: "R",
-                    message: String::new(),
-                },
-                ObjectReference::default(),
+            old.replace_index(Index::from_objects(
+                &[deployment("n", "x", i % 2, managed())],
+                &[service("n", "x", json!({"app": "x"}), &[80])],
+                &[],
+                &[],
+                "cluster.local",
             ));
-            old.update(b);
-            old.set_draining(
-                &Key {
-                    namespace: "n".into(),
-                    name: "x".into(),
-                },
-                i % 2 == 0,
-            );
         }
+        assert_eq!(old.version(), start + 500);
         let mut new = Cache::starting_at(start);
         new.new_term(version_base(1_700_000_002_000));
-        new.update(Built::default());
+        new.replace_index(Index::default());
         assert!(new.snapshot().version > old.snapshot().version);
         let v = new.snapshot().version;
         new.new_term(version_base(1_600_000_000_000));
         assert_eq!(new.snapshot().version, v, "never backwards");
+    }
+
+    fn cache_of(replicas: &[i32]) -> Index {
+        let deps: Vec<_> = (0..replicas.len())
+            .map(|i| deployment("shop", &format!("w{i}"), replicas[i], managed()))
+            .collect();
+        let svcs: Vec<_> = (0..replicas.len())
+            .map(|i| {
+                service(
+                    "shop",
+                    &format!("w{i}"),
+                    json!({"app": format!("w{i}")}),
+                    &[80],
+                )
+            })
+            .collect();
+        Index::from_objects(&deps, &svcs, &[], &[], "cluster.local")
+    }
+
+    fn delta(answer: Answer) -> Delta {
+        match answer {
+            Answer::Delta(b) => serde_json::from_slice(&b).unwrap(),
+            other => panic!("expected a delta, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_filter_one_change_behind_gets_only_that_change() {
+        let mut cache = Cache::starting_at(1_000);
+        cache.replace_index(cache_of(&[0; 100]));
+        let (v, term) = (cache.version(), cache.term());
+        assert_eq!(cache.answer(v, term), Answer::Current);
+        let mut r = [0; 100];
+        r[42] = 1;
+        cache.replace_index(cache_of(&r));
+        let d = delta(cache.answer(v, term));
+        assert_eq!((d.since, d.version, d.term), (v, cache.version(), term));
+        assert_eq!(d.upsert.len(), 1);
+        assert_eq!(d.upsert[0].deployment, "w42");
+        assert_eq!(d.upsert[0].state, State::Waking);
+        assert!(d.remove.is_empty() && d.virtual_services.is_none());
+        // Two changes behind: both, and a removed destination is named.
+        r[7] = 2;
+        cache.replace_index(cache_of(&r[..99]));
+        let d = delta(cache.answer(v, term));
+        let names: Vec<&str> = d.upsert.iter().map(|d| d.deployment.as_str()).collect();
+        assert_eq!(names, ["w42", "w7"]);
+        assert_eq!(d.remove, ["outbound|80||w99.shop.svc.cluster.local"]);
+        // Applying the delta to the old table gives the new snapshot.
+        let mut table: BTreeMap<String, Destination> = BTreeMap::new();
+        for dest in Cache::new(cache_of(&[0; 100]), 0).snapshot().destinations {
+            table.insert(dest.cluster.clone(), dest);
+        }
+        for c in &d.remove {
+            table.remove(c);
+        }
+        for dest in d.upsert {
+            table.insert(dest.cluster.clone(), dest);
+        }
+        assert_eq!(
+            table.into_values().collect::<Vec<_>>(),
+            cache.snapshot().destinations
+        );
+    }
+
+    #[test]
+    fn an_unknown_term_or_a_forgotten_version_gets_the_full_snapshot() {
+        let mut cache = Cache::starting_at(1_000);
+        cache.replace_index(cache_of(&[0; 3]));
+        let (v, term) = (cache.version(), cache.term());
+        let full = |a: Answer| matches!(a, Answer::Full(..));
+        assert!(full(cache.answer(v, term + 1)), "another term");
+        assert!(full(cache.answer(v + 5, term)), "a version from the future");
+        assert!(full(cache.answer(v - 2, term)), "before the log");
+        cache.new_term(version_base(2_000));
+        assert!(
+            full(cache.answer(v, term)),
+            "a new term forgets the old one's log"
+        );
+        // The log is bounded: a filter far enough behind gets the full snapshot.
+        let (v, term) = (cache.version(), cache.term());
+        for i in 0..(LOG_MAX_VERSIONS + 1) {
+            cache.replace_index(cache_of(&[i32::from(i % 2 == 0); 3]));
+        }
+        assert!(full(cache.answer(v, term)));
+        assert!(matches!(
+            cache.answer(cache.version() - 1, term),
+            Answer::Delta(_)
+        ));
+    }
+
+    #[test]
+    fn a_draining_mark_is_one_change_of_that_deployments_destinations() {
+        let mut cache = Cache::starting_at(1_000);
+        let svc = [service("shop", "web", json!({"app": "web"}), &[80, 81])];
+        cache.replace_index(Index::from_objects(
+            &[deployment("shop", "web", 1, managed())],
+            &svc,
+            &[slice("shop", "web", &[true])],
+            &[],
+            "cluster.local",
+        ));
+        let (v, term) = (cache.version(), cache.term());
+        let key = Key {
+            namespace: "shop".into(),
+            name: "web".into(),
+        };
+        assert!(cache.set_draining(&key, true));
+        let d = delta(cache.answer(v, term));
+        assert_eq!(d.upsert.len(), 2);
+        assert!(d.upsert.iter().all(|d| d.state == State::Draining));
+        assert_eq!(cache.counts()[1], ("draining", 2));
     }
 }

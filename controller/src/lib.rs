@@ -1,7 +1,8 @@
 //! kzscaler's controller: the replica cache, coalesced activation, idle scale-down, leader
 //! election, and the HTTP API filters call.
 //!
-//! Where things are: `cache.rs` derives managed destinations from API objects (pure);
+//! Where things are: `index.rs` keeps managed destinations current one API object at a time
+//! (pure); `cache.rs` publishes them as versioned snapshots and deltas;
 //! `activate.rs` wakes a Deployment once however many callers ask; `idle.rs` decides and
 //! `sleep.rs` acts on idle Deployments; `lease.rs` elects the one replica that acts;
 //! `api.rs` is the HTTP API;
@@ -14,6 +15,7 @@ pub mod api;
 pub mod cache;
 pub mod clock;
 pub mod idle;
+pub mod index;
 pub mod lease;
 pub mod metrics;
 pub mod run;

@@ -1,10 +1,11 @@
 //! Wiring: watches feed the cache, the API server does the scaling, axum serves filters.
 //!
 //! ```text
-//!  watch Deployments ─┐
-//!  watch Services ────┤ reflector stores ──changed──▶ rebuild (cache.rs) ──▶ Cache + version
-//!  watch EndpointSlices┤                                   │                 │
-//!  watch HPAs ────────┘                          Events for problems      activate waiters
+//!  watch Deployments ──┐
+//!  watch Services ─────┤ one event: Index::apply/delete ──changed──▶ Cache::publish ──▶ version
+//!  watch EndpointSlices┤   (that object only)                │                         │
+//!  watch HPAs, VSs ────┘                             Events for problems     activate waiters,
+//!                                                                            long polls
 //! ```
 
 use std::collections::BTreeSet;
@@ -20,19 +21,17 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{reflector, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
-use kzscaler_core::wire::State;
 use serde_json::json;
 use tokio::sync::{Notify, RwLock, watch};
 
 use crate::activate::{Activator, Note, Scaler, WakeRecord};
 use crate::api::{self, Api as HttpApi};
-use crate::cache::{Built, Cache, Key, Problem};
+use crate::cache::{Cache, Index, Key, Problem};
 use crate::lease::{Fence, Leadership};
 use crate::metrics::Metrics;
 use crate::virtualservice::VirtualService;
-use crate::watch::spawn_reflector;
 
 use kzscaler_core::names;
 pub use kzscaler_core::names::LAST_WAKE;
@@ -332,9 +331,14 @@ async fn publish(
 /// Runs the controller until SIGTERM or SIGINT.
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let cache = Arc::new(RwLock::new(Cache::starting_at(crate::cache::version_base(
-        crate::clock::wall_ms(),
-    ))));
+    let scope = opts
+        .namespace_selector
+        .as_ref()
+        .map(|_| std::collections::HashSet::new());
+    let cache = Arc::new(RwLock::new(Cache::new(
+        Index::new(&opts.domain, scope),
+        crate::cache::version_base(crate::clock::wall_ms()),
+    )));
     let (changes_tx, changes_rx) = watch::channel(0u64);
     let ready = Arc::new(AtomicBool::new(false));
     let recorder = Recorder::new(client.clone(), reporter(&opts.identity));
@@ -385,79 +389,46 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let waking = activator.clone();
     let idle = Arc::new(crate::sleep::Idle::default());
 
-    let (deps, deps_w) = reflector::store::<Deployment>();
-    let (svcs, svcs_w) = reflector::store::<Service>();
-    let (slices, slices_w) = reflector::store::<EndpointSlice>();
-    let (hpas, hpas_w) = reflector::store::<HorizontalPodAutoscaler>();
     let changed = Arc::new(Notify::new());
-    let scope = match &opts.namespace_selector {
-        Some(sel) => {
-            // A bad selector is a start-up error, not an endless watch retry.
-            Api::<Namespace>::all(client.clone())
-                .list(&ListParams::default().labels(sel).limit(1))
-                .await
-                .with_context(|| {
-                    format!("--namespace-selector {sel:?}: expected a label selector, e.g. team=shop or !legacy")
-                })?;
-            let (store, writer) = reflector::store::<Namespace>();
-            crate::watch::spawn_reflector_with(
-                writer,
-                Api::all(client.clone()),
-                watcher::Config::default().labels(sel),
-                changed.clone(),
-                "namespaces",
-            );
-            tracing::info!(selector = %sel, "managing Deployments in the namespaces this selector matches");
-            Some(store)
-        }
-        None => None,
+    // Kinds whose first list is not in yet: ready once none is left.
+    let unlisted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let indexer = Indexer {
+        cache: cache.clone(),
+        changed: changed.clone(),
+        unlisted: unlisted.clone(),
     };
-    spawn_reflector(
-        deps_w,
-        Api::all(client.clone()),
-        changed.clone(),
-        "deployments",
-    );
-    spawn_reflector(
-        svcs_w,
-        Api::all(client.clone()),
-        changed.clone(),
-        "services",
-    );
-    spawn_reflector(
-        slices_w,
-        Api::all(client.clone()),
-        changed.clone(),
-        "endpointslices",
-    );
-    spawn_reflector(
-        hpas_w,
-        Api::all(client.clone()),
-        changed.clone(),
-        "horizontalpodautoscalers",
-    );
+    if let Some(sel) = &opts.namespace_selector {
+        // A bad selector is a start-up error, not an endless watch retry.
+        Api::<Namespace>::all(client.clone())
+            .list(&ListParams::default().labels(sel).limit(1))
+            .await
+            .with_context(|| {
+                format!("--namespace-selector {sel:?}: expected a label selector, e.g. team=shop or !legacy")
+            })?;
+        indexer.spawn::<Namespace>(
+            Api::all(client.clone()),
+            watcher::Config::default().labels(sel),
+        );
+        tracing::info!(selector = %sel, "managing Deployments in the namespaces this selector matches");
+    }
+    indexer.spawn::<Deployment>(Api::all(client.clone()), watcher::Config::default());
+    indexer.spawn::<Service>(Api::all(client.clone()), watcher::Config::default());
+    indexer.spawn::<EndpointSlice>(Api::all(client.clone()), watcher::Config::default());
+    indexer.spawn::<HorizontalPodAutoscaler>(Api::all(client.clone()), watcher::Config::default());
     // VirtualServices, for their route timeouts (a plain-HTTP caller's deadline), when this
     // cluster serves them: without Istio's CRDs (or the right to list them) holds are bounded
     // by the caller's gRPC deadline and the wake timeout only.
-    let virtual_services = match Api::<VirtualService>::all(client.clone())
+    match Api::<VirtualService>::all(client.clone())
         .list(&ListParams::default().limit(1))
         .await
     {
         Ok(_) => {
-            let (store, writer) = reflector::store::<VirtualService>();
-            spawn_reflector(
-                writer,
-                Api::all(client.clone()),
-                changed.clone(),
-                "virtualservices",
-            );
-            Some(store)
+            indexer.spawn::<VirtualService>(Api::all(client.clone()), watcher::Config::default())
         }
         Err(e) => {
             tracing::warn!(error = %e, "not reading VirtualServices: held requests are not bounded by route timeouts");
-            None
         }
-    };
+    }
 
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -496,37 +467,6 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     tracing::info!(listen = %opts.listen, "serving the filter API, /healthz, /readyz and /metrics");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    // Set once every store has its first list; `ready` follows once the cache has been
-    // rebuilt from them (before that, every Deployment would look unmanaged).
-    let listed = Arc::new(AtomicBool::new(false));
-    {
-        let (d, s, e, h) = (deps.clone(), svcs.clone(), slices.clone(), hpas.clone());
-        let v = virtual_services.clone();
-        let (listed, changed) = (listed.clone(), changed.clone());
-        let n = scope.clone();
-        tokio::spawn(async move {
-            let all = async {
-                if let Some(n) = &n {
-                    n.wait_until_ready().await?;
-                }
-                d.wait_until_ready().await?;
-                s.wait_until_ready().await?;
-                e.wait_until_ready().await?;
-                if let Some(v) = &v {
-                    v.wait_until_ready().await?;
-                }
-                h.wait_until_ready().await
-            };
-            match all.await {
-                Ok(()) => {
-                    listed.store(true, Ordering::Release);
-                    changed.notify_one();
-                }
-                Err(e) => tracing::error!(error = %e, "a watch ended before its first list"),
-            }
-        });
-    }
-
     let mut reported: BTreeSet<Problem> = BTreeSet::new();
     let mut led = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -537,7 +477,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
-        // Let a burst of watch events land before rebuilding.
+        // Let a burst of watch events land before publishing one version for all of them.
         tokio::time::sleep(Duration::from_millis(2)).await;
         let leading = leadership.borrow_and_update().leader;
         if leading && !led {
@@ -547,61 +487,14 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
                 .new_term(crate::cache::version_base(crate::clock::wall_ms()));
         }
         led = leading;
-        // Read before the stores: a rebuild from complete first lists makes this replica ready.
-        let listed_before_build = listed.load(Ordering::Acquire);
-        let mut in_scope = deps.state();
-        if let Some(scope) = &scope {
-            let names: std::collections::HashSet<String> = scope
-                .state()
-                .iter()
-                .filter_map(|n| n.metadata.name.clone())
-                .collect();
-            in_scope.retain(|d| {
-                d.metadata
-                    .namespace
-                    .as_ref()
-                    .is_some_and(|n| names.contains(n))
-            });
-        }
-        let built = Built::from_objects(
-            &in_scope,
-            &svcs.state(),
-            &slices.state(),
-            &hpas.state(),
-            &opts.domain,
-        )
-        .with_virtual_services(
-            &virtual_services
-                .as_ref()
-                .map(|v| v.state())
-                .unwrap_or_default(),
-        );
+        // Read before publishing: a snapshot from complete first lists makes this replica ready.
+        let listed_before_build = unlisted.load(Ordering::Acquire) == 0;
         let fresh = {
             let mut c = cache.write().await;
-            if c.update(built) {
-                tracing::debug!(
-                    version = c.snapshot().version,
-                    destinations = c.snapshot().destinations.len(),
-                    "snapshot changed"
-                );
+            if c.publish() {
+                tracing::debug!(version = c.version(), "snapshot changed");
             }
-            let mut counts = [
-                ("awake", 0i64),
-                ("draining", 0),
-                ("asleep", 0),
-                ("waking", 0),
-            ];
-            for d in &c.snapshot().destinations {
-                let i = match d.state {
-                    State::Awake => 0,
-                    State::Draining => 1,
-                    State::Asleep => 2,
-                    State::Waking => 3,
-                    State::Unknown => continue, // never built by this controller
-                };
-                counts[i].1 += 1;
-            }
-            metrics.destinations(counts);
+            metrics.destinations(c.counts());
             // Only the leader reports problems; a new leader reports them afresh.
             if leading {
                 c.new_problems(&mut reported)
@@ -612,7 +505,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         };
         changes_tx.send_modify(|v| *v += 1);
         if listed_before_build && !ready.swap(true, Ordering::Relaxed) {
-            tracing::info!("first lists in and the cache built from them: ready");
+            tracing::info!("first lists in and the snapshot published from them: ready");
         }
         if !fresh.is_empty() {
             // Published off the loop: a new leader re-publishes every problem, and the
@@ -656,4 +549,159 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     drop(lead_tx);
     server.abort();
     Ok(())
+}
+
+/// What the index does with one kind of object.
+trait Indexed:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// For logs.
+    const WHAT: &'static str;
+    /// Created or changed.
+    fn apply(index: &mut Index, obj: &Self);
+    /// Deleted.
+    fn delete(index: &mut Index, namespace: &str, name: &str);
+}
+
+impl Indexed for Deployment {
+    const WHAT: &'static str = "deployments";
+    fn apply(index: &mut Index, obj: &Self) {
+        index.apply_deployment(obj);
+    }
+    fn delete(index: &mut Index, namespace: &str, name: &str) {
+        index.delete_deployment(namespace, name);
+    }
+}
+
+impl Indexed for Service {
+    const WHAT: &'static str = "services";
+    fn apply(index: &mut Index, obj: &Self) {
+        index.apply_service(obj);
+    }
+    fn delete(index: &mut Index, namespace: &str, name: &str) {
+        index.delete_service(namespace, name);
+    }
+}
+
+impl Indexed for EndpointSlice {
+    const WHAT: &'static str = "endpointslices";
+    fn apply(index: &mut Index, obj: &Self) {
+        index.apply_slice(obj);
+    }
+    fn delete(index: &mut Index, namespace: &str, name: &str) {
+        index.delete_slice(namespace, name);
+    }
+}
+
+impl Indexed for HorizontalPodAutoscaler {
+    const WHAT: &'static str = "horizontalpodautoscalers";
+    fn apply(index: &mut Index, obj: &Self) {
+        index.apply_hpa(obj);
+    }
+    fn delete(index: &mut Index, namespace: &str, name: &str) {
+        index.delete_hpa(namespace, name);
+    }
+}
+
+impl Indexed for VirtualService {
+    const WHAT: &'static str = "virtualservices";
+    fn apply(index: &mut Index, obj: &Self) {
+        index.apply_virtual_service(obj);
+    }
+    fn delete(index: &mut Index, namespace: &str, name: &str) {
+        index.delete_virtual_service(namespace, name);
+    }
+}
+
+/// Namespaces the namespace selector matches are in scope; a namespace whose labels stop
+/// matching leaves the watch as deleted.
+impl Indexed for Namespace {
+    const WHAT: &'static str = "namespaces";
+    fn apply(index: &mut Index, obj: &Self) {
+        if let Some(name) = &obj.metadata.name {
+            index.set_in_scope(name, true);
+        }
+    }
+    fn delete(index: &mut Index, _: &str, name: &str) {
+        index.set_in_scope(name, false);
+    }
+}
+
+/// Feeds watch events into the cache's index, one object at a time. No object is kept
+/// beyond what the index strips it to; only the keys seen, to delete what a re-list no
+/// longer shows.
+#[derive(Clone)]
+struct Indexer {
+    cache: Arc<RwLock<Cache>>,
+    changed: Arc<Notify>,
+    unlisted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Indexer {
+    fn spawn<K: Indexed>(&self, api: Api<K>, config: watcher::Config) {
+        use futures::StreamExt;
+        use kube::runtime::WatchStreamExt;
+        use kube::runtime::watcher::Event;
+        self.unlisted.fetch_add(1, Ordering::AcqRel);
+        let this = self.clone();
+        let stream = watcher(api, config).default_backoff();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut known: std::collections::HashSet<(String, String)> = Default::default();
+            let mut relisted: Option<std::collections::HashSet<(String, String)>> = None;
+            let mut listed = false;
+            let key = |o: &K| {
+                (
+                    o.meta().namespace.clone().unwrap_or_default(),
+                    o.meta().name.clone().unwrap_or_default(),
+                )
+            };
+            while let Some(ev) = stream.next().await {
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::warn!(what = K::WHAT, error = %e, "watch error; retrying");
+                        continue;
+                    }
+                };
+                {
+                    let mut cache = this.cache.write().await;
+                    let index = cache.index_mut();
+                    match ev {
+                        Event::Init => relisted = Some(Default::default()),
+                        Event::InitApply(o) => {
+                            relisted.get_or_insert_default().insert(key(&o));
+                            K::apply(index, &o);
+                        }
+                        Event::InitDone => {
+                            let seen = relisted.take().unwrap_or_default();
+                            for (ns, name) in known.difference(&seen) {
+                                K::delete(index, ns, name);
+                            }
+                            known = seen;
+                            if !std::mem::replace(&mut listed, true) {
+                                this.unlisted.fetch_sub(1, Ordering::AcqRel);
+                            }
+                        }
+                        Event::Apply(o) => {
+                            known.insert(key(&o));
+                            K::apply(index, &o);
+                        }
+                        Event::Delete(o) => {
+                            let k = key(&o);
+                            K::delete(index, &k.0, &k.1);
+                            known.remove(&k);
+                        }
+                    }
+                }
+                this.changed.notify_one();
+            }
+        });
+    }
 }

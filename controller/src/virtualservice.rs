@@ -58,35 +58,34 @@ fn service_of<'a>(host: &'a str, own_namespace: &'a str) -> (&'a str, &'a str) {
     (parts.next().unwrap_or(own_namespace), service)
 }
 
-/// The route timeouts of the VirtualServices with an HTTP route to one of `services`
-/// (`(namespace, name)` of managed destinations), sorted by namespace and name.
-pub fn route_timeouts(
-    virtual_services: &[Arc<VirtualService>],
-    services: &BTreeSet<(String, String)>,
-) -> Vec<RouteTimeouts> {
-    let mut out: BTreeMap<(String, String), RouteTimeouts> = BTreeMap::new();
-    for vs in virtual_services {
+/// A VirtualService stripped to what is published: its HTTP routes' timeouts and the
+/// Services they route to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routes {
+    timeouts: RouteTimeouts,
+    /// `(namespace, service)` of every destination host of its HTTP routes.
+    targets: BTreeSet<(String, String)>,
+}
+
+impl Routes {
+    /// Reads a VirtualService leniently: an unreadable spec routes nowhere.
+    pub fn of(vs: &VirtualService) -> Self {
         let (Some(namespace), Some(name)) = (&vs.metadata.namespace, &vs.metadata.name) else {
-            continue;
+            return Self::default();
         };
         let Some(http) = vs.spec.get("http").and_then(serde_json::Value::as_array) else {
-            continue;
+            return Self::default();
         };
-        let relevant = http.iter().any(|route| {
-            route
-                .get("route")
-                .and_then(serde_json::Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|d| d.pointer("/destination/host")?.as_str())
-                .any(|host| {
-                    let (ns, svc) = service_of(host, namespace);
-                    services.contains(&(ns.to_owned(), svc.to_owned()))
-                })
-        });
-        if !relevant {
-            continue;
-        }
+        let targets = http
+            .iter()
+            .filter_map(|route| route.get("route").and_then(serde_json::Value::as_array))
+            .flatten()
+            .filter_map(|d| d.pointer("/destination/host")?.as_str())
+            .map(|host| {
+                let (ns, svc) = service_of(host, namespace);
+                (ns.to_owned(), svc.to_owned())
+            })
+            .collect();
         let routes = http
             .iter()
             .map(|route| RouteTimeout {
@@ -102,14 +101,40 @@ pub fn route_timeouts(
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             })
             .collect();
-        out.insert(
-            (namespace.clone(), name.clone()),
-            RouteTimeouts {
+        Self {
+            timeouts: RouteTimeouts {
                 namespace: namespace.clone(),
                 name: name.clone(),
                 routes,
             },
-        );
+            targets,
+        }
+    }
+
+    /// Whether one of its HTTP routes goes to one of `services` (`(namespace, name)` of
+    /// managed destinations).
+    pub fn routes_to(&self, services: &BTreeSet<(String, String)>) -> bool {
+        self.targets.iter().any(|t| services.contains(t))
+    }
+
+    /// Its route timeouts, as published.
+    pub fn timeouts(&self) -> RouteTimeouts {
+        self.timeouts.clone()
+    }
+}
+
+/// The route timeouts of the VirtualServices with an HTTP route to one of `services`
+/// (`(namespace, name)` of managed destinations), sorted by namespace and name.
+pub fn route_timeouts(
+    virtual_services: &[Arc<VirtualService>],
+    services: &BTreeSet<(String, String)>,
+) -> Vec<RouteTimeouts> {
+    let mut out: BTreeMap<(String, String), RouteTimeouts> = BTreeMap::new();
+    for r in virtual_services.iter().map(|vs| Routes::of(vs)) {
+        if r.routes_to(services) {
+            let t = r.timeouts();
+            out.insert((t.namespace.clone(), t.name.clone()), t);
+        }
     }
     out.into_values().collect()
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! GET  /v1/snapshot   (If-None-Match: "<version>")  → 200 Snapshot | 304
+//! GET  /v1/snapshot?since=V&term=T[&wait=S]         → 200 Delta (or Snapshot) | 304
 //! POST /v1/activate   ActivateRequest               → 200 ActivateResponse (state says ready or not)
 //! POST /v1/activity   ActivityReport                → 204 (400 for a bad body)
 //! ```
@@ -77,12 +78,52 @@ pub struct Destination {
 pub struct Snapshot {
     /// Changes whenever `destinations` does; sent as the ETag.
     pub version: u64,
+    /// The controller's leadership term this version belongs to: a delta is answered only
+    /// for a version of the same term (0 from a controller that gives no deltas).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub term: u64,
     /// Sorted by cluster name.
     pub destinations: Vec<Destination>,
     /// The HTTP route timeouts of the VirtualServices that route to managed destinations,
     /// sorted by namespace and name: a plain-HTTP caller's deadline, as Istio sets it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_services: Vec<RouteTimeouts>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Query parameter of [`SNAPSHOT_PATH`]: the version the filter holds. With it (and
+/// [`TERM_PARAM`]) the controller answers a [`Delta`] from that version, a full [`Snapshot`]
+/// when it no longer knows what changed since, or 304 when nothing did.
+pub const SINCE_PARAM: &str = "since";
+/// Query parameter: the term of the version in [`SINCE_PARAM`].
+pub const TERM_PARAM: &str = "term";
+/// Query parameter: seconds to wait for a change before answering 304 (a long poll).
+pub const WAIT_PARAM: &str = "wait";
+/// The longest long poll the controller keeps open, in seconds.
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// What changed from version `since` to `version` (both of `term`): apply `remove`, then
+/// `upsert`, in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The version this brings the table to.
+    pub version: u64,
+    /// The term of both versions.
+    pub term: u64,
+    /// The version it applies to: the table must be at exactly this version.
+    pub since: u64,
+    /// Destinations added or changed, sorted by cluster name.
+    #[serde(default)]
+    pub upsert: Vec<Destination>,
+    /// Cluster names no longer managed, sorted.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// The route timeouts in full, when they changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_services: Option<Vec<RouteTimeouts>>,
 }
 
 /// The snapshot's `ETag` for a version and the exact bytes served: the version (which moves
@@ -224,6 +265,7 @@ mod tests {
     fn snapshot_json_is_stable() {
         let snap = Snapshot {
             version: 7,
+            term: 0,
             destinations: vec![Destination {
                 cluster: "outbound|80||web.shop.svc.cluster.local".into(),
                 namespace: "shop".into(),
