@@ -5,7 +5,8 @@
 //! | `kzscaler_activate_requests_total` | counter | `result` = ready, timeout, not_managed, scale_failed, bad_request | activate calls answered |
 //! | `kzscaler_wakes_total` | counter | `result` = ok, failed | wakes started by the controller (one scale PATCH each) |
 //! | `kzscaler_wake_phase_seconds` | histogram | `phase` = scale, pod_ready, endpoint_ready | time from the first activate to the end of each phase of a wake |
-//! | `kzscaler_snapshot_requests_total` | counter | `status` = 200, 304 | snapshot polls by filters |
+//! | `kzscaler_snapshot_requests_total` | counter | `status` = 200, delta, 304, bad_request, not_leader, not_ready | snapshot polls by filters |
+//! | `kzscaler_index_update_seconds` | histogram | `step` = apply, publish | time to apply one watch event to the index, and to publish a batch of them as a snapshot version |
 //! | `kzscaler_destinations` | gauge | `state` = awake, draining, asleep, waking | managed destinations by state |
 //! | `kzscaler_sleeps_total` | counter | `result` = ok, failed, stale | idle Deployments scaled to 0 |
 //! | `kzscaler_leader` | gauge | | 1 while this replica holds the Lease and acts, 0 while it follows |
@@ -56,6 +57,18 @@ pub struct Metrics {
     destinations: Family<StateLabel, Gauge>,
     sleeps: Family<ResultLabel, Counter>,
     leader: Gauge,
+    index: Family<StepLabel, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabel {
+    step: &'static str,
+}
+
+fn index_histogram() -> Histogram {
+    Histogram::new([
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
+    ])
 }
 
 impl Default for Metrics {
@@ -70,6 +83,14 @@ impl Default for Metrics {
         let destinations = Family::<StateLabel, Gauge>::default();
         let sleeps = Family::<ResultLabel, Counter>::default();
         let leader = Gauge::default();
+        let index = Family::<StepLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            index_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "index_update_seconds",
+            "Time to apply one watch event to the index (apply), and to publish a batch as a snapshot version (publish)",
+            index.clone(),
+        );
         registry.register(
             "activate_requests",
             "Activate calls answered, by result",
@@ -114,6 +135,7 @@ impl Default for Metrics {
             destinations,
             sleeps,
             leader,
+            index,
         }
     }
 }
@@ -171,6 +193,13 @@ impl Metrics {
     /// Counts a sleep (`ok` or `failed`).
     pub fn sleep(&self, result: &'static str) {
         self.sleeps.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Observes the time of one index step (`apply` or `publish`).
+    pub fn index_update(&self, step: &'static str, seconds: f64) {
+        self.index
+            .get_or_create(&StepLabel { step })
+            .observe(seconds);
     }
 
     /// Sets whether this replica leads.

@@ -393,6 +393,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     // Kinds whose first list is not in yet: ready once none is left.
     let unlisted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let indexer = Indexer {
+        metrics: metrics.clone(),
         cache: cache.clone(),
         changed: changed.clone(),
         unlisted: unlisted.clone(),
@@ -491,7 +492,10 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         let listed_before_build = unlisted.load(Ordering::Acquire) == 0;
         let fresh = {
             let mut c = cache.write().await;
-            if c.publish() {
+            let started = std::time::Instant::now();
+            let published = c.publish();
+            metrics.index_update("publish", started.elapsed().as_secs_f64());
+            if published {
                 tracing::debug!(version = c.version(), "snapshot changed");
             }
             metrics.destinations(c.counts());
@@ -638,6 +642,7 @@ impl Indexed for Namespace {
 /// longer shows.
 #[derive(Clone)]
 struct Indexer {
+    metrics: Arc<Metrics>,
     cache: Arc<RwLock<Cache>>,
     changed: Arc<Notify>,
     unlisted: Arc<std::sync::atomic::AtomicUsize>,
@@ -672,6 +677,7 @@ impl Indexer {
                 };
                 {
                     let mut cache = this.cache.write().await;
+                    let started = std::time::Instant::now();
                     let index = cache.index_mut();
                     match ev {
                         Event::Init => relisted = Some(Default::default()),
@@ -699,6 +705,8 @@ impl Indexer {
                             known.remove(&k);
                         }
                     }
+                    this.metrics
+                        .index_update("apply", started.elapsed().as_secs_f64());
                 }
                 this.changed.notify_one();
             }

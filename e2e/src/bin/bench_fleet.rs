@@ -1,0 +1,711 @@
+//! `kzscaler-bench-fleet`: the controller at fleet size, measured on the test bed in one run
+//! (`hack/bench-fleet.sh` builds it and starts the test bed).
+//!
+//! It creates a namespace of N managed Deployments (0 replicas) with their Services, and starts
+//! a controller of its own (release build, or `--controller`) that manages only that namespace.
+//! Then, phase by phase, it prints what the controller costs:
+//!
+//! ```text
+//!  first sync ─▶ idle ─▶ unrelated changes (R/s) ─▶ M sidecars connect ─▶ churn (K/s) ─▶ activates
+//!  RSS, time     CPU     CPU per 1,000 events        CPU, 304s            bytes, staleness  latency
+//! ```
+//!
+//! The sidecars are simulated in this process, speaking the filter's API: most long-poll for
+//! deltas (`?since=V&term=T&wait=30`), a few poll the full snapshot once a second with
+//! `If-None-Match` (API v1 as the filter used it before deltas), so the two are measured side by
+//! side. CPU is the controller process's own (user + system, from /proc), never wall time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::Parser;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kzscaler_core::wire::{Delta, Snapshot, State};
+use kzscaler_e2e::fixtures;
+use kzscaler_e2e::kz::{PRIVATE_LABEL, free_port};
+use kzscaler_e2e::testbed::TestBed;
+use serde_json::json;
+
+/// Measures the controller with a fleet of managed Deployments and simulated sidecars.
+#[derive(Debug, Parser)]
+#[command(name = "kzscaler-bench-fleet")]
+struct Args {
+    /// Managed Deployments (each with a Service) to create.
+    #[arg(long, default_value_t = 300)]
+    deployments: usize,
+    /// Simulated sidecars long-polling for deltas.
+    #[arg(long, default_value_t = 200)]
+    sidecars: usize,
+    /// Simulated sidecars polling the full snapshot once a second (API v1 before deltas),
+    /// measured beside the others.
+    #[arg(long, default_value_t = 10)]
+    full_pollers: usize,
+    /// Wakes and sleeps per second during the churn (each a scale PATCH of one Deployment).
+    #[arg(long, default_value_t = 2.0)]
+    churn: f64,
+    /// Changes per second to unmanaged Deployments (events the controller receives and
+    /// must ignore cheaply).
+    #[arg(long, default_value_t = 50.0)]
+    unrelated_rate: f64,
+    /// Seconds of each measured phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Activates to time (each wakes one sleeping Deployment).
+    #[arg(long, default_value_t = 10)]
+    activations: usize,
+    /// The controller binary (default: kzscaler-controller beside this program), e.g. an
+    /// older build to compare with.
+    #[arg(long)]
+    controller: Option<PathBuf>,
+    /// Keep the namespace afterwards (default: delete it).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Unmanaged Deployments whose annotations the unrelated-changes phase rewrites.
+const UNRELATED: usize = 50;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+/// The controller process: CPU and memory from /proc.
+struct Proc {
+    child: tokio::process::Child,
+    pid: u32,
+    tick: f64,
+}
+
+impl Proc {
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // Fields after the command name (which may hold spaces) start at ") ".
+        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = f.get(11).context("utime")?.parse()?;
+        let stime: f64 = f.get(12).context("stime")?.parse()?;
+        Ok((utime + stime) / self.tick)
+    }
+
+    /// (VmRSS, VmHWM) in MB.
+    fn memory_mb(&self) -> anyhow::Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let kb = |key: &str| -> f64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        Ok((kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0))
+    }
+}
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+async fn get(
+    http: &Http,
+    url: &str,
+    etag: Option<&str>,
+) -> anyhow::Result<(u16, Option<String>, Bytes)> {
+    let mut req = hyper::Request::get(url);
+    if let Some(e) = etag {
+        req = req.header("if-none-match", e);
+    }
+    let resp = http.request(req.body(Full::new(Bytes::new()))?).await?;
+    let status = resp.status().as_u16();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, etag, body))
+}
+
+async fn post(http: &Http, url: &str, body: String) -> anyhow::Result<(u16, Bytes)> {
+    let req = hyper::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = http.request(req).await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
+}
+
+/// `{"version":N,"term":T,...`: read without parsing a large body.
+fn version_and_term(body: &[u8]) -> Option<(u64, u64)> {
+    let head = std::str::from_utf8(body.get(..body.len().min(96))?).ok()?;
+    let num = |key: &str| -> Option<u64> {
+        let at = head.find(key)? + key.len();
+        let digits: String = head[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    Some((num("\"version\":")?, num("\"term\":").unwrap_or(0)))
+}
+
+/// What one simulated sidecar saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Body bytes received after its first snapshot.
+    bytes: u64,
+    /// Answers with content (deltas or snapshots) after its first snapshot.
+    answers: u64,
+    /// (cluster, state, when) of every destination change it learned.
+    changes: Vec<(String, State, Instant)>,
+    /// Whether it has its first snapshot.
+    synced: bool,
+    errors: u64,
+}
+
+/// A sidecar long-polling for deltas until `stop`.
+async fn delta_sidecar(
+    http: Http,
+    base: String,
+    stop: Arc<AtomicBool>,
+    seen: Arc<tokio::sync::Mutex<Seen>>,
+) {
+    let mut since: Option<(u64, u64)> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let url = match since {
+            None => format!("{base}/v1/snapshot"),
+            Some((v, t)) => format!("{base}/v1/snapshot?since={v}&term={t}&wait=30"),
+        };
+        let (status, _, body) = match get(&http, &url, None).await {
+            Ok(r) => r,
+            Err(_) => {
+                seen.lock().await.errors += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let mut s = seen.lock().await;
+        match status {
+            200 if since.is_some() && body.windows(8).any(|w| w == b"\"since\":") => {
+                s.bytes += body.len() as u64;
+                s.answers += 1;
+                match serde_json::from_slice::<Delta>(&body) {
+                    Ok(d) => {
+                        for u in d.upsert {
+                            s.changes.push((u.cluster, u.state, now));
+                        }
+                        since = Some((d.version, d.term));
+                    }
+                    Err(_) => {
+                        s.errors += 1;
+                        since = None;
+                    }
+                }
+            }
+            200 => {
+                if s.synced {
+                    s.bytes += body.len() as u64;
+                    s.answers += 1;
+                }
+                s.synced = true;
+                since = version_and_term(&body);
+            }
+            304 => {}
+            _ => {
+                s.errors += 1;
+                drop(s);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// A sidecar polling the full snapshot once a second (API v1 before deltas) until `stop`.
+async fn full_poller(
+    http: Http,
+    base: String,
+    stop: Arc<AtomicBool>,
+    seen: Arc<tokio::sync::Mutex<Seen>>,
+) {
+    let mut etag: Option<String> = None;
+    let mut table: HashMap<String, State> = HashMap::new();
+    let url = format!("{base}/v1/snapshot");
+    while !stop.load(Ordering::Relaxed) {
+        let next = Instant::now() + Duration::from_secs(1);
+        match get(&http, &url, etag.as_deref()).await {
+            Ok((200, e, body)) => {
+                let now = Instant::now();
+                let mut s = seen.lock().await;
+                if s.synced {
+                    s.bytes += body.len() as u64;
+                    s.answers += 1;
+                }
+                if let Ok(snap) = serde_json::from_slice::<Snapshot>(&body) {
+                    for d in snap.destinations {
+                        if table.insert(d.cluster.clone(), d.state) != Some(d.state) && s.synced {
+                            s.changes.push((d.cluster, d.state, now));
+                        }
+                    }
+                }
+                s.synced = true;
+                etag = e;
+            }
+            Ok((304, ..)) => {}
+            _ => seen.lock().await.errors += 1,
+        }
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+/// One scale change made during the churn.
+struct Change {
+    cluster: String,
+    up: bool,
+    at: Instant,
+}
+
+/// Staleness of every (change, sidecar): from the PATCH to the sidecar learning a state of
+/// that direction for that cluster. A change never learned counts as missing.
+fn staleness(changes: &[Change], seen: &[Seen]) -> (Vec<f64>, usize) {
+    let mut out = Vec::new();
+    let mut missing = 0;
+    for s in seen {
+        let mut by_cluster: HashMap<&str, Vec<(State, Instant)>> = HashMap::new();
+        for (c, st, t) in &s.changes {
+            by_cluster.entry(c.as_str()).or_default().push((*st, *t));
+        }
+        for ch in changes {
+            let learned = by_cluster.get(ch.cluster.as_str()).and_then(|v| {
+                v.iter()
+                    .filter(|(st, t)| *t >= ch.at && (*st != State::Asleep) == ch.up)
+                    .map(|(_, t)| *t)
+                    .min()
+            });
+            match learned {
+                Some(t) => out.push((t - ch.at).as_secs_f64() * 1000.0),
+                None => missing += 1,
+            }
+        }
+    }
+    (out, missing)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let tick: f64 = String::from_utf8(
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()?
+            .stdout,
+    )?
+    .trim()
+    .parse()
+    .context("getconf CLK_TCK")?;
+    let name = format!("kzscaler-fleet-{}", std::process::id());
+    step(&format!(
+        "namespace {name}: {} managed Deployments with Services, {UNRELATED} unmanaged",
+        args.deployments
+    ));
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name,
+        "labels": {PRIVATE_LABEL: name, kzscaler_e2e::namespace::E2E_LABEL: "true"}}}))?;
+    let namespaces = Api::<Namespace>::all(bed.client.clone());
+    namespaces.create(&PostParams::default(), &ns).await?;
+    let result = measure(&args, &bed, &name, tick).await;
+    if !args.keep {
+        let _ = namespaces.delete(&name, &DeleteParams::default()).await;
+    }
+    result
+}
+
+async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::Result<()> {
+    let deps = Api::<Deployment>::namespaced(bed.client.clone(), name);
+    let svcs = Api::<Service>::namespaced(bed.client.clone(), name);
+    let created = AtomicU64::new(0);
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..args.deployments + UNRELATED)
+        .map(|i| {
+            let (deps, svcs, created) = (&deps, &svcs, &created);
+            async move {
+                if i < args.deployments {
+                    let n = format!("app-{i}");
+                    let mut d = fixtures::deployment(&n, 0);
+                    let a = d.metadata.annotations.get_or_insert_default();
+                    a.insert("kzscaler.io/scale-to-zero".into(), "true".into());
+                    a.insert("kzscaler.io/idle-timeout".into(), "1h".into());
+                    svcs.create(
+                        &PostParams::default(),
+                        &fixtures::service(&n, &n, 80, "http"),
+                    )
+                    .await?;
+                    deps.create(&PostParams::default(), &d).await?;
+                } else {
+                    let d = fixtures::deployment(&format!("plain-{}", i - args.deployments), 0);
+                    deps.create(&PostParams::default(), &d).await?;
+                }
+                let n = created.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 1_000 == 0 {
+                    eprintln!("    {n} created ({:.0}s)", started.elapsed().as_secs_f64());
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    eprintln!("    created in {:.1}s", started.elapsed().as_secs_f64());
+
+    step("controller of its own, managing only that namespace");
+    let binary = match &args.controller {
+        Some(b) => b.clone(),
+        // Built beside this program (hack/bench-fleet.sh builds both with --release).
+        None => std::env::current_exe()?.with_file_name("kzscaler-controller"),
+    };
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let log = bed
+        .state_dir
+        .join("logs")
+        .join("bench-fleet-controller.log");
+    let child = tokio::process::Command::new(&binary)
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--no-leader-elect",
+            "--no-wasmplugins",
+            "--namespace-selector",
+            &format!("{PRIVATE_LABEL}={name}"),
+        ])
+        .env("KUBECONFIG", &bed.kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let pid = child.id().context("controller pid")?;
+    let controller = Proc { child, pid, tick };
+    let base = format!("http://{addr}");
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let http: Http = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .build(connector);
+    let t0 = Instant::now();
+    let synced = loop {
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!(
+                "the controller did not serve {} destinations within 10 minutes; log: {}",
+                args.deployments,
+                log.display()
+            );
+        }
+        if let Ok((200, _, body)) = get(&http, &format!("{base}/v1/snapshot"), None).await
+            && let Ok(s) = serde_json::from_slice::<Snapshot>(&body)
+            && s.destinations.len() >= args.deployments
+        {
+            break (t0.elapsed(), body.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_synced, peak_synced) = controller.memory_mb()?;
+    eprintln!(
+        "    synced in {:.1}s, RSS {rss_synced:.1} MB",
+        synced.0.as_secs_f64()
+    );
+
+    step(&format!("idle for {}s", args.seconds.min(5)));
+    let idle_secs = args.seconds.min(5) as f64;
+    let c0 = controller.cpu_seconds()?;
+    tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
+    let idle_cpu = controller.cpu_seconds()? - c0;
+
+    step(&format!(
+        "unrelated changes: {}/s for {}s",
+        args.unrelated_rate, args.seconds
+    ));
+    let c0 = controller.cpu_seconds()?;
+    let t0 = Instant::now();
+    let mut events = 0u64;
+    let period = Duration::from_secs_f64(1.0 / args.unrelated_rate.max(0.1));
+    let mut next = tokio::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(args.seconds) {
+        let d = format!("plain-{}", events as usize % UNRELATED);
+        deps.patch(
+            &d,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"bench.kzscaler.io/tick": events.to_string()}}})),
+        )
+        .await?;
+        events += 1;
+        next += period;
+        tokio::time::sleep_until(next).await;
+    }
+    let unrelated_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let unrelated_cpu = controller.cpu_seconds()? - c0;
+
+    step(&format!(
+        "{} delta sidecars (long poll) and {} full pollers connect",
+        args.sidecars, args.full_pollers
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let mut delta_seen = Vec::new();
+    let mut full_seen = Vec::new();
+    for i in 0..args.sidecars + args.full_pollers {
+        let seen = Arc::new(tokio::sync::Mutex::new(Seen::default()));
+        let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+        if i < args.sidecars {
+            delta_seen.push(seen.clone());
+            tasks.push(tokio::spawn(delta_sidecar(http, base, stop, seen)));
+        } else {
+            full_seen.push(seen.clone());
+            tasks.push(tokio::spawn(full_poller(http, base, stop, seen)));
+        }
+        if i % 100 == 99 {
+            // Staggered, as sidecars of a fleet start: not all in one instant.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let t0 = Instant::now();
+    loop {
+        let mut synced = 0;
+        for s in delta_seen.iter().chain(&full_seen) {
+            synced += usize::from(s.lock().await.synced);
+        }
+        if synced == delta_seen.len() + full_seen.len() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            bail!("only {synced} simulated sidecars got their first snapshot in 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("    all synced in {:.1}s", t0.elapsed().as_secs_f64());
+    let c0 = controller.cpu_seconds()?;
+    tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
+    let connected_idle_cpu = controller.cpu_seconds()? - c0;
+
+    step(&format!(
+        "churn: {}/s wakes and sleeps for {}s",
+        args.churn, args.seconds
+    ));
+    let c0 = controller.cpu_seconds()?;
+    let t0 = Instant::now();
+    let mut changes: Vec<Change> = Vec::new();
+    let mut up: Vec<bool> = vec![false; args.deployments];
+    let period = Duration::from_secs_f64(1.0 / args.churn.max(0.01));
+    let mut next = tokio::time::Instant::now();
+    let mut i = 0usize;
+    while t0.elapsed() < Duration::from_secs(args.seconds) {
+        // Walk the fleet with a stride, so a Deployment changes again only after the others.
+        let d = (i * 7919) % args.deployments.max(1);
+        i += 1;
+        let want = !up[d];
+        let at = Instant::now();
+        deps.patch_scale(
+            &format!("app-{d}"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": i32::from(want)}})),
+        )
+        .await?;
+        up[d] = want;
+        changes.push(Change {
+            cluster: format!("outbound|80||app-{d}.{name}.svc.cluster.local"),
+            up: want,
+            at,
+        });
+        next += period;
+        tokio::time::sleep_until(next).await;
+    }
+    let churn_secs = t0.elapsed().as_secs_f64();
+    // Let the last changes arrive (two full-poll periods).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let churn_cpu = controller.cpu_seconds()? - c0;
+    stop.store(true, Ordering::Relaxed);
+    for t in &tasks {
+        t.abort();
+    }
+    let collect = |v: &[Arc<tokio::sync::Mutex<Seen>>]| {
+        v.iter()
+            .map(|s| std::mem::take(&mut *s.blocking_lock()))
+            .collect::<Vec<Seen>>()
+    };
+    let delta_seen = tokio::task::block_in_place(|| collect(&delta_seen));
+    let full_seen = tokio::task::block_in_place(|| collect(&full_seen));
+
+    step(&format!(
+        "{} activates of sleeping Deployments",
+        args.activations
+    ));
+    let mut activate_ms = Vec::new();
+    let mut activate_failed = 0;
+    let asleep: Vec<usize> = (0..args.deployments).filter(|d| !up[*d]).collect();
+    for d in asleep.iter().take(args.activations) {
+        let body = json!({"cluster": format!("outbound|80||app-{d}.{name}.svc.cluster.local"), "deadline_ms": 30_000});
+        let at = Instant::now();
+        match post(&http, &format!("{base}/v1/activate"), body.to_string()).await {
+            Ok((200, b)) if b.windows(7).any(|w| w == b"\"awake\"") => {
+                activate_ms.push(at.elapsed().as_secs_f64() * 1000.0);
+            }
+            _ => activate_failed += 1,
+        }
+    }
+    let (rss_end, peak_end) = controller.memory_mb()?;
+    let metrics = get(&http, &format!("{base}/metrics"), None).await?.2;
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    drop(controller.child);
+
+    // === report ===
+    let per = |seen: &[Seen]| -> (f64, f64, u64) {
+        let n = seen.len().max(1) as f64;
+        let bytes: u64 = seen.iter().map(|s| s.bytes).sum();
+        let answers: u64 = seen.iter().map(|s| s.answers).sum();
+        let errors: u64 = seen.iter().map(|s| s.errors).sum();
+        (bytes as f64 / n, answers as f64 / n, errors)
+    };
+    let (d_bytes, d_answers, d_errors) = per(&delta_seen);
+    let (f_bytes, f_answers, f_errors) = per(&full_seen);
+    let n_changes = changes.len().max(1) as f64;
+    let (mut d_stale, d_missing) = staleness(&changes, &delta_seen);
+    let (mut f_stale, f_missing) = staleness(&changes, &full_seen);
+    let pct = |cpu: f64, secs: f64| 100.0 * cpu / secs.max(1e-9);
+    println!();
+    println!(
+        "## kzscaler-bench-fleet: {} managed Deployments, {} + {} simulated sidecars",
+        args.deployments, args.sidecars, args.full_pollers
+    );
+    println!();
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| controller RSS after the first sync | {rss_synced:.1} MB (peak {peak_synced:.1} MB) |"
+    );
+    println!("| controller RSS at the end | {rss_end:.1} MB (peak {peak_end:.1} MB) |");
+    println!(
+        "| first sync: start to all destinations served | {:.1} s (full snapshot {:.0} KB) |",
+        synced.0.as_secs_f64(),
+        synced.1 as f64 / 1024.0
+    );
+    println!(
+        "| controller CPU, idle | {:.2} % of a core |",
+        pct(idle_cpu, idle_secs)
+    );
+    println!(
+        "| controller CPU, {events} unrelated changes at {:.0}/s | {:.2} % of a core; {:.3} CPU s per 1,000 events |",
+        events as f64 / unrelated_secs,
+        pct(unrelated_cpu, unrelated_secs),
+        unrelated_cpu * 1000.0 / events.max(1) as f64
+    );
+    println!(
+        "| controller CPU, {} sidecars connected, nothing changing | {:.2} % of a core |",
+        args.sidecars + args.full_pollers,
+        pct(connected_idle_cpu, idle_secs)
+    );
+    println!(
+        "| controller CPU, churn of {} scale changes at {:.1}/s with the sidecars | {:.2} % of a core |",
+        changes.len(),
+        changes.len() as f64 / churn_secs,
+        pct(churn_cpu, churn_secs + 3.0)
+    );
+    for (what, p) in [
+        ("apply one event", "apply"),
+        ("publish a version", "publish"),
+    ] {
+        println!(
+            "| controller: {what}, p99 (from its histogram) | {} |",
+            histogram_p99(&metrics, p)
+                .map_or("n/a".to_owned(), |s| format!("≤ {:.2} ms", s * 1000.0))
+        );
+    }
+    println!();
+    println!("| per sidecar | delta long poll | full poll (v1, 1/s) | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| bytes received per scale change | {:.0} | {:.0} | {:.0}× |",
+        d_bytes / n_changes,
+        f_bytes / n_changes,
+        (f_bytes / n_changes) / (d_bytes / n_changes).max(1.0)
+    );
+    println!(
+        "| answers with content per scale change | {:.2} | {:.2} | |",
+        d_answers / n_changes,
+        f_answers / n_changes
+    );
+    println!(
+        "| staleness p50 / p99 (PATCH → sidecar knows) | {:.0} / {:.0} ms | {:.0} / {:.0} ms | |",
+        percentile(&mut d_stale, 0.5),
+        percentile(&mut d_stale, 0.99),
+        percentile(&mut f_stale, 0.5),
+        percentile(&mut f_stale, 0.99)
+    );
+    println!(
+        "| changes never learned / errors | {d_missing} / {d_errors} | {f_missing} / {f_errors} | |"
+    );
+    println!();
+    println!("| activate (a sleeping Deployment to a ready endpoint) | p50 | p99 | failed |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {} activates, one at a time | {:.0} ms | {:.0} ms | {activate_failed} |",
+        activate_ms.len() + activate_failed,
+        percentile(&mut activate_ms.clone(), 0.5),
+        percentile(&mut activate_ms, 0.99),
+    );
+    Ok(())
+}
+
+/// The upper bound of the bucket holding the 99th percentile of
+/// `kzscaler_index_update_seconds{step=...}`.
+fn histogram_p99(metrics: &str, step: &str) -> Option<f64> {
+    let prefix = "kzscaler_index_update_seconds_bucket{";
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(&format!("step=\"{step}\"")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= total * 0.99)
+        .map(|(le, _)| *le)
+}
