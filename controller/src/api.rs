@@ -202,7 +202,12 @@ async fn snapshot<S: Scaler>(
             }
             Answer::Delta(bytes) => {
                 api.metrics.snapshot("delta");
-                return json_bytes(bytes);
+                return (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, wire::DELTA_CONTENT_TYPE)],
+                    bytes,
+                )
+                    .into_response();
             }
             Answer::Current => {
                 // A long poll: answer when something changes, the leadership does, or the
@@ -557,12 +562,13 @@ mod tests {
             "a long poll waits while nothing changes"
         );
         cache.write().await.replace_index(web(1));
-        let (status, _, body) = tokio::time::timeout(Duration::from_secs(5), poll)
+        let (status, headers, body) = tokio::time::timeout(Duration::from_secs(5), poll)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(status, StatusCode::OK);
         let delta: wire::Delta = serde_json::from_str(&body).unwrap();
+        assert_eq!(headers[header::CONTENT_TYPE], wire::DELTA_CONTENT_TYPE);
         assert_eq!(delta.since, snap.version);
         assert_eq!(delta.upsert.len(), 1);
         assert_eq!(delta.upsert[0].state, State::Waking);

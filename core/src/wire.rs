@@ -105,6 +105,9 @@ pub const WAIT_PARAM: &str = "wait";
 /// The longest long poll the controller keeps open, in seconds.
 pub const MAX_WAIT_SECS: u64 = 60;
 
+/// The `Content-Type` of a [`Delta`] answer (a full snapshot is `application/json`).
+pub const DELTA_CONTENT_TYPE: &str = "application/vnd.kzscaler.delta+json";
+
 /// What changed from version `since` to `version` (both of `term`): apply `remove`, then
 /// `upsert`, in place.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -363,3 +363,49 @@ async fn headers_with_any_bytes_are_held_and_woken_like_any_other() -> anyhow::R
     assert_eq!(again.status, 200, "{}", again.body);
     ns.cleanup().await
 }
+
+/// A counter of the controller's `/metrics`, e.g. `kzscaler_snapshot_requests_total` with
+/// `status="delta"`.
+async fn counter(bed: &TestBed, addr: &str, name: &str, label: &str) -> anyhow::Result<f64> {
+    let r = bed
+        .get_from(addr, "x", "/metrics", Duration::from_secs(2))
+        .await?;
+    Ok(r.body
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test]
+async fn the_sidecar_learns_of_a_new_destination_and_its_wake_by_deltas() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let ns = TempNamespace::create(&bed, "delta", &[]).await?;
+    let mesh = PrivateMesh::start(&bed, &ns.name).await?;
+    let ctl = mesh.controller_addr.to_string();
+    let deltas = |bed: TestBed, ctl: String| async move {
+        counter(
+            &bed,
+            &ctl,
+            "kzscaler_snapshot_requests_total",
+            "status=\"delta\"",
+        )
+        .await
+    };
+    // The filter holds its first, full snapshot by now; "web" comes after it.
+    let before = deltas(bed.clone(), ctl.clone()).await?;
+    create_managed(&ns, "web", 0, &[]).await?;
+    wait_filter_sees(&ns, &ctl, &cluster(&ns.name, "web", 80), State::Asleep).await?;
+    assert!(
+        deltas(bed.clone(), ctl.clone()).await? > before,
+        "the filter asked for what changed since its version, and got a delta"
+    );
+    // Held (only a delta told the filter it sleeps), woken, answered.
+    let r = bed
+        .get_from(&mesh.envoy, &format!("web.{}", ns.name), "/", WAKE)
+        .await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(replicas(&ns, "web").await?, 1);
+    drop(mesh);
+    ns.cleanup().await
+}

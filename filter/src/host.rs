@@ -15,7 +15,7 @@ use kzscaler_core::wire::ActivityReport;
 use crate::config::Config;
 use crate::hold::{self, Reply, Worker};
 use crate::request::{self, Decision};
-use crate::sync::{self, Adopted, Clock, Shared, Tick};
+use crate::sync::{self, Adopted, Clock, Shared, Stored, Tick};
 use crate::table::Table;
 
 proxy_wasm::main! {{
@@ -120,6 +120,9 @@ struct Poll {
     last_degraded_ms: u64,
     /// Activity reports on their way, by callout token: put back if they do not arrive.
     reports: HashMap<u32, ActivityReport>,
+    /// This worker lost track of the deltas (too far behind, or one did not apply): it polls
+    /// a full snapshot itself, whoever holds the poll lease.
+    full_next: bool,
 }
 
 struct Root {
@@ -203,15 +206,55 @@ impl Root {
         set_tick(&self.tick, period);
     }
 
-    /// Adopts the snapshot another worker stored in shared data, if newer.
+    /// Catches up with what other workers stored in shared data: the deltas from this
+    /// worker's version, applied in place, else the full snapshot if newer.
     fn sync_from_shared(&mut self, worker: &RefCell<Worker>, now: u64) {
-        let Some((version, body)) = self.poll.adopted.newer_stored(&EnvoyShared) else {
-            return;
-        };
-        match Table::parse(&body) {
-            Ok(t) => self.adopt(worker, version, t, &body, now),
-            Err(e) => self.warn(now, &format!("ignoring the stored snapshot {version}: {e}")),
+        // A bounded walk: each step moves the version forward.
+        for _ in 0..=sync::DELTA_SLOTS {
+            match self.poll.adopted.next_stored(&EnvoyShared) {
+                None => return,
+                Some(Stored::Delta(version, body)) => {
+                    let applied = worker.borrow_mut().table.apply_delta(&body);
+                    match applied {
+                        Ok(()) => self.adopted_delta(worker, version, now),
+                        Err(e) => {
+                            self.warn(now, &format!("ignoring a stored delta: {e}"));
+                            self.poll.full_next = true;
+                            return;
+                        }
+                    }
+                }
+                Some(Stored::Full(version, body)) => match Table::parse(&body) {
+                    Ok(t) => {
+                        self.adopt(worker, version, t, &body, now);
+                        // Deltas stored since that snapshot may follow.
+                        self.poll.adopted.retry();
+                    }
+                    Err(e) => {
+                        self.warn(now, &format!("ignoring the stored snapshot {version}: {e}"));
+                        return;
+                    }
+                },
+                Some(Stored::Lost) => {
+                    self.poll.full_next = true;
+                    return;
+                }
+            }
         }
+    }
+
+    /// The table moved to `version` by a delta: no ETag (there is no full body to hash);
+    /// the next poll asks for the delta since this version.
+    fn adopted_delta(&mut self, worker: &RefCell<Worker>, version: u64, now: u64) {
+        let w = worker.borrow();
+        if let Some(msg) = w.table.degraded()
+            && now.saturating_sub(self.poll.last_degraded_ms) >= 60_000
+        {
+            log::warn!("kzscaler: {msg}");
+            self.poll.last_degraded_ms = now;
+        }
+        self.poll.adopted.adopt(version);
+        self.poll.etag = None;
     }
 
     fn adopt(
@@ -233,19 +276,36 @@ impl Root {
         worker.borrow_mut().table = table;
     }
 
-    /// One worker per poll period polls the controller: whoever wins the lease.
-    fn maybe_poll(&mut self, config: &Config, now: u64) {
+    /// One worker per poll period polls the controller: whoever wins the lease. It asks for
+    /// the delta since its version when the controller gives deltas (a term), else the full
+    /// snapshot with `If-None-Match`.
+    fn maybe_poll(&mut self, config: &Config, worker: &RefCell<Worker>, now: u64) {
         if self.poll.inflight.is_some() {
             return;
         }
         let period = u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000);
-        if !sync::take_poll_lease(&mut EnvoyShared, now, period) {
+        let full = std::mem::take(&mut self.poll.full_next);
+        if !sync::take_poll_lease(&mut EnvoyShared, now, period) && !full {
             return; // another worker polls this period
         }
-        let etag = self.poll.etag.clone().unwrap_or_default();
+        let term = worker.borrow().table.term;
+        let path = match self.poll.adopted.version {
+            Some(v) if term != 0 && !full => format!(
+                "{}?{}={v}&{}={term}",
+                kzscaler_core::wire::SNAPSHOT_PATH,
+                kzscaler_core::wire::SINCE_PARAM,
+                kzscaler_core::wire::TERM_PARAM
+            ),
+            _ => kzscaler_core::wire::SNAPSHOT_PATH.to_owned(),
+        };
+        let etag = if full {
+            String::new()
+        } else {
+            self.poll.etag.clone().unwrap_or_default()
+        };
         let mut headers = vec![
             (":method", "GET"),
-            (":path", kzscaler_core::wire::SNAPSHOT_PATH),
+            (":path", path.as_str()),
             (":authority", config.controller_authority.as_str()),
         ];
         if !etag.is_empty() {
@@ -259,13 +319,16 @@ impl Root {
             config.call_timeout,
         ) {
             Ok(token) => self.poll.inflight = Some(token),
-            Err(e) => self.warn(
-                now,
-                &format!(
-                    "cannot poll the snapshot from cluster {:?}: {e:?}",
-                    config.controller_cluster
-                ),
-            ),
+            Err(e) => {
+                self.poll.full_next |= full;
+                self.warn(
+                    now,
+                    &format!(
+                        "cannot poll the snapshot from cluster {:?}: {e:?}",
+                        config.controller_cluster
+                    ),
+                );
+            }
         }
     }
 
@@ -319,6 +382,31 @@ impl Root {
         }
     }
 
+    /// A delta the controller answered: applied in place if it is for this worker's version
+    /// (another worker may have moved it meanwhile: then it is only shared), and stored for
+    /// the other workers.
+    fn on_delta(&mut self, body: &[u8], worker: &RefCell<Worker>, now: u64) {
+        self.poll.last_ok_ms = now;
+        let since = worker.borrow().table.version;
+        let applied = worker.borrow_mut().table.apply_delta(body);
+        match applied {
+            Ok(()) => {
+                let version = worker.borrow().table.version;
+                sync::publish_delta(&mut EnvoyShared, since, version, body);
+                self.adopted_delta(worker, version, now);
+            }
+            // Sent from a version the table has since left (another worker's delta got here
+            // first): the next poll asks from where it is now.
+            Err(e) if e.contains("does not apply") => {
+                log::debug!("kzscaler: {e}");
+            }
+            Err(e) => {
+                self.poll.full_next = true;
+                self.warn(now, &format!("ignoring a delta: {e}"));
+            }
+        }
+    }
+
     fn on_snapshot_response(
         &mut self,
         status: Option<u32>,
@@ -332,6 +420,17 @@ impl Root {
                     .ok()
                     .flatten()
                     .unwrap_or_default();
+                let delta = hostcalls::get_map_value_bytes(
+                    MapType::HttpCallResponseHeaders,
+                    "content-type",
+                )
+                .ok()
+                .flatten()
+                .is_some_and(|t| t == kzscaler_core::wire::DELTA_CONTENT_TYPE.as_bytes());
+                if delta {
+                    self.on_delta(&body, worker, now);
+                    return;
+                }
                 match Table::parse(&body) {
                     Ok(t) => {
                         self.poll.last_ok_ms = now;
@@ -431,7 +530,7 @@ impl RootContext for Root {
         };
         let now = now_ms(&self.clock);
         self.sync_from_shared(&worker, now);
-        self.maybe_poll(&config, now);
+        self.maybe_poll(&config, &worker, now);
         self.maybe_report(&config, &worker, now);
         let mut host = ProxyHost {
             root_id: self.id,

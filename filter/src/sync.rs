@@ -16,6 +16,45 @@ pub const SNAPSHOT_KEY: &str = "kzscaler.snapshot";
 pub const SNAPSHOT_VERSION_KEY: &str = "kzscaler.snapshot.version";
 /// Until when (ms, [`Clock`] time of the worker that took it) one worker polls.
 pub const POLL_LEASE_KEY: &str = "kzscaler.poll.lease";
+/// Recent deltas, in [`DELTA_SLOTS`] slots `kzscaler.delta.<since % DELTA_SLOTS>`, each
+/// `since ‖ version ‖ body`: a worker at `since` applies the slot's delta and goes on from
+/// `version`. (Shared data keys can never be deleted: a fixed set of slots.)
+pub const DELTA_KEY_PREFIX: &str = "kzscaler.delta.";
+/// How many deltas the workers keep for each other: a worker further behind reads the full
+/// snapshot, or polls one.
+pub const DELTA_SLOTS: u64 = 16;
+
+/// The shared data key of the slot for a delta from `since`.
+pub fn delta_key(since: u64) -> String {
+    format!("{DELTA_KEY_PREFIX}{}", since % DELTA_SLOTS)
+}
+
+/// Stores a delta from `since` to `version` for the other workers and raises the version
+/// hint. Two deltas from the same version are both right (they come from one term): the
+/// later write wins the slot.
+pub fn publish_delta(shared: &mut impl Shared, since: u64, version: u64, body: &[u8]) -> bool {
+    let mut blob = Vec::with_capacity(16 + body.len());
+    blob.extend_from_slice(&since.to_le_bytes());
+    blob.extend_from_slice(&version.to_le_bytes());
+    blob.extend_from_slice(body);
+    if !shared.set(&delta_key(since), &blob, None) {
+        return false;
+    }
+    raise_hint(shared, version);
+    true
+}
+
+/// What a worker behind the hint reads next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// A delta from the worker's version, as `(version, body)`.
+    Delta(u64, Vec<u8>),
+    /// The full snapshot, newer than the worker's version, as `(version, body)`.
+    Full(u64, Vec<u8>),
+    /// Behind, but neither a delta from its version nor a newer full snapshot is stored:
+    /// it must poll a full snapshot itself.
+    Lost,
+}
 
 /// Envoy's shared data, as the workers see it.
 pub trait Shared {
@@ -95,6 +134,38 @@ impl Adopted {
     /// Marks `version` as in use.
     pub fn adopt(&mut self, version: u64) {
         self.version = Some(version);
+    }
+
+    /// What brings this worker forward, if the hint is ahead of it: a stored delta from its
+    /// version (small), else the full snapshot if newer. Read at most once per change of the
+    /// hint unless something applies (then the caller asks again, for the next step).
+    pub fn next_stored(&mut self, shared: &impl Shared) -> Option<Stored> {
+        let (hint, _) = shared.get(SNAPSHOT_VERSION_KEY)?;
+        let hint = u64_le(hint.as_deref()?)?;
+        if !self.is_newer(hint) || self.tried_hint == Some(hint) {
+            return None;
+        }
+        if let Some(v) = self.version
+            && let Some((Some(blob), _)) = shared.get(&delta_key(v))
+            && u64_le(&blob) == Some(v)
+            && let Some(to) = blob.get(8..).and_then(u64_le)
+            && to > v
+        {
+            return Some(Stored::Delta(
+                to,
+                blob.get(16..).map(<[u8]>::to_vec).unwrap_or_default(),
+            ));
+        }
+        match self.newer_stored(shared) {
+            Some((v, body)) => Some(Stored::Full(v, body)),
+            None => Some(Stored::Lost),
+        }
+    }
+
+    /// Forgets which hint was tried: the next [`Adopted::next_stored`] looks again (after
+    /// a delta failed to apply and the full snapshot is wanted, or after a poll of its own).
+    pub fn retry(&mut self) {
+        self.tried_hint = None;
     }
 
     /// A stored snapshot newer than the one in use, as `(version, body)`, read at most once
@@ -269,6 +340,51 @@ mod tests {
         assert!(publish(&mut shared, 10, b"ten"));
         let hint = shared.get(SNAPSHOT_VERSION_KEY).unwrap().0.unwrap();
         assert_eq!(u64_le(&hint), Some(10));
+    }
+
+    #[test]
+    fn a_worker_follows_the_deltas_others_stored_and_falls_back_to_the_full_snapshot() {
+        let mut shared = FakeShared::default();
+        publish(&mut shared, 10, b"full ten");
+        let mut a = Adopted::default();
+        assert_eq!(
+            a.next_stored(&shared),
+            Some(Stored::Full(10, b"full ten".to_vec()))
+        );
+        a.adopt(10);
+        // Another worker applied two deltas: 10 → 11 → 13.
+        assert!(publish_delta(&mut shared, 10, 11, b"d11"));
+        assert!(publish_delta(&mut shared, 11, 13, b"d13"));
+        assert_eq!(
+            a.next_stored(&shared),
+            Some(Stored::Delta(11, b"d11".to_vec()))
+        );
+        a.adopt(11);
+        assert_eq!(
+            a.next_stored(&shared),
+            Some(Stored::Delta(13, b"d13".to_vec()))
+        );
+        a.adopt(13);
+        assert_eq!(a.next_stored(&shared), None, "caught up");
+        // Too far behind: the slot of its version was reused, and the full snapshot is older.
+        let mut b = Adopted::default();
+        b.adopt(12);
+        assert!(publish_delta(
+            &mut shared,
+            12 + DELTA_SLOTS * 3,
+            12 + DELTA_SLOTS * 3 + 1,
+            b"x"
+        ));
+        assert_eq!(b.next_stored(&shared), Some(Stored::Lost));
+        assert_eq!(b.next_stored(&shared), None, "asked once per hint");
+        b.retry();
+        assert_eq!(b.next_stored(&shared), Some(Stored::Lost));
+        // A newer full snapshot brings it back.
+        publish(&mut shared, 100, b"full hundred");
+        assert_eq!(
+            b.next_stored(&shared),
+            Some(Stored::Full(100, b"full hundred".to_vec()))
+        );
     }
 
     #[test]

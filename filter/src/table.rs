@@ -46,9 +46,15 @@ impl Entry {
 /// Managed destinations by cluster name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
-    /// The snapshot's version (sent back as `If-None-Match`).
+    /// The snapshot's version (sent back as `If-None-Match`, or as `since` for a delta).
     pub version: u64,
+    /// The controller's term of that version (0: a controller that gives no deltas).
+    pub term: u64,
     by_cluster: HashMap<String, Entry>,
+    /// Each destination's workload (`<namespace>/<deployment>`), and how many destinations
+    /// each workload has: a workload goes when its last destination does.
+    workload_of: HashMap<String, String>,
+    workload_count: HashMap<String, usize>,
     /// The same entries by namespace, Service and port (their key in `by_cluster`): Istio
     /// names one Service port in several ways (a DestinationRule subset in the third field,
     /// a cluster domain other than the controller's), and each must find its destination.
@@ -74,6 +80,8 @@ impl Table {
         #[derive(serde::Deserialize)]
         struct Lenient<'a> {
             version: u64,
+            #[serde(default)]
+            term: u64,
             #[serde(borrow)]
             destinations: Vec<&'a serde_json::value::RawValue>,
             #[serde(default, borrow)]
@@ -83,31 +91,117 @@ impl Table {
             serde_json::from_slice(json).map_err(|e| format!("snapshot is not valid: {e}"))?;
         let mut table = Self {
             version: raw.version,
+            term: raw.term,
             ..Self::default()
         };
-        for value in raw.virtual_services {
+        table.set_route_timeouts(raw.virtual_services);
+        for value in raw.destinations {
+            table.upsert(value);
+        }
+        Ok(table)
+    }
+
+    /// Applies a delta the controller answered for this table's version, in place. A delta
+    /// for another version or term is an error and changes nothing; within one, each
+    /// destination stands alone, as in [`Table::parse`].
+    pub fn apply_delta(&mut self, json: &[u8]) -> Result<(), String> {
+        #[derive(serde::Deserialize)]
+        struct Lenient<'a> {
+            version: u64,
+            term: u64,
+            since: u64,
+            #[serde(default, borrow)]
+            upsert: Vec<&'a serde_json::value::RawValue>,
+            #[serde(default)]
+            remove: Vec<String>,
+            #[serde(default, borrow)]
+            virtual_services: Option<Vec<&'a serde_json::value::RawValue>>,
+        }
+        let raw: Lenient =
+            serde_json::from_slice(json).map_err(|e| format!("delta is not valid: {e}"))?;
+        if raw.since != self.version || raw.term != self.term || raw.version <= raw.since {
+            return Err(format!(
+                "a delta from version {} to {} (term {}) does not apply to the table at version {} (term {})",
+                raw.since, raw.version, raw.term, self.version, self.term
+            ));
+        }
+        self.skipped = 0;
+        self.first_skip = None;
+        for cluster in &raw.remove {
+            self.remove(cluster);
+        }
+        for value in raw.upsert {
+            self.upsert(value);
+        }
+        if let Some(vs) = raw.virtual_services {
+            self.route_timeouts.clear();
+            self.set_route_timeouts(vs);
+        }
+        self.version = raw.version;
+        Ok(())
+    }
+
+    fn set_route_timeouts(&mut self, values: Vec<&serde_json::value::RawValue>) {
+        for value in values {
             match serde_json::from_str::<RouteTimeouts>(value.get()) {
                 Ok(vs) => {
-                    table
-                        .route_timeouts
+                    self.route_timeouts
                         .insert(format!("{}/{}", vs.namespace, vs.name), vs);
                 }
                 Err(e) => {
-                    table.skipped += 1;
-                    table.first_skip.get_or_insert_with(|| e.to_string());
+                    self.skipped += 1;
+                    self.first_skip.get_or_insert_with(|| e.to_string());
                 }
             }
         }
-        for value in raw.destinations {
-            match serde_json::from_str::<Destination>(value.get()) {
-                Ok(d) => table.insert(d),
-                Err(e) => {
-                    table.skipped += 1;
-                    table.first_skip.get_or_insert_with(|| e.to_string());
-                }
+    }
+
+    /// Adds or replaces one destination; one that does not parse is skipped and counted.
+    fn upsert(&mut self, value: &serde_json::value::RawValue) {
+        match serde_json::from_str::<Destination>(value.get()) {
+            Ok(d) => {
+                self.remove(&d.cluster);
+                self.insert(d);
+            }
+            Err(e) => {
+                self.skipped += 1;
+                self.first_skip.get_or_insert_with(|| e.to_string());
             }
         }
-        Ok(table)
+    }
+
+    /// Removes one destination, and its workload with its last destination.
+    fn remove(&mut self, cluster: &str) {
+        let Some(old) = self.by_cluster.remove(cluster) else {
+            return;
+        };
+        if old.state == State::Unknown {
+            self.unknown_states = self.unknown_states.saturating_sub(1);
+        }
+        if let Some(c) = ClusterName::try_parse(cluster)
+            && let Some(services) = self.by_service.get_mut(c.namespace)
+        {
+            if let Some(ports) = services.get_mut(c.service) {
+                if ports.get(&c.port).is_some_and(|k| k == cluster) {
+                    ports.remove(&c.port);
+                }
+                if ports.is_empty() {
+                    services.remove(c.service);
+                }
+            }
+            if services.is_empty() {
+                self.by_service.remove(c.namespace);
+            }
+        }
+        if let Some(workload) = self.workload_of.remove(cluster)
+            && let Some(n) = self.workload_count.get_mut(&workload)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.workload_count.remove(&workload);
+                self.by_workload.remove(&workload);
+            }
+        }
     }
 
     fn insert(&mut self, d: Destination) {
@@ -115,6 +209,8 @@ impl Table {
             self.unknown_states += 1;
         }
         let workload = format!("{}/{}", d.namespace, d.deployment);
+        self.workload_of.insert(d.cluster.clone(), workload.clone());
+        *self.workload_count.entry(workload.clone()).or_default() += 1;
         self.by_workload.insert(
             workload.clone(),
             Entry {
@@ -360,7 +456,96 @@ mod tests {
         );
     }
 
+    fn dest(svc: &str, port: u16, deployment: &str, state: &str) -> String {
+        format!(
+            r#"{{"cluster":"outbound|{port}||{svc}.shop.svc.cluster.local","namespace":"shop","service":"{svc}","deployment":"{deployment}","state":"{state}","wake_timeout_ms":5000}}"#
+        )
+    }
+
+    /// What requests see of a table.
+    fn view(t: &Table) -> Vec<String> {
+        let mut v: Vec<String> = t
+            .by_cluster
+            .values()
+            .map(|e| format!("{} {:?}", e.cluster, e.state))
+            .collect();
+        v.extend(
+            t.by_service
+                .iter()
+                .flat_map(|(ns, s)| s.iter().map(move |(svc, p)| format!("{ns}/{svc} {p:?}"))),
+        );
+        v.extend(t.by_workload.keys().map(|w| format!("workload {w}")));
+        v.extend(
+            t.route_timeouts
+                .iter()
+                .map(|(k, r)| format!("vs {k} {:?}", r.routes)),
+        );
+        v.push(format!("{} {}", t.version, t.term));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_delta_applied_in_place_gives_the_table_of_the_new_snapshot() {
+        let old = format!(
+            r#"{{"version":10,"term":7,"destinations":[{},{},{},{}],"virtual_services":[{{"namespace":"shop","name":"web","routes":[{{"timeout_ms":1000}}]}}]}}"#,
+            dest("web", 80, "web", "asleep"),
+            dest("web", 81, "web", "asleep"),
+            dest("db", 80, "db", "awake"),
+            dest("old", 80, "old", "asleep"),
+        );
+        let new = format!(
+            r#"{{"version":12,"term":7,"destinations":[{},{},{},{}],"virtual_services":[{{"namespace":"shop","name":"web","routes":[{{"timeout_ms":2000}}]}}]}}"#,
+            dest("web", 80, "web", "waking"),
+            dest("db", 80, "db", "awake"),
+            dest("db", 81, "db", "awake"),
+            dest("api", 80, "web", "waking"),
+        );
+        let delta = format!(
+            r#"{{"version":12,"term":7,"since":10,"upsert":[{},{},{}],"remove":["outbound|81||web.shop.svc.cluster.local","outbound|80||old.shop.svc.cluster.local"],"virtual_services":[{{"namespace":"shop","name":"web","routes":[{{"timeout_ms":2000}}]}}]}}"#,
+            dest("web", 80, "web", "waking"),
+            dest("db", 81, "db", "awake"),
+            dest("api", 80, "web", "waking"),
+        );
+        let mut t = Table::parse(old.as_bytes()).unwrap();
+        t.apply_delta(delta.as_bytes()).unwrap();
+        assert_eq!(view(&t), view(&Table::parse(new.as_bytes()).unwrap()));
+        assert_eq!(t.workload("shop/old"), None, "its last destination went");
+        assert!(t.workload("shop/web").is_some(), "one of two remains");
+    }
+
+    #[test]
+    fn a_delta_for_another_version_or_term_changes_nothing() {
+        let old = format!(
+            r#"{{"version":10,"term":7,"destinations":[{}]}}"#,
+            dest("web", 80, "web", "asleep")
+        );
+        let t = Table::parse(old.as_bytes()).unwrap();
+        for (since, term, version) in [(9, 7, 11), (10, 8, 11), (10, 7, 10)] {
+            let mut u = t.clone();
+            let delta = format!(
+                r#"{{"version":{version},"term":{term},"since":{since},"remove":["outbound|80||web.shop.svc.cluster.local"]}}"#
+            );
+            let e = u.apply_delta(delta.as_bytes()).unwrap_err();
+            assert!(
+                e.contains("does not apply to the table at version 10 (term 7)"),
+                "{e}"
+            );
+            assert_eq!(u, t);
+        }
+        let mut u = t.clone();
+        assert!(u.apply_delta(b"{not json").is_err());
+        assert_eq!(u, t);
+    }
+
     proptest::proptest! {
+        // Fuzzing: any bytes as a delta body are applied or refused, never a panic.
+        #[test]
+        fn any_delta_body_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let mut t = Table::parse(br#"{"version":1,"term":1,"destinations":[]}"#).unwrap();
+            let _ = t.apply_delta(&body);
+        }
+
         // Fuzzing: any bytes as a snapshot body are a table or an error, never a panic, and
         // any cluster name is looked up without one.
         #[test]
