@@ -400,6 +400,17 @@ async fn the_sidecar_learns_of_a_new_destination_and_its_wake_by_deltas() -> any
         deltas(bed.clone(), ctl.clone()).await? > before,
         "the filter asked for what changed since its version, and got a delta"
     );
+    // Idle, the filter keeps one long poll open instead of polling every 200 ms.
+    let all = |bed: TestBed, ctl: String| async move {
+        counter(&bed, &ctl, "kzscaler_snapshot_requests_total", "status=").await
+    };
+    let polls = all(bed.clone(), ctl.clone()).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let polled = all(bed.clone(), ctl.clone()).await? - polls;
+    assert!(
+        polled <= 3.0,
+        "{polled} snapshot requests in 3 s with nothing changing (15 without the long poll)"
+    );
     // Held (only a delta told the filter it sleeps), woken, answered.
     let r = bed
         .get_from(&mesh.envoy, &format!("web.{}", ns.name), "/", WAKE)

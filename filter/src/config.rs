@@ -14,6 +14,9 @@ pub struct Config {
     pub poll_period: Duration,
     /// Timeout of one call to the controller.
     pub call_timeout: Duration,
+    /// How long the controller may keep a snapshot poll open waiting for a change (a long
+    /// poll); zero: it answers at once. Polls still start at most once per `poll_period`.
+    pub long_poll: Duration,
     /// Most requests held at once by one worker; past it, 503 at once.
     pub max_held_requests: u32,
     /// Tick period while requests are held: how soon a held request notices its endpoint.
@@ -60,6 +63,7 @@ struct Raw {
     controller_authority: Option<String>,
     poll_period_ms: Option<u64>,
     call_timeout_ms: Option<u64>,
+    long_poll_ms: Option<u64>,
     max_held_requests: Option<u32>,
     hold_tick_ms: Option<u64>,
     release_window: Option<u32>,
@@ -71,6 +75,10 @@ pub const DEFAULT_CONTROLLER_CLUSTER: &str =
 /// Resumed requests per destination in flight at once: under the smallest `connectionPool`
 /// limit people set (100) with room for the traffic that was never held.
 pub const DEFAULT_RELEASE_WINDOW: u32 = 32;
+/// How long a snapshot poll may wait for a change. Short enough that a controller replica
+/// that froze (and lost the lease meanwhile) keeps a sidecar's poll for seconds, not minutes;
+/// long enough that an idle sidecar costs the controller one request per 10 s.
+pub const DEFAULT_LONG_POLL_MS: u64 = 10_000;
 /// The controller Service's host.
 pub const DEFAULT_CONTROLLER_AUTHORITY: &str = "kzscaler-controller.kzscaler-system:8080";
 
@@ -102,6 +110,17 @@ impl Config {
                     expected,
                 })
             }
+        };
+        let long_poll = match raw.long_poll_ms.unwrap_or(DEFAULT_LONG_POLL_MS) {
+            0 => Duration::ZERO,
+            v => ms_in(
+                "long_poll_ms",
+                Some(v),
+                DEFAULT_LONG_POLL_MS,
+                1_000,
+                kzscaler_core::wire::MAX_WAIT_SECS.saturating_mul(1_000),
+                "0 (no long poll) or milliseconds from 1000 to 60000",
+            )?,
         };
         let max_held_requests = raw.max_held_requests.unwrap_or(10_000);
         if max_held_requests == 0 {
@@ -147,6 +166,7 @@ impl Config {
                 60_000,
                 "milliseconds from 10 to 60000",
             )?,
+            long_poll,
             max_held_requests,
             hold_tick: ms_in(
                 "hold_tick_ms",
@@ -170,6 +190,7 @@ mod tests {
         assert_eq!(c.controller_cluster, DEFAULT_CONTROLLER_CLUSTER);
         assert_eq!(c.poll_period, Duration::from_secs(1));
         assert_eq!(c.max_held_requests, 10_000);
+        assert_eq!(c.long_poll, Duration::from_secs(10));
         assert_eq!(Config::parse(b" {} ").unwrap(), c);
     }
 
@@ -177,7 +198,8 @@ mod tests {
     fn reads_every_field() {
         let c = Config::parse(
             br#"{"controller_cluster":"ctl","controller_authority":"ctl:1","poll_period_ms":250,
-                "call_timeout_ms":500,"max_held_requests":7,"hold_tick_ms":2,"release_window":5}"#,
+                "call_timeout_ms":500,"max_held_requests":7,"hold_tick_ms":2,"release_window":5,
+                "long_poll_ms":0}"#,
         )
         .unwrap();
         assert_eq!(c.controller_cluster, "ctl");
@@ -187,11 +209,14 @@ mod tests {
         assert_eq!(c.max_held_requests, 7);
         assert_eq!(c.hold_tick, Duration::from_millis(2));
         assert_eq!(c.release_window, 5);
+        assert_eq!(c.long_poll, Duration::ZERO, "0 turns the long poll off");
     }
 
     #[test]
     fn errors_name_the_field_and_value() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 8] = [
+            (br#"{"long_poll_ms": 500}"#, "long_poll_ms: 500"),
+            (br#"{"long_poll_ms": 61000}"#, "long_poll_ms: 61000"),
             (br#"{"release_window": 0}"#, "release_window: 0"),
             (br#"{"poll_period_ms": 5}"#, "poll_period_ms: 5"),
             (br#"{"call_timeout_ms": 600000}"#, "call_timeout_ms: 600000"),
@@ -215,8 +240,8 @@ mod tests {
         }
 
         #[test]
-        fn any_numbers_in_the_configuration_never_panic(n in proptest::prelude::any::<u64>(), field in 0usize..6) {
-            let name = ["poll_period_ms", "call_timeout_ms", "max_held_requests", "hold_tick_ms", "release_window", "x"][field];
+        fn any_numbers_in_the_configuration_never_panic(n in proptest::prelude::any::<u64>(), field in 0usize..7) {
+            let name = ["poll_period_ms", "call_timeout_ms", "max_held_requests", "hold_tick_ms", "release_window", "long_poll_ms", "x"][field];
             let _ = Config::parse(format!("{{\"{name}\": {n}}}").as_bytes());
         }
     }

@@ -120,6 +120,9 @@ struct Poll {
     last_degraded_ms: u64,
     /// Activity reports on their way, by callout token: put back if they do not arrive.
     reports: HashMap<u32, ActivityReport>,
+    /// When the poll in flight started, and whether it holds the poll lease.
+    started_ms: u64,
+    leased: bool,
     /// This worker lost track of the deltas (too far behind, or one did not apply): it polls
     /// a full snapshot itself, whoever holds the poll lease.
     full_next: bool,
@@ -283,20 +286,44 @@ impl Root {
         if self.poll.inflight.is_some() {
             return;
         }
-        let period = u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let period = ms(config.poll_period);
+        let long = ms(config.long_poll.saturating_add(config.call_timeout)).max(period);
         let full = std::mem::take(&mut self.poll.full_next);
-        if !sync::take_poll_lease(&mut EnvoyShared, now, period) && !full {
-            return; // another worker polls this period
-        }
         let term = worker.borrow().table.term;
-        let path = match self.poll.adopted.version {
-            Some(v) if term != 0 && !full => format!(
+        let since = self.poll.adopted.version.filter(|_| term != 0 && !full);
+        // A long poll holds the lease while it is open; it ends one period after its start
+        // once answered (see on_http_call_response).
+        let hold = if since.is_some() && !config.long_poll.is_zero() {
+            long
+        } else {
+            period
+        };
+        let leased = sync::take_poll_lease(&mut EnvoyShared, now, hold, long);
+        if !leased && !full {
+            return; // another worker polls
+        }
+        let wait = config.long_poll.as_secs();
+        let path = match since {
+            Some(v) if wait > 0 => format!(
+                "{}?{}={v}&{}={term}&{}={wait}",
+                kzscaler_core::wire::SNAPSHOT_PATH,
+                kzscaler_core::wire::SINCE_PARAM,
+                kzscaler_core::wire::TERM_PARAM,
+                kzscaler_core::wire::WAIT_PARAM
+            ),
+            Some(v) => format!(
                 "{}?{}={v}&{}={term}",
                 kzscaler_core::wire::SNAPSHOT_PATH,
                 kzscaler_core::wire::SINCE_PARAM,
                 kzscaler_core::wire::TERM_PARAM
             ),
-            _ => kzscaler_core::wire::SNAPSHOT_PATH.to_owned(),
+            None => kzscaler_core::wire::SNAPSHOT_PATH.to_owned(),
+        };
+        let timeout = if since.is_some() {
+            config.call_timeout.saturating_add(config.long_poll)
+        } else {
+            config.call_timeout
         };
         let etag = if full {
             String::new()
@@ -311,14 +338,12 @@ impl Root {
         if !etag.is_empty() {
             headers.push(("if-none-match", etag.as_str()));
         }
-        match self.dispatch_http_call(
-            &config.controller_cluster,
-            headers,
-            None,
-            vec![],
-            config.call_timeout,
-        ) {
-            Ok(token) => self.poll.inflight = Some(token),
+        match self.dispatch_http_call(&config.controller_cluster, headers, None, vec![], timeout) {
+            Ok(token) => {
+                self.poll.inflight = Some(token);
+                self.poll.started_ms = now;
+                self.poll.leased = leased;
+            }
             Err(e) => {
                 self.poll.full_next |= full;
                 self.warn(
@@ -472,6 +497,13 @@ impl Context for Root {
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok());
         if self.poll.inflight == Some(token) {
             self.poll.inflight = None;
+            if std::mem::take(&mut self.poll.leased) {
+                let period = u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000);
+                sync::end_poll_lease(
+                    &mut EnvoyShared,
+                    self.poll.started_ms.saturating_add(period),
+                );
+            }
             self.on_snapshot_response(status, body_size, &worker);
             return;
         }

@@ -190,25 +190,34 @@ impl Adopted {
     }
 }
 
-/// Takes the poll lease for `period_ms` if it is free: passed, or further ahead than any
-/// lease is ever set (the holder's clock was ahead of ours, or ours stepped back: waiting
+/// Takes the poll lease for `hold_ms` if it is free: passed, or further ahead than any lease
+/// is ever set (`max_ms`: the holder's clock was ahead of ours, or ours stepped back: waiting
 /// for it would stop polling for as long as the step).
-pub fn take_poll_lease(shared: &mut impl Shared, now: u64, period_ms: u64) -> bool {
+pub fn take_poll_lease(shared: &mut impl Shared, now: u64, hold_ms: u64, max_ms: u64) -> bool {
     let Some((lease, cas)) = shared.get(POLL_LEASE_KEY) else {
         return false;
     };
     if lease
         .as_deref()
         .and_then(u64_le)
-        .is_some_and(|until| now < until && until <= now.saturating_add(period_ms))
+        .is_some_and(|until| now < until && until <= now.saturating_add(max_ms))
     {
         return false;
     }
     shared.set(
         POLL_LEASE_KEY,
-        &now.saturating_add(period_ms).to_le_bytes(),
+        &now.saturating_add(hold_ms).to_le_bytes(),
         cas,
     )
+}
+
+/// The holder's poll was answered: its lease ends at `until` (the poll's start plus one poll
+/// period), so the next poll starts then, whichever worker takes it, and never sooner.
+pub fn end_poll_lease(shared: &mut impl Shared, until: u64) -> bool {
+    let Some((_, cas)) = shared.get(POLL_LEASE_KEY) else {
+        return false;
+    };
+    shared.set(POLL_LEASE_KEY, &until.to_le_bytes(), cas)
 }
 
 /// Time for deadlines and periods that a step of the wall clock cannot stretch: it follows
@@ -390,19 +399,48 @@ mod tests {
     #[test]
     fn one_worker_holds_the_poll_lease_for_a_period() {
         let mut shared = FakeShared::default();
-        assert!(take_poll_lease(&mut shared, 1_000, 1_000));
-        assert!(!take_poll_lease(&mut shared, 1_500, 1_000), "held");
-        assert!(take_poll_lease(&mut shared, 2_000, 1_000), "passed");
+        assert!(take_poll_lease(&mut shared, 1_000, 1_000, 1_000));
+        assert!(!take_poll_lease(&mut shared, 1_500, 1_000, 1_000), "held");
+        assert!(take_poll_lease(&mut shared, 2_000, 1_000, 1_000), "passed");
+    }
+
+    #[test]
+    fn a_long_poll_holds_the_lease_until_answered_then_one_period_from_its_start() {
+        let mut shared = FakeShared::default();
+        let (period, long) = (1_000, 32_000);
+        // A long poll starts at 10 s: nobody else polls while it is open.
+        assert!(take_poll_lease(&mut shared, 10_000, long, long));
+        assert!(
+            !take_poll_lease(&mut shared, 25_000, period, long),
+            "still open"
+        );
+        // Answered at 10.2 s (something changed): the next poll starts at 11 s, not before.
+        assert!(end_poll_lease(&mut shared, 10_000 + period));
+        assert!(!take_poll_lease(&mut shared, 10_500, long, long));
+        assert!(take_poll_lease(&mut shared, 11_000, long, long));
+        // Answered after its whole wait: the next starts at once.
+        assert!(end_poll_lease(&mut shared, 11_000 + period));
+        assert!(take_poll_lease(&mut shared, 41_000, long, long));
     }
 
     #[test]
     fn a_clock_step_back_does_not_stop_polling() {
         let mut shared = FakeShared::default();
-        assert!(take_poll_lease(&mut shared, 10_000_000, 1_000));
+        assert!(take_poll_lease(&mut shared, 10_000_000, 1_000, 1_000));
         // The wall clock steps back an hour: the lease lies further ahead than any lease is
         // set. Waiting for it would stop polling for an hour.
-        assert!(take_poll_lease(&mut shared, 10_000_000 - 3_600_000, 1_000));
-        assert!(!take_poll_lease(&mut shared, 10_000_000 - 3_599_500, 1_000));
+        assert!(take_poll_lease(
+            &mut shared,
+            10_000_000 - 3_600_000,
+            1_000,
+            1_000
+        ));
+        assert!(!take_poll_lease(
+            &mut shared,
+            10_000_000 - 3_599_500,
+            1_000,
+            1_000
+        ));
     }
 
     #[test]

@@ -469,11 +469,12 @@ mod tests {
             .values()
             .map(|e| format!("{} {:?}", e.cluster, e.state))
             .collect();
-        v.extend(
-            t.by_service
-                .iter()
-                .flat_map(|(ns, s)| s.iter().map(move |(svc, p)| format!("{ns}/{svc} {p:?}"))),
-        );
+        v.extend(t.by_service.iter().flat_map(|(ns, s)| {
+            s.iter().map(move |(svc, p)| {
+                let sorted: std::collections::BTreeMap<_, _> = p.iter().collect();
+                format!("{ns}/{svc} {sorted:?}")
+            })
+        }));
         v.extend(t.by_workload.keys().map(|w| format!("workload {w}")));
         v.extend(
             t.route_timeouts
