@@ -14,9 +14,9 @@
 //! Every held request ends in exactly one of `resume` or `reply`, or is dropped by `forget`
 //! when the caller went away first.
 
+use std::cell::Cell;
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 
 use kzscaler_core::ClusterName;
@@ -24,6 +24,7 @@ use kzscaler_core::wire::{
     ActivateRequest, ActivityReport, ClusterCount, INBOUND_PREFIX, InboundCount, State,
 };
 
+use crate::hash::FastMap;
 use crate::table::Table;
 
 /// An answer the filter gives itself instead of forwarding the request.
@@ -142,14 +143,14 @@ pub struct Worker {
     /// The local copy of the controller's snapshot.
     pub table: Table,
     limits: Limits,
-    held: HashMap<u32, Held>,
+    held: FastMap<u32, Held>,
     /// Resumed requests not yet finished: their destination, and when their response
     /// headers came.
-    released: HashMap<u32, (Rc<str>, Option<u64>)>,
+    released: FastMap<u32, (Rc<str>, Option<u64>)>,
     /// Deadlines of held requests, earliest first (entries of requests gone are skipped).
     deadlines: BinaryHeap<Reverse<(u64, u32)>>,
-    clusters: HashMap<Rc<str>, Activation>,
-    tokens: HashMap<u32, Rc<str>>,
+    clusters: FastMap<Rc<str>, Activation>,
+    tokens: FastMap<u32, Rc<str>>,
     /// Activity counters, reported on tick.
     pub counters: Counters,
     /// This pod's own Deployment as `<namespace>/<deployment>` (from Istio's node metadata),
@@ -161,7 +162,44 @@ pub struct Worker {
 /// struct so the request path can count while it reads the table (disjoint borrows).
 #[derive(Debug, Default)]
 pub struct Counters {
-    counts: HashMap<Rc<str>, (u64, u64)>,
+    counts: FastMap<Rc<str>, Rc<Count>>,
+}
+
+/// One cluster's requests since the last report, and its requests in flight.
+#[derive(Debug, Default)]
+pub struct Count {
+    requests: Cell<u64>,
+    in_flight: Cell<u64>,
+}
+
+/// A counted request in flight. It holds its cluster's [`Count`], so its end costs no lookup:
+/// dropping it (when the request is done) takes it out of the in-flight count.
+#[derive(Debug)]
+pub struct Counted {
+    cluster: Rc<str>,
+    count: Rc<Count>,
+}
+
+impl Counted {
+    /// The cluster it counts for.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+}
+
+impl PartialEq for Counted {
+    fn eq(&self, other: &Self) -> bool {
+        self.cluster == other.cluster
+    }
+}
+
+impl Eq for Counted {}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let c = &self.count.in_flight;
+        c.set(c.get().saturating_sub(1));
+    }
 }
 
 const FIRST_BACKOFF_MS: u64 = 50;
@@ -239,11 +277,11 @@ impl Worker {
         Self {
             table: Table::default(),
             limits,
-            held: HashMap::new(),
-            released: HashMap::new(),
+            held: FastMap::default(),
+            released: FastMap::default(),
             deadlines: BinaryHeap::new(),
-            clusters: HashMap::new(),
-            tokens: HashMap::new(),
+            clusters: FastMap::default(),
+            tokens: FastMap::default(),
             counters: Counters::default(),
             own_workload: None,
         }
@@ -260,45 +298,50 @@ impl Counters {
     /// Counts a request to `cluster` as started, unless `is_activity` says it is not (a probe,
     /// an ignored path). `is_activity` is asked only for the first request of a report period:
     /// after that the period's activity is established and the check (calls into Envoy) is
-    /// not worth its cost. Returns whether it counted (then it is in flight until [`Self::end`]).
-    pub fn start(&mut self, cluster: &Rc<str>, is_activity: impl FnOnce() -> bool) -> bool {
-        // One hash lookup; cloning the Rc only bumps a count.
-        match self.counts.entry(cluster.clone()) {
-            Entry::Occupied(mut o) => {
-                let c = o.get_mut();
-                if c.0 == 0 && !is_activity() {
-                    return false;
+    /// not worth its cost. Returns the count held until the request is done, if it counted.
+    pub fn start(
+        &mut self,
+        cluster: &Rc<str>,
+        is_activity: impl FnOnce() -> bool,
+    ) -> Option<Counted> {
+        // One hash lookup (Fx); the clones only bump reference counts.
+        let count = match self.counts.get(cluster) {
+            Some(c) => {
+                if c.requests.get() == 0 && !is_activity() {
+                    return None;
                 }
-                c.0 += 1;
-                c.1 += 1;
+                c.clone()
             }
-            Entry::Vacant(v) => {
+            None => {
                 if !is_activity() {
-                    return false;
+                    return None;
                 }
-                v.insert((1, 1));
+                let c = Rc::new(Count::default());
+                self.counts.insert(cluster.clone(), c.clone());
+                c
             }
-        }
-        true
-    }
-
-    /// A counted request to `cluster` ended.
-    pub fn end(&mut self, cluster: &str) {
-        if let Some(c) = self.counts.get_mut(cluster) {
-            c.1 = c.1.saturating_sub(1);
-        }
+        };
+        count.requests.set(count.requests.get().saturating_add(1));
+        count.in_flight.set(count.in_flight.get().saturating_add(1));
+        Some(Counted {
+            cluster: cluster.clone(),
+            count,
+        })
     }
 
     /// The activity since the last report, or None when there was none (an idle mesh sends
     /// nothing). Requests in flight count, so a long stream keeps its service awake.
     pub fn take_report(&mut self) -> Option<ActivityReport> {
-        self.counts.retain(|_, c| c.0 > 0 || c.1 > 0);
+        // A count in flight is held by its requests: it stays.
+        self.counts
+            .retain(|_, c| c.requests.get() > 0 || c.in_flight.get() > 0);
         if self.counts.is_empty() {
             return None;
         }
         let mut report = ActivityReport::default();
-        for (key, c) in &mut self.counts {
-            let requests = std::mem::take(&mut c.0);
+        for (key, c) in &self.counts {
+            let requests = c.requests.replace(0);
+            let in_flight = c.in_flight.get();
             match key
                 .strip_prefix(INBOUND_PREFIX)
                 .and_then(|w| w.split_once('/'))
@@ -307,12 +350,12 @@ impl Counters {
                     namespace: namespace.to_owned(),
                     deployment: deployment.to_owned(),
                     requests,
-                    in_flight: c.1,
+                    in_flight,
                 }),
                 None => report.outbound.push(ClusterCount {
                     cluster: key.to_string(),
                     requests,
-                    in_flight: c.1,
+                    in_flight,
                 }),
             }
         }
@@ -331,12 +374,8 @@ impl Counters {
             if requests == 0 {
                 return;
             }
-            match self.counts.get_mut(key) {
-                Some(c) => c.0 = c.0.saturating_add(requests),
-                None => {
-                    self.counts.insert(Rc::from(key), (requests, 0));
-                }
-            }
+            let c = self.counts.entry(Rc::from(key)).or_default();
+            c.requests.set(c.requests.get().saturating_add(requests));
         };
         for c in &report.outbound {
             add(&c.cluster, c.requests);
@@ -668,7 +707,7 @@ impl Activation {
     }
 
     /// The oldest request still held, dropping the ids of requests gone from the front.
-    fn first_held(&mut self, held: &HashMap<u32, Held>) -> Option<u32> {
+    fn first_held(&mut self, held: &FastMap<u32, Held>) -> Option<u32> {
         while let Some(&ctx) = self.queue.front() {
             if held.contains_key(&ctx) {
                 return Some(ctx);
@@ -683,8 +722,8 @@ impl Activation {
     fn release(
         &mut self,
         host: &mut impl Host,
-        held: &mut HashMap<u32, Held>,
-        released: &mut HashMap<u32, (Rc<str>, Option<u64>)>,
+        held: &mut FastMap<u32, Held>,
+        released: &mut FastMap<u32, (Rc<str>, Option<u64>)>,
         cluster: &str,
         window: usize,
     ) {
@@ -973,9 +1012,12 @@ mod tests {
         let mut c = Counters::default();
         assert_eq!(c.take_report(), None, "idle: nothing to send");
         let web: Rc<str> = Rc::from(WEB);
-        assert!(c.start(&web, || true));
-        assert!(c.start(&web, || unreachable!("checked once per period")));
-        c.end(WEB);
+        let first = c.start(&web, || true).unwrap();
+        let long = c
+            .start(&web, || unreachable!("checked once per period"))
+            .unwrap();
+        assert_eq!(first.cluster(), WEB);
+        drop(first);
         let r = c.take_report().unwrap();
         assert_eq!((r.outbound[0].requests, r.outbound[0].in_flight), (2, 1));
         let r = c.take_report().unwrap();
@@ -984,7 +1026,7 @@ mod tests {
             (0, 1),
             "a long request keeps reporting"
         );
-        c.end(WEB);
+        drop(long);
         assert_eq!(c.take_report(), None);
     }
 
@@ -993,10 +1035,10 @@ mod tests {
         let mut c = Counters::default();
         let own: Rc<str> = Rc::from("inbound|shop/web");
         let web: Rc<str> = Rc::from(WEB);
-        assert!(c.start(&own, || true));
-        assert!(c.start(&own, || true));
-        assert!(c.start(&web, || true));
-        c.end("inbound|shop/web");
+        let done = c.start(&own, || true).unwrap();
+        let _open = c.start(&own, || true).unwrap();
+        let _web = c.start(&web, || true).unwrap();
+        drop(done);
         let r = c.take_report().unwrap();
         assert_eq!(
             r.inbound,
@@ -1015,11 +1057,17 @@ mod tests {
     fn requests_that_are_not_activity_are_not_counted() {
         let mut c = Counters::default();
         let web: Rc<str> = Rc::from(WEB);
-        assert!(!c.start(&web, || false), "a probe first in the period");
+        assert!(
+            c.start(&web, || false).is_none(),
+            "a probe first in the period"
+        );
         assert_eq!(c.take_report(), None);
-        assert!(c.start(&web, || true));
+        drop(c.start(&web, || true).unwrap());
         assert!(!c.take_report().unwrap().outbound.is_empty());
-        assert!(!c.start(&web, || false), "a new period checks again");
+        assert!(
+            c.start(&web, || false).is_none(),
+            "a new period checks again"
+        );
     }
 
     #[test]
@@ -1311,12 +1359,10 @@ mod tests {
         let mut c = Counters::default();
         let web: Rc<str> = Rc::from(WEB);
         let own: Rc<str> = Rc::from("inbound|shop/web");
-        assert!(c.start(&web, || true));
-        assert!(c.start(&own, || true));
-        c.end(WEB);
+        drop(c.start(&web, || true).unwrap());
+        let _open = c.start(&own, || true).unwrap();
         let lost = c.take_report().unwrap();
-        assert!(c.start(&web, || true));
-        c.end(WEB);
+        drop(c.start(&web, || true).unwrap());
         c.restore(&lost);
         let r = c.take_report().unwrap();
         assert_eq!((r.outbound[0].requests, r.outbound[0].in_flight), (2, 0));

@@ -615,7 +615,8 @@ struct Request {
     /// It was held (it may since have been resumed): the worker must hear that it ended.
     held: bool,
     /// The managed cluster this request counts for, until it ends.
-    counted: Option<Rc<str>>,
+    /// Its activity count while in flight: dropped when the request is done.
+    counted: Option<crate::hold::Counted>,
 }
 
 impl request::Request for Request {
@@ -674,9 +675,8 @@ impl Context for Request {
             if self.held {
                 w.forget(self.id);
             }
-            if let Some(cluster) = self.counted.take() {
-                w.counters.end(&cluster);
-            }
+            // Out of the in-flight count, without a lookup.
+            self.counted = None;
         }
         true
     }

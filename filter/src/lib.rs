@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod deadline;
+pub mod hash;
 pub mod hold;
 pub mod request;
 pub mod sync;

@@ -9,12 +9,11 @@
 //!                                             └─ hold for the tightest deadline (hold.rs)
 //! ```
 
-use std::rc::Rc;
 
 use kzscaler_core::wire::INBOUND_PREFIX;
 
 use crate::deadline::{envoy_expected_timeout_ms, grpc_timeout_ms, hold_budget_ms};
-use crate::hold::{Ask, Hold, Reply, Why, Worker};
+use crate::hold::{Ask, Counted, Hold, Reply, Why, Worker};
 
 /// What the decision needs to know of one request. Every value is as Envoy gives it: bytes,
 /// which may be anything.
@@ -48,16 +47,16 @@ pub enum Decision {
 
 /// The decision, and the managed cluster the request counts for until it ends (its
 /// in-flight count is ended with [`crate::hold::Counters::end`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Outcome {
     /// What to do.
     pub decision: Decision,
     /// Counted as activity of this cluster, when it was.
-    pub counted: Option<Rc<str>>,
+    pub counted: Option<Counted>,
 }
 
 impl Outcome {
-    fn pass(counted: Option<Rc<str>>) -> Self {
+    fn pass(counted: Option<Counted>) -> Self {
         Self {
             decision: Decision::Continue,
             counted,
@@ -88,14 +87,11 @@ pub fn on_request_headers(worker: &mut Worker, request: &impl Request) -> Outcom
     let Some(e) = entry else {
         return Outcome::pass(None);
     };
-    let counted = w
-        .counters
-        .start(&e.cluster, || {
-            e.counts(request.header("user-agent").as_deref(), || {
-                request.header(":path")
-            })
+    let counted = w.counters.start(&e.cluster, || {
+        e.counts(request.header("user-agent").as_deref(), || {
+            request.header(":path")
         })
-        .then(|| e.cluster.clone());
+    });
     if inbound {
         return Outcome::pass(counted);
     }
@@ -252,7 +248,7 @@ mod tests {
         let mut w = worker("awake");
         let out = on_request_headers(&mut w, &to_web());
         assert_eq!(out.decision, Decision::Continue);
-        assert_eq!(out.counted.as_deref(), Some(WEB));
+        assert_eq!(out.counted.as_ref().map(Counted::cluster), Some(WEB));
         assert!(!w.holding());
     }
 
@@ -292,7 +288,7 @@ mod tests {
             .insert("content-type", b"\x80application/grpc".to_vec());
         let out = on_request_headers(&mut w, &r);
         assert_eq!(out.decision, Decision::Held);
-        assert_eq!(out.counted.as_deref(), Some(WEB));
+        assert_eq!(out.counted.as_ref().map(Counted::cluster), Some(WEB));
     }
 
     #[test]
@@ -360,6 +356,9 @@ mod tests {
         };
         let out = on_request_headers(&mut w, &r);
         assert_eq!(out.decision, Decision::Continue);
-        assert_eq!(out.counted.as_deref(), Some("inbound|shop/web"));
+        assert_eq!(
+            out.counted.as_ref().map(Counted::cluster),
+            Some("inbound|shop/web")
+        );
     }
 }

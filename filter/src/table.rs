@@ -1,8 +1,9 @@
 //! The local copy of the controller's snapshot, indexed by outbound cluster name. Parsed once
 //! per snapshot change (on tick), never per request.
 
-use std::collections::HashMap;
 use std::rc::Rc;
+
+use crate::hash::FastMap;
 
 use kzscaler_core::cluster::ClusterName;
 use kzscaler_core::wire::{Destination, INBOUND_PREFIX, RouteTimeouts, State, virtual_service_of};
@@ -50,20 +51,20 @@ pub struct Table {
     pub version: u64,
     /// The controller's term of that version (0: a controller that gives no deltas).
     pub term: u64,
-    by_cluster: HashMap<String, Entry>,
+    by_cluster: FastMap<String, Entry>,
     /// Each destination's workload (`<namespace>/<deployment>`), and how many destinations
     /// each workload has: a workload goes when its last destination does.
-    workload_of: HashMap<String, String>,
-    workload_count: HashMap<String, usize>,
+    workload_of: FastMap<String, String>,
+    workload_count: FastMap<String, usize>,
     /// The same entries by namespace, Service and port (their key in `by_cluster`): Istio
     /// names one Service port in several ways (a DestinationRule subset in the third field,
     /// a cluster domain other than the controller's), and each must find its destination.
-    by_service: HashMap<String, HashMap<String, HashMap<u16, String>>>,
+    by_service: FastMap<String, FastMap<String, FastMap<u16, String>>>,
     /// Managed Deployments as `<namespace>/<deployment>`, for inbound counting; the entry's
     /// `cluster` is the counter key `inbound|<namespace>/<deployment>`.
-    by_workload: HashMap<String, Entry>,
+    by_workload: FastMap<String, Entry>,
     /// VirtualServices' route timeouts by `<namespace>/<name>`.
-    route_timeouts: HashMap<String, RouteTimeouts>,
+    route_timeouts: FastMap<String, RouteTimeouts>,
     /// Destinations of the last parse that did not parse, and the first reason.
     skipped: usize,
     first_skip: Option<String>,

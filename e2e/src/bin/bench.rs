@@ -58,6 +58,8 @@ struct Stats {
     errors: u64,
     seconds: f64,
     latencies_us: Vec<u32>,
+    /// CPU seconds (user + system) the setup's Envoy spent meanwhile.
+    envoy_cpu: f64,
 }
 
 impl Stats {
@@ -66,6 +68,11 @@ impl Stats {
         self.errors += other.errors;
         self.seconds += other.seconds;
         self.latencies_us.extend(other.latencies_us);
+        self.envoy_cpu += other.envoy_cpu;
+    }
+    /// Envoy CPU µs per answered request.
+    fn cpu_us_per_request(&self) -> f64 {
+        self.envoy_cpu * 1e6 / (self.requests + self.errors).max(1) as f64
     }
     fn rps(&self) -> f64 {
         self.requests as f64 / self.seconds.max(1e-9)
@@ -124,6 +131,56 @@ async fn load(addr: &str, host: &str, conns: usize, secs: f64) -> anyhow::Result
         total.latencies_us.extend(s.latencies_us);
     }
     Ok(total)
+}
+
+/// The Envoy a private mesh's caller runs: in its pilot-agent's process group (the kubelet
+/// writes the group id in the pod's folder).
+fn envoy_pid(bed: &TestBed, mesh: &PrivateMesh) -> anyhow::Result<i32> {
+    let file = bed
+        .state_dir
+        .join("kubelet")
+        .join(&mesh.namespace)
+        .join("caller")
+        .join("pilot-agent.pgid");
+    let pgid: i32 = std::fs::read_to_string(&file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .trim()
+        .parse()?;
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        // Fields after the command: state, ppid, pgrp.
+        if head.ends_with("(envoy") && rest.split_whitespace().nth(2) == Some(&pgid.to_string()) {
+            return Ok(pid);
+        }
+    }
+    anyhow::bail!("no envoy process in process group {pgid}")
+}
+
+/// CPU seconds (user + system) of a process so far.
+fn cpu_seconds(pid: i32, tick: f64) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11).context("utime")?.parse()?;
+    let stime: f64 = f.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / tick)
+}
+
+/// Pins a process (0: this one) to one CPU, so Envoy and the load generator do not share
+/// one; best effort.
+fn pin(pid: i32, cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set);
+    }
 }
 
 /// Median, minimum and maximum (NaN for none).
@@ -196,6 +253,24 @@ async fn main() -> anyhow::Result<()> {
             .await?,
         ),
     ];
+    let tick: f64 = String::from_utf8(
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()?
+            .stdout,
+    )?
+    .trim()
+    .parse()
+    .context("getconf CLK_TCK")?;
+    // Envoy on CPU 0, the load generator (this process) on CPU 1: CPU time per request is
+    // the measure, and the two must not take each other's.
+    let mut pids = Vec::new();
+    for (_, mesh) in &setups {
+        let pid = envoy_pid(&bed, mesh)?;
+        pin(pid, 0);
+        pids.push(pid);
+    }
+    pin(0, 1);
     let kz_ctl = setups[2].1.controller_addr.to_string();
     wait_filter_sees(&ns, &kz_ctl, &web, State::Awake).await?;
     for (name, mesh) in &setups {
@@ -218,9 +293,9 @@ async fn main() -> anyhow::Result<()> {
         args.rounds, args.seconds
     );
     println!(
-        "| connections | setup | req/s | p50 µs | p99 µs | errors | req/s vs no-op | per round: median (min–max) | p50 vs no-op | p99 vs no-op |"
+        "| connections | setup | req/s | p50 µs | p99 µs | errors | Envoy CPU µs/request | vs no-op | req/s vs no-op | per round: median (min–max) | p50 vs no-op | p99 vs no-op |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &conns in &args.connections {
         let mut results: Vec<Stats> = vec![Stats::default(); setups.len()];
         // Per round, each setup's throughput over the no-op's in the same round: their spread
@@ -231,7 +306,9 @@ async fn main() -> anyhow::Result<()> {
             let mut rps = vec![0.0; setups.len()];
             for k in 0..setups.len() {
                 let i = (round + k) % setups.len();
-                let s = load(&setups[i].1.envoy, &host, conns, args.seconds).await?;
+                let before = cpu_seconds(pids[i], tick)?;
+                let mut s = load(&setups[i].1.envoy, &host, conns, args.seconds).await?;
+                s.envoy_cpu = cpu_seconds(pids[i], tick)? - before;
                 rps[i] = s.rps();
                 results[i].merge(s);
             }
@@ -239,17 +316,24 @@ async fn main() -> anyhow::Result<()> {
                 round_ratios[i].push(r / rps[1].max(1e-9));
             }
         }
-        let (noop_rps, noop_p50, noop_p99) = {
+        let (noop_rps, noop_p50, noop_p99, noop_cpu) = {
             let n = &mut results[1];
-            (n.rps(), n.percentile_us(0.5), n.percentile_us(0.99))
+            (
+                n.rps(),
+                n.percentile_us(0.5),
+                n.percentile_us(0.99),
+                n.cpu_us_per_request(),
+            )
         };
         for (i, (name, _)) in setups.iter().enumerate() {
             let r = &mut results[i];
             let (rps, p50, p99) = (r.rps(), r.percentile_us(0.5), r.percentile_us(0.99));
             let (median, min, max) = spread(&mut round_ratios[i]);
+            let cpu = r.cpu_us_per_request();
             println!(
-                "| {conns} | {name} | {rps:.0} | {p50:.0} | {p99:.0} | {} | {:.3} | {median:.3} ({min:.3}–{max:.3}) | {:.3} | {:.3} |",
+                "| {conns} | {name} | {rps:.0} | {p50:.0} | {p99:.0} | {} | {cpu:.1} | {:+.1} | {:.3} | {median:.3} ({min:.3}–{max:.3}) | {:.3} | {:.3} |",
                 r.errors,
+                cpu - noop_cpu,
                 rps / noop_rps,
                 p50 / noop_p50,
                 p99 / noop_p99
