@@ -357,14 +357,32 @@ impl Root {
         }
     }
 
-    /// Sends this worker's activity counts, once per poll period and only when non-zero.
+    /// Once per poll period: adds this worker's activity counts to the Envoy's in shared
+    /// data, and, if this worker holds the report lease, sends the Envoy's: one report per
+    /// Envoy and period, none when idle.
     fn maybe_report(&mut self, config: &Config, worker: &RefCell<Worker>, now: u64) {
         if now < self.poll.next_report_ms {
             return;
         }
-        self.poll.next_report_ms =
-            now.saturating_add(u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000));
-        let Some(report) = worker.borrow_mut().counters.take_report() else {
+        let period = u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000);
+        self.poll.next_report_ms = now.saturating_add(period);
+        let mine = worker.borrow_mut().counters.take_report();
+        if let Some(mine) = mine
+            && !sync::add_activity(&mut EnvoyShared, &mine, true)
+        {
+            // Shared data refused: kept here for the next period.
+            worker.borrow_mut().counters.restore(&mine);
+        }
+        if !sync::take_lease(
+            &mut EnvoyShared,
+            sync::REPORT_LEASE_KEY,
+            now,
+            period,
+            period,
+        ) {
+            return; // another worker reports this period
+        }
+        let Some(report) = sync::take_activity(&mut EnvoyShared) else {
             return;
         };
         let Ok(body) = serde_json::to_vec(&report) else {
@@ -387,7 +405,7 @@ impl Root {
                 self.poll.reports.insert(token, report);
             }
             Err(e) => {
-                worker.borrow_mut().counters.restore(&report);
+                sync::add_activity(&mut EnvoyShared, &report, false);
                 self.warn(
                     now,
                     &format!(
@@ -509,7 +527,8 @@ impl Context for Root {
         }
         if let Some(report) = self.poll.reports.remove(&token) {
             if !sync::report_delivered(status) {
-                worker.borrow_mut().counters.restore(&report);
+                // Its requests count again in the Envoy's next report.
+                sync::add_activity(&mut EnvoyShared, &report, false);
             }
             return;
         }

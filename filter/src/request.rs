@@ -9,7 +9,6 @@
 //!                                             └─ hold for the tightest deadline (hold.rs)
 //! ```
 
-
 use kzscaler_core::wire::INBOUND_PREFIX;
 
 use crate::deadline::{envoy_expected_timeout_ms, grpc_timeout_ms, hold_budget_ms};

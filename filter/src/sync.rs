@@ -10,12 +10,20 @@
 //!  every tick: hint > adopted? ─▶ read the blob once per hint ─▶ adopt if newer
 //! ```
 
+use kzscaler_core::wire::{ActivityReport, ClusterCount, InboundCount};
+
 /// Shared data keys (shared by every worker of this VM).
 pub const SNAPSHOT_KEY: &str = "kzscaler.snapshot";
 /// The version of the snapshot stored under [`SNAPSHOT_KEY`]: cheap to read every tick.
 pub const SNAPSHOT_VERSION_KEY: &str = "kzscaler.snapshot.version";
 /// Until when (ms, [`Clock`] time of the worker that took it) one worker polls.
 pub const POLL_LEASE_KEY: &str = "kzscaler.poll.lease";
+/// Activity counted by every worker since the last report (JSON of an [`ActivityReport`];
+/// empty: none): workers add theirs, the one holding [`REPORT_LEASE_KEY`] sends it.
+pub const ACTIVITY_KEY: &str = "kzscaler.activity";
+/// Until when one worker reports this Envoy's activity (like [`POLL_LEASE_KEY`]).
+pub const REPORT_LEASE_KEY: &str = "kzscaler.report.lease";
+
 /// Recent deltas, in [`DELTA_SLOTS`] slots `kzscaler.delta.<since % DELTA_SLOTS>`, each
 /// `since ‖ version ‖ body`: a worker at `since` applies the slot's delta and goes on from
 /// `version`. (Shared data keys can never be deleted: a fixed set of slots.)
@@ -194,7 +202,18 @@ impl Adopted {
 /// is ever set (`max_ms`: the holder's clock was ahead of ours, or ours stepped back: waiting
 /// for it would stop polling for as long as the step).
 pub fn take_poll_lease(shared: &mut impl Shared, now: u64, hold_ms: u64, max_ms: u64) -> bool {
-    let Some((lease, cas)) = shared.get(POLL_LEASE_KEY) else {
+    take_lease(shared, POLL_LEASE_KEY, now, hold_ms, max_ms)
+}
+
+/// Takes the lease under `key` (see [`take_poll_lease`]).
+pub fn take_lease(
+    shared: &mut impl Shared,
+    key: &str,
+    now: u64,
+    hold_ms: u64,
+    max_ms: u64,
+) -> bool {
+    let Some((lease, cas)) = shared.get(key) else {
         return false;
     };
     if lease
@@ -204,11 +223,76 @@ pub fn take_poll_lease(shared: &mut impl Shared, now: u64, hold_ms: u64, max_ms:
     {
         return false;
     }
-    shared.set(
-        POLL_LEASE_KEY,
-        &now.saturating_add(hold_ms).to_le_bytes(),
-        cas,
-    )
+    shared.set(key, &now.saturating_add(hold_ms).to_le_bytes(), cas)
+}
+
+/// Adds `report` to this Envoy's activity in shared data: requests are summed; requests in
+/// flight are the most any worker has (any is activity), and only if `in_flight` (a report
+/// put back after it did not arrive has stale ones). False when the host refused.
+pub fn add_activity(shared: &mut impl Shared, report: &ActivityReport, in_flight: bool) -> bool {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((stored, cas)) = shared.get(ACTIVITY_KEY) else {
+            return false;
+        };
+        let mut sum: ActivityReport = stored
+            .as_deref()
+            .filter(|b| !b.is_empty())
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default();
+        merge_activity(&mut sum, report, in_flight);
+        let Ok(bytes) = serde_json::to_vec(&sum) else {
+            return false;
+        };
+        if shared.set(ACTIVITY_KEY, &bytes, cas) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Takes this Envoy's activity out of shared data (leaving none), to send it.
+pub fn take_activity(shared: &mut impl Shared) -> Option<ActivityReport> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (stored, cas) = shared.get(ACTIVITY_KEY)?;
+        let stored = stored.filter(|b| !b.is_empty())?;
+        if shared.set(ACTIVITY_KEY, b"", cas) {
+            // A record that does not parse is dropped rather than kept forever.
+            return serde_json::from_slice(&stored).ok();
+        }
+    }
+    None
+}
+
+fn merge_activity(into: &mut ActivityReport, from: &ActivityReport, in_flight: bool) {
+    let fl = |n: u64| if in_flight { n } else { 0 };
+    for c in &from.outbound {
+        match into.outbound.iter_mut().find(|x| x.cluster == c.cluster) {
+            Some(x) => {
+                x.requests = x.requests.saturating_add(c.requests);
+                x.in_flight = x.in_flight.max(fl(c.in_flight));
+            }
+            None => into.outbound.push(ClusterCount {
+                in_flight: fl(c.in_flight),
+                ..c.clone()
+            }),
+        }
+    }
+    for c in &from.inbound {
+        match into
+            .inbound
+            .iter_mut()
+            .find(|x| x.namespace == c.namespace && x.deployment == c.deployment)
+        {
+            Some(x) => {
+                x.requests = x.requests.saturating_add(c.requests);
+                x.in_flight = x.in_flight.max(fl(c.in_flight));
+            }
+            None => into.inbound.push(InboundCount {
+                in_flight: fl(c.in_flight),
+                ..c.clone()
+            }),
+        }
+    }
 }
 
 /// The holder's poll was answered: its lease ends at `until` (the poll's start plus one poll
@@ -394,6 +478,79 @@ mod tests {
             b.next_stored(&shared),
             Some(Stored::Full(100, b"full hundred".to_vec()))
         );
+    }
+
+    fn report(cluster: &str, requests: u64, in_flight: u64) -> ActivityReport {
+        ActivityReport {
+            outbound: vec![ClusterCount {
+                cluster: cluster.into(),
+                requests,
+                in_flight,
+            }],
+            inbound: vec![InboundCount {
+                namespace: "shop".into(),
+                deployment: "web".into(),
+                requests,
+                in_flight,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_workers_activity_goes_out_as_one_report_per_envoy() {
+        let mut shared = FakeShared::default();
+        assert_eq!(
+            take_activity(&mut shared),
+            None,
+            "nothing counted: nothing sent"
+        );
+        // Two workers add theirs; one of them sends it.
+        assert!(add_activity(&mut shared, &report("a", 3, 1), true));
+        assert!(add_activity(&mut shared, &report("a", 2, 0), true));
+        assert!(add_activity(&mut shared, &report("b", 1, 0), true));
+        let sent = take_activity(&mut shared).unwrap();
+        let a = &sent.outbound[0];
+        assert_eq!((a.cluster.as_str(), a.requests, a.in_flight), ("a", 5, 1));
+        assert_eq!(sent.outbound[1].requests, 1);
+        assert_eq!((sent.inbound.len(), sent.inbound[0].requests), (1, 6));
+        assert_eq!(take_activity(&mut shared), None, "taken once");
+        // It did not arrive: its requests count again, its stale in-flight counts do not.
+        assert!(add_activity(&mut shared, &sent, false));
+        let again = take_activity(&mut shared).unwrap();
+        assert_eq!(
+            (again.outbound[0].requests, again.outbound[0].in_flight),
+            (5, 0)
+        );
+    }
+
+    #[test]
+    fn one_worker_reports_per_period() {
+        let mut shared = FakeShared::default();
+        assert!(take_lease(
+            &mut shared,
+            REPORT_LEASE_KEY,
+            1_000,
+            1_000,
+            1_000
+        ));
+        assert!(!take_lease(
+            &mut shared,
+            REPORT_LEASE_KEY,
+            1_500,
+            1_000,
+            1_000
+        ));
+        assert!(
+            take_poll_lease(&mut shared, 1_500, 1_000, 1_000),
+            "the poll lease is another"
+        );
+        assert!(take_lease(
+            &mut shared,
+            REPORT_LEASE_KEY,
+            2_000,
+            1_000,
+            1_000
+        ));
     }
 
     #[test]
