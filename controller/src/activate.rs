@@ -10,7 +10,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use kzscaler_core::wire::State;
 use tokio::sync::{RwLock, watch};
@@ -104,8 +106,28 @@ struct WakeOp {
     uid: String,
     /// The pods of the ready endpoints when it began: the Deployment was at 0 replicas, so
     /// they are on their way out (the EndpointSlices lag the scale to 0). Only an endpoint of
-    /// another pod makes this wake ready.
+    /// another pod makes this wake ready, until [`STALE_GRACE`] has passed.
     stale: BTreeSet<String>,
+    began: Instant,
+}
+
+/// How long the pods ready when a wake began are taken for pods on their way out. A scale to
+/// 0 and the wake's scale back up can follow each other so closely that the Deployment
+/// controller never removes the pod (seen on the test bed: 12 ms apart); its endpoint then
+/// stays ready, where a pod being deleted loses its ready condition within this time.
+pub const STALE_GRACE: Duration = Duration::from_secs(2);
+
+impl WakeOp {
+    /// Whether a ready endpoint of `pod` makes this wake ready.
+    fn counts(&self, pod: &str) -> bool {
+        !self.stale.contains(pod) || self.began.elapsed() >= STALE_GRACE
+    }
+
+    /// How long until stale pods count, when some are ready now: the waits must end then.
+    fn grace_left(&self, ready: &BTreeSet<String>) -> Option<Duration> {
+        let left = STALE_GRACE.saturating_sub(self.began.elapsed());
+        (!left.is_zero() && ready.iter().any(|p| self.stale.contains(p))).then_some(left)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,9 +194,10 @@ impl<S: Scaler> Activator<S> {
             )
         };
         let mut op: Option<(Arc<WakeOp>, watch::Receiver<OpState>)> = None;
-        // The pods the last wake joined found going away.
-        let mut stale: BTreeSet<String> = BTreeSet::new();
+        // The last wake joined: the pods it found going away.
+        let mut joined: Option<Arc<WakeOp>> = None;
         loop {
+            let mut grace: Option<Duration> = None;
             let now = op.as_ref().map(|(_, rx)| rx.borrow().clone());
             match now {
                 Some(OpState::Failed(msg)) => return Outcome::ScaleFailed(msg),
@@ -186,9 +209,15 @@ impl<S: Scaler> Activator<S> {
                 let Some((_, _, m)) = cache.destination(cluster) else {
                     return Outcome::NotManaged;
                 };
-                let fresh = cache
-                    .ready_pods(cluster)
-                    .is_some_and(|pods| pods.iter().any(|p| !stale.contains(p)));
+                let ready = cache.ready_pods(cluster);
+                let fresh = ready.is_some_and(|pods| {
+                    pods.iter()
+                        .any(|p| joined.as_ref().is_none_or(|o| o.counts(p)))
+                });
+                grace = joined
+                    .as_ref()
+                    .zip(ready)
+                    .and_then(|(o, pods)| o.grace_left(pods));
                 if m.desired > 0 && fresh {
                     return Outcome::Ready;
                 }
@@ -202,7 +231,7 @@ impl<S: Scaler> Activator<S> {
                         &m.ready_pods,
                     )
                 {
-                    stale.clone_from(&o.stale);
+                    joined = Some(o.clone());
                     let rx = o.state.subscribe();
                     op = Some((o, rx));
                 }
@@ -228,6 +257,7 @@ impl<S: Scaler> Activator<S> {
                 tokio::select! {
                     () = cache_changed => {}
                     () = op_changed => {}
+                    () = tokio::time::sleep(grace.unwrap_or(Duration::MAX)), if grace.is_some() => {}
                 }
             };
             if left.is_zero() || tokio::time::timeout(left, woke).await.is_err() {
@@ -275,6 +305,7 @@ impl<S: Scaler> Activator<S> {
             state: watch::Sender::new(OpState::Running),
             uid: uid.to_owned(),
             stale: ready_pods.clone(),
+            began: Instant::now(),
         });
         inflight.insert(key.clone(), op.clone());
         let this = self.clone();
@@ -320,6 +351,7 @@ impl<S: Scaler> Activator<S> {
         let limit = wake_timeout.max(Duration::from_secs(5));
         let mut scaled_up_seen = false;
         loop {
+            let grace;
             {
                 let cache = self.cache.read().await;
                 let Some(m) = cache.managed(key).filter(|m| m.uid == op.uid) else {
@@ -333,15 +365,23 @@ impl<S: Scaler> Activator<S> {
                 if record.pod_ready_ms.is_none() && m.ready_replicas > 0 {
                     record.pod_ready_ms = Some(ms(start.elapsed()));
                 }
-                if m.ready_pods.iter().any(|p| !op.stale.contains(p)) {
+                if m.ready_pods.iter().any(|p| op.counts(p)) {
                     record.endpoint_ready_ms = Some(ms(start.elapsed()));
                     record.pod_ready_ms.get_or_insert(ms(start.elapsed()));
                     break;
                 }
+                grace = op.grace_left(&m.ready_pods);
             }
             let left = limit.saturating_sub(start.elapsed());
-            if left.is_zero() || tokio::time::timeout(left, changes.changed()).await.is_err() {
+            if left.is_zero() {
                 break;
+            }
+            let wait = left.min(grace.unwrap_or(Duration::MAX));
+            match tokio::time::timeout(wait, changes.changed()).await {
+                Ok(Ok(())) => {}
+                // The grace of the stale pods passed: look again.
+                Err(_) if wait < left => {}
+                _ => break,
             }
         }
         self.metrics.wake_recorded(&record);
@@ -536,6 +576,30 @@ mod tests {
         );
         set(&fake, built_with(1, &["10.0.0.9", "10.0.0.2"])).await;
         assert_eq!(waiting.await.unwrap(), Outcome::Ready);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_kept_through_a_quick_sleep_and_wake_counts_once_it_stays_ready() {
+        let (act, fake) = setup(Duration::from_secs(60), false);
+        set(&fake, built_with(0, &["10.0.0.9"])).await;
+        let started = Instant::now();
+        let waiting = {
+            let act = act.clone();
+            tokio::spawn(async move { act.activate(WEB, Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.scales.load(Ordering::SeqCst), 1);
+        // The Deployment controller saw 0 and 1 as one change: the pod stays, ready.
+        set(&fake, built_with(1, &["10.0.0.9"])).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "not at once: it may be going away");
+        assert_eq!(waiting.await.unwrap(), Outcome::Ready);
+        let took = started.elapsed();
+        assert!(
+            took >= STALE_GRACE && took < STALE_GRACE + Duration::from_secs(1),
+            "ready once it stayed ready for the grace, not at the deadline: {took:?}"
+        );
+        assert_eq!(fake.scales.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
