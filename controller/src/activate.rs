@@ -197,7 +197,7 @@ impl<S: Scaler> Activator<S> {
         // The last wake joined: the pods it found going away.
         let mut joined: Option<Arc<WakeOp>> = None;
         loop {
-            let mut grace: Option<Duration> = None;
+            let grace: Option<Duration>;
             let now = op.as_ref().map(|(_, rx)| rx.borrow().clone());
             match now {
                 Some(OpState::Failed(msg)) => return Outcome::ScaleFailed(msg),
