@@ -24,19 +24,20 @@ use crate::metrics::Metrics;
 pub trait Scaler: Send + Sync + 'static {
     /// Wakes `key`: sets `deployments/scale` to `replicas` if it is still at 0 (a
     /// compare-and-swap on the scale's resourceVersion; already scaled up is success).
-    fn scale(&self, key: &Key, replicas: u32) -> impl Future<Output = Result<(), String>> + Send;
+    fn scale(&self, key: &Key, replicas: u32) -> impl Future<Output = crate::Result<()>> + Send;
     /// Records a finished wake on the Deployment (annotation and Event).
     fn record_wake(&self, key: &Key, wake: &WakeRecord) -> impl Future<Output = ()> + Send;
     /// Puts `key` to sleep: records `replicas` to wake back to, then scales to 0, only if
     /// the Deployment is still at the `resource_version` the decision was made on (anything
-    /// written since, a wake by another leader included, refuses it).
+    /// written since, a wake by another leader included, refuses it:
+    /// [`crate::Error::StaleSleep`]).
     fn sleep(
         &self,
         key: &Key,
         replicas: u32,
         idle_ms: u64,
         resource_version: &str,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = crate::Result<()>> + Send;
     /// Merges `annotations` (`null` removes one) into the Deployment's, and publishes `note`
     /// as an Event about it.
     fn annotate(
@@ -44,12 +45,8 @@ pub trait Scaler: Send + Sync + 'static {
         key: &Key,
         annotations: serde_json::Value,
         note: Option<Note>,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = crate::Result<()>> + Send;
 }
-
-/// In a [`Scaler::sleep`] error: the Deployment changed since it was found idle (its
-/// resourceVersion precondition failed), so the sleep was not written and can be decided again.
-pub const STALE_SLEEP: &str = "changed since it was found idle";
 
 /// An Event to publish about a Deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,10 +440,17 @@ mod tests {
     }
 
     impl Scaler for FakeCluster {
-        async fn scale(&self, _key: &Key, replicas: u32) -> Result<(), String> {
+        async fn scale(&self, key: &Key, replicas: u32) -> crate::Result<()> {
             self.scales.fetch_add(1, Ordering::SeqCst);
             if self.refuse {
-                return Err("forbidden".into());
+                return Err(crate::Error::kube(
+                    format!("waking {key}"),
+                    kube::Error::Api(Box::new(kube::core::Status {
+                        code: 403,
+                        message: "deployments.apps \"web\" is forbidden".into(),
+                        ..Default::default()
+                    })),
+                ));
             }
             let n = i32::try_from(replicas).unwrap();
             self.cache.write().await.replace_index(built(n, false));
@@ -466,7 +470,7 @@ mod tests {
             _replicas: u32,
             _idle_ms: u64,
             _rv: &str,
-        ) -> Result<(), String> {
+        ) -> crate::Result<()> {
             Ok(())
         }
         async fn annotate(
@@ -474,7 +478,7 @@ mod tests {
             _: &Key,
             _: serde_json::Value,
             _: Option<Note>,
-        ) -> Result<(), String> {
+        ) -> crate::Result<()> {
             Ok(())
         }
     }

@@ -427,11 +427,18 @@ mod tests {
 
     struct Refuse;
     impl Scaler for Refuse {
-        async fn scale(&self, _: &Key, _: u32) -> Result<(), String> {
-            Err("deployments.apps \"web\" is forbidden".into())
+        async fn scale(&self, key: &Key, _: u32) -> crate::Result<()> {
+            Err(crate::Error::kube(
+                format!("waking {key}"),
+                kube::Error::Api(Box::new(kube::core::Status {
+                    code: 403,
+                    message: "deployments.apps \"web\" is forbidden".into(),
+                    ..Default::default()
+                })),
+            ))
         }
         async fn record_wake(&self, _: &Key, _: &WakeRecord) {}
-        async fn sleep(&self, _: &Key, _: u32, _: u64, _: &str) -> Result<(), String> {
+        async fn sleep(&self, _: &Key, _: u32, _: u64, _: &str) -> crate::Result<()> {
             Ok(())
         }
         async fn annotate(
@@ -439,7 +446,7 @@ mod tests {
             _: &Key,
             _: serde_json::Value,
             _: Option<crate::activate::Note>,
-        ) -> Result<(), String> {
+        ) -> crate::Result<()> {
             Ok(())
         }
     }

@@ -12,6 +12,7 @@
 //! Expiry is judged on this process's own clock, from when it first saw the current record
 //! (as client-go does), so clock skew between machines does not matter.
 
+use crate::error::Error;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -201,16 +202,19 @@ impl Fence {
     pub async fn write<T>(
         &self,
         what: &str,
-        write: impl std::future::Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
+        write: impl std::future::Future<Output = crate::Result<T>>,
+    ) -> crate::Result<T> {
         // Counted before the term is checked: a shutdown that stops leading and then waits
         // for the writes in flight cannot miss this one.
         self.inflight
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let _inflight = InFlight(self);
-        let left =
-            self.leadership.borrow().term_left().ok_or_else(|| {
-                format!("{what}: not sent: this replica does not lead (any more)")
+        let left = self
+            .leadership
+            .borrow()
+            .term_left()
+            .ok_or_else(|| Error::NotLeading {
+                what: what.to_owned(),
             })?;
         let mut leadership = self.leadership.clone();
         let stepped_down = async move {
@@ -222,14 +226,19 @@ impl Fence {
         tokio::select! {
             r = tokio::time::timeout(left.min(WRITE_TIMEOUT), write) => match r {
                 Ok(r) => r,
-                Err(_) if left < WRITE_TIMEOUT => Err(format!(
-                    "{what}: abandoned: the leadership term ended before the API server answered"
-                )),
-                Err(_) => Err(format!(
-                    "{what}: abandoned: no answer from the API server within {WRITE_TIMEOUT:?}"
-                )),
+                Err(_) if left < WRITE_TIMEOUT => Err(Error::Abandoned {
+                    what: what.to_owned(),
+                    why: "the leadership term ended before the API server answered",
+                }),
+                Err(_) => Err(Error::Abandoned {
+                    what: what.to_owned(),
+                    why: "no answer from the API server within 10s",
+                }),
             },
-            () = stepped_down => Err(format!("{what}: abandoned: this replica stopped leading")),
+            () = stepped_down => Err(Error::Abandoned {
+                what: what.to_owned(),
+                why: "this replica stopped leading",
+            }),
         }
     }
 
@@ -492,7 +501,7 @@ mod tests {
                 Ok(())
             })
             .await;
-        assert!(r.unwrap_err().contains("does not lead"));
+        assert!(r.unwrap_err().to_string().contains("does not lead"));
         assert!(!sent.load(std::sync::atomic::Ordering::SeqCst));
         let follower = Fence::new(watch::channel(Leadership::default()).1);
         assert!(follower.write("x", async { Ok(()) }).await.is_err());
@@ -502,14 +511,17 @@ mod tests {
     async fn a_write_is_abandoned_when_the_term_ends() {
         let until = tokio::time::Instant::now() + Duration::from_millis(500);
         let fence = Fence::new(leading_until(Some(until)));
-        let r: Result<(), String> = fence.write("scale", std::future::pending()).await;
+        let r: crate::Result<()> = fence.write("scale", std::future::pending()).await;
         assert!(
-            r.unwrap_err().contains("term ended"),
+            r.unwrap_err().to_string().contains("term ended"),
             "abandoned at the end of the term"
         );
         let unbounded = Fence::new(leading_until(None));
-        let r: Result<(), String> = unbounded.write("scale", std::future::pending()).await;
-        assert!(r.unwrap_err().contains("within"), "no write waits forever");
+        let r: crate::Result<()> = unbounded.write("scale", std::future::pending()).await;
+        assert!(
+            r.unwrap_err().to_string().contains("within"),
+            "no write waits forever"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -522,13 +534,13 @@ mod tests {
         let fence = std::sync::Arc::new(Fence::new(rx));
         let f = fence.clone();
         let write = tokio::spawn(async move {
-            f.write("scale", std::future::pending::<Result<(), String>>())
+            f.write("scale", std::future::pending::<crate::Result<()>>())
                 .await
         });
         tokio::task::yield_now().await;
         tx.send_modify(|l| l.leader = false);
         let r = write.await.unwrap();
-        assert!(r.unwrap_err().contains("stopped leading"));
+        assert!(r.unwrap_err().to_string().contains("stopped leading"));
         fence.drained(Duration::from_secs(1)).await;
     }
 

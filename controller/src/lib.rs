@@ -14,6 +14,7 @@ pub mod activate;
 pub mod api;
 pub mod cache;
 pub mod clock;
+pub mod error;
 pub mod idle;
 pub mod index;
 pub mod lease;
@@ -24,4 +25,5 @@ pub mod virtualservice;
 pub mod wasmplugin;
 pub mod watch;
 
+pub use error::{Error, Result};
 pub use kzscaler_core::spec::{ManagedSpec, SpecError};

@@ -26,6 +26,7 @@ use kube::{Api, Client, Resource};
 use serde_json::json;
 use tokio::sync::{Notify, RwLock, watch};
 
+use crate::Error;
 use crate::activate::{Activator, Note, Scaler, WakeRecord};
 use crate::api::{self, Api as HttpApi};
 use crate::cache::{Cache, Index, Key, Problem};
@@ -126,14 +127,17 @@ async fn patch_leader_label(api: &Api<Pod>, name: &str, leader: bool) -> Result<
 }
 
 impl Scaler for KubeScaler {
-    async fn scale(&self, key: &Key, replicas: u32) -> Result<(), String> {
+    async fn scale(&self, key: &Key, replicas: u32) -> crate::Result<()> {
         let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
         let what = format!("waking {key} to {replicas} replicas");
         self.fence
             .write(&what, async {
                 // Compare-and-swap: scaled up only if still at 0 when written.
                 for _ in 0..3 {
-                    let current = api.get_scale(&key.name).await.map_err(|e| e.to_string())?;
+                    let current = api
+                        .get_scale(&key.name)
+                        .await
+                        .map_err(|e| Error::kube(what.clone(), e))?;
                     if current.spec.and_then(|s| s.replicas).unwrap_or(0) > 0 {
                         return Ok(()); // scaled up already (another wake, a person, an HPA)
                     }
@@ -147,10 +151,10 @@ impl Scaler for KubeScaler {
                     {
                         Ok(_) => return Ok(()),
                         Err(e) if conflict(&e) => continue, // changed in between: look again
-                        Err(e) => return Err(e.to_string()),
+                        Err(e) => return Err(Error::kube(what.clone(), e)),
                     }
                 }
-                Err("the Deployment changed on every attempt; the next activate tries again".into())
+                Err(Error::Contended { key: key.clone() })
             })
             .await
     }
@@ -186,7 +190,7 @@ impl Scaler for KubeScaler {
         replicas: u32,
         idle_ms: u64,
         resource_version: &str,
-    ) -> Result<(), String> {
+    ) -> crate::Result<()> {
         let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
         let at = k8s_openapi::jiff::Timestamp::now().to_string();
         let dep = self
@@ -206,14 +210,14 @@ impl Scaler for KubeScaler {
                 let dep = api
                     .patch(&key.name, &PatchParams::default(), &Patch::Merge(record))
                     .await
-                    .map_err(|e| stale_sleep(key, &e))?;
+                    .map_err(|e| stale_sleep(key, e))?;
                 let scale = json!({
                     "metadata": {"resourceVersion": dep.metadata.resource_version},
                     "spec": {"replicas": 0},
                 });
                 api.patch_scale(&key.name, &PatchParams::default(), &Patch::Merge(scale))
                     .await
-                    .map_err(|e| stale_sleep(key, &e))?;
+                    .map_err(|e| stale_sleep(key, e))?;
                 Ok(dep)
             })
             .await?;
@@ -238,7 +242,7 @@ impl Scaler for KubeScaler {
         key: &Key,
         annotations: serde_json::Value,
         note: Option<Note>,
-    ) -> Result<(), String> {
+    ) -> crate::Result<()> {
         let dep = self.patch_annotations(key, annotations).await?;
         if let Some(note) = note {
             let type_ = if note.warning {
@@ -254,11 +258,11 @@ impl Scaler for KubeScaler {
 }
 
 /// Why a sleep was not written.
-fn stale_sleep(key: &Key, e: &kube::Error) -> String {
-    if conflict(e) {
-        format!("{key} {}; not put to sleep", crate::activate::STALE_SLEEP)
+fn stale_sleep(key: &Key, e: kube::Error) -> Error {
+    if conflict(&e) {
+        Error::StaleSleep { key: key.clone() }
     } else {
-        format!("putting {key} to sleep: {e}")
+        Error::kube(format!("putting {key} to sleep"), e)
     }
 }
 
@@ -268,17 +272,18 @@ impl KubeScaler {
         &self,
         key: &Key,
         annotations: serde_json::Value,
-    ) -> Result<Deployment, String> {
+    ) -> crate::Result<Deployment> {
         let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
+        let what = format!("annotating {key}");
         self.fence
-            .write(&format!("annotating {key}"), async {
+            .write(&what, async {
                 api.patch(
                     &key.name,
                     &PatchParams::default(),
                     &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
                 )
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| Error::kube(what.clone(), e))
             })
             .await
     }

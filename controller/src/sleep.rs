@@ -407,7 +407,7 @@ impl<S: Scaler> Sleeper<S> {
                     self.metrics.sleep("ok");
                     tracing::info!(deployment = %key, replicas, idle_ms, "asleep: scaled to 0")
                 }
-                Err(e) if e.contains(crate::activate::STALE_SLEEP) => {
+                Err(e @ crate::Error::StaleSleep { .. }) => {
                     // Written to since the decision (a last-request record, a person, another
                     // leader): decide again on the next pass, from what the watch brings. The
                     // drain stays, so activity meanwhile still cancels it.
@@ -417,7 +417,8 @@ impl<S: Scaler> Sleeper<S> {
                 }
                 Err(e) => {
                     self.metrics.sleep("failed");
-                    tracing::warn!(deployment = %key, error = %e, "could not put it to sleep; will retry after the idle timeout");
+                    let reason = e.metric_label();
+                    tracing::warn!(deployment = %key, error = %e, reason, "could not put it to sleep; will retry after the idle timeout");
                     draining.remove(&key);
                     if let Ok(mut a) = self.idle.activity.lock() {
                         a.touch(&key, mono_ms());
