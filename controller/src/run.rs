@@ -333,77 +333,147 @@ async fn publish(
     }
 }
 
+/// What the controller's tasks share.
+#[derive(Clone)]
+struct Context {
+    client: Client,
+    opts: Arc<Options>,
+    metrics: Arc<Metrics>,
+    cache: Arc<RwLock<Cache>>,
+    /// Bumped after every published batch: activates and the sleeper wait on it.
+    changes: watch::Sender<u64>,
+    /// Set once the first lists are in and published.
+    ready: Arc<AtomicBool>,
+    recorder: Recorder,
+    leadership: watch::Receiver<Leadership>,
+    fence: Arc<Fence>,
+}
+
 /// Runs the controller until SIGTERM or SIGINT.
+///
+/// ```text
+///  elect ──leadership──▶ metrics, pod label, Fence
+///  watch_objects ──events──▶ Index ──changed──▶ publish_loop ──▶ snapshot version, Events
+///  serve: filter API (activate, activity, snapshot), Sleeper, WasmPlugins
+/// ```
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let scope = opts
-        .namespace_selector
-        .as_ref()
-        .map(|_| std::collections::HashSet::new());
-    let cache = Arc::new(RwLock::new(Cache::new(
-        Index::new(&opts.domain, scope),
-        crate::cache::version_base(crate::clock::wall_ms()),
-    )));
-    let (changes_tx, changes_rx) = watch::channel(0u64);
-    let ready = Arc::new(AtomicBool::new(false));
-    let recorder = Recorder::new(client.clone(), reporter(&opts.identity));
-    let (lead_tx, mut leadership) = watch::channel(Leadership::default());
-    let fence = Arc::new(Fence::new(leadership.clone()));
+    let (ctx, lead_tx) = Context::new(client, opts);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let elector = match opts.election.clone() {
+    let elector = elect(&ctx, &lead_tx, stop_rx);
+    follow_leadership(&ctx);
+    let (changed, unlisted) = watch_objects(&ctx).await?;
+    let server = serve(&ctx).await?;
+    publish_loop(&ctx, &changed, &unlisted).await?;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    if let Some(elector) = elector {
+        // The elector stops this replica acting, waits for its writes in flight, and only
+        // then releases the Lease.
+        let _ = tokio::time::timeout(crate::lease::WRITE_TIMEOUT * 2, elector).await;
+    } else {
+        lead_tx.send_modify(|l| l.leader = false);
+        ctx.fence.drained(crate::lease::WRITE_TIMEOUT).await;
+    }
+    if let Some((ns, name)) = &ctx.opts.pod {
+        let api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            patch_leader_label(&api, name, false),
+        )
+        .await;
+    }
+    drop(lead_tx);
+    server.abort();
+    Ok(())
+}
+
+impl Context {
+    fn new(client: Client, opts: Options) -> (Self, watch::Sender<Leadership>) {
+        let scope = opts
+            .namespace_selector
+            .as_ref()
+            .map(|_| std::collections::HashSet::new());
+        let cache = Arc::new(RwLock::new(Cache::new(
+            Index::new(&opts.domain, scope),
+            crate::cache::version_base(crate::clock::wall_ms()),
+        )));
+        let (lead_tx, leadership) = watch::channel(Leadership::default());
+        let ctx = Self {
+            recorder: Recorder::new(client.clone(), reporter(&opts.identity)),
+            fence: Arc::new(Fence::new(leadership.clone())),
+            client,
+            opts: Arc::new(opts),
+            metrics: Arc::new(Metrics::default()),
+            cache,
+            changes: watch::Sender::new(0),
+            ready: Arc::new(AtomicBool::new(false)),
+            leadership,
+        };
+        (ctx, lead_tx)
+    }
+}
+
+/// Leader election, when on; otherwise this replica leads at once.
+fn elect(
+    ctx: &Context,
+    lead_tx: &watch::Sender<Leadership>,
+    stop: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let identity = &ctx.opts.identity;
+    match ctx.opts.election.clone() {
         Some(settings) => {
-            tracing::info!(identity = %opts.identity, lease = %format!("{}/{}", settings.namespace, settings.name), "leader election on");
+            tracing::info!(identity = %identity, lease = %format!("{}/{}", settings.namespace, settings.name), "leader election on");
             Some(tokio::spawn(crate::lease::run(
-                client.clone(),
+                ctx.client.clone(),
                 settings,
                 lead_tx.clone(),
-                fence.clone(),
-                stop_rx,
+                ctx.fence.clone(),
+                stop,
             )))
         }
         None => {
-            tracing::info!(identity = %opts.identity, "leader election off: this replica always acts");
+            tracing::info!(identity = %identity, "leader election off: this replica always acts");
             lead_tx.send_replace(Leadership {
                 leader: true,
-                holder: opts.identity.clone(),
+                holder: identity.clone(),
                 until: None,
             });
             None
         }
-    };
-    {
-        let (metrics, mut rx) = (metrics.clone(), leadership.clone());
-        tokio::spawn(async move {
-            loop {
-                metrics.leader(rx.borrow_and_update().leader);
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
     }
-    if let Some(pod) = opts.pod.clone() {
-        tokio::spawn(label_pod(client.clone(), pod, leadership.clone()));
-    }
-    let scaler = Arc::new(KubeScaler {
-        client: client.clone(),
-        recorder: recorder.clone(),
-        fence: fence.clone(),
-    });
-    let activator = Activator::new(cache.clone(), changes_rx, scaler.clone(), metrics.clone());
-    let waking = activator.clone();
-    let idle = Arc::new(crate::sleep::Idle::default());
+}
 
+/// Keeps the leader metric and the pod's leader label in step with the leadership.
+fn follow_leadership(ctx: &Context) {
+    let (metrics, mut rx) = (ctx.metrics.clone(), ctx.leadership.clone());
+    tokio::spawn(async move {
+        loop {
+            metrics.leader(rx.borrow_and_update().leader);
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    if let Some(pod) = ctx.opts.pod.clone() {
+        tokio::spawn(label_pod(ctx.client.clone(), pod, ctx.leadership.clone()));
+    }
+}
+
+/// Starts a watch per kind, each applying its events to the index. Returns what is notified
+/// after every event, and the count of kinds whose first list is not in yet.
+async fn watch_objects(
+    ctx: &Context,
+) -> anyhow::Result<(Arc<Notify>, Arc<std::sync::atomic::AtomicUsize>)> {
+    let client = &ctx.client;
     let changed = Arc::new(Notify::new());
-    // Kinds whose first list is not in yet: ready once none is left.
     let unlisted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let indexer = Indexer {
-        metrics: metrics.clone(),
-        cache: cache.clone(),
+        metrics: ctx.metrics.clone(),
+        cache: ctx.cache.clone(),
         changed: changed.clone(),
         unlisted: unlisted.clone(),
     };
-    if let Some(sel) = &opts.namespace_selector {
+    if let Some(sel) = &ctx.opts.namespace_selector {
         // A bad selector is a start-up error, not an endless watch retry.
         Api::<Namespace>::all(client.clone())
             .list(&ListParams::default().labels(sel).limit(1))
@@ -435,44 +505,75 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "not reading VirtualServices: held requests are not bounded by route timeouts");
         }
     }
+    Ok((changed, unlisted))
+}
 
+/// Starts the filter API, the sleeper and the WasmPlugin keeper; returns the server task.
+async fn serve(
+    ctx: &Context,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), std::io::Error>>> {
+    let opts = &ctx.opts;
+    let scaler = Arc::new(KubeScaler {
+        client: ctx.client.clone(),
+        recorder: ctx.recorder.clone(),
+        fence: ctx.fence.clone(),
+    });
+    let activator = Activator::new(
+        ctx.cache.clone(),
+        ctx.changes.subscribe(),
+        scaler.clone(),
+        ctx.metrics.clone(),
+    );
+    let idle = Arc::new(crate::sleep::Idle::default());
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
     let app = api::router(Arc::new(HttpApi {
-        cache: cache.clone(),
-        activator,
-        metrics: metrics.clone(),
-        ready: ready.clone(),
+        cache: ctx.cache.clone(),
+        activator: activator.clone(),
+        metrics: ctx.metrics.clone(),
+        ready: ctx.ready.clone(),
         module: opts.module.clone(),
         idle: idle.clone(),
-        leadership: leadership.clone(),
+        leadership: ctx.leadership.clone(),
     }));
     tokio::spawn(
         crate::sleep::Sleeper {
-            cache: cache.clone(),
-            changes: changes_tx.clone(),
+            cache: ctx.cache.clone(),
+            changes: ctx.changes.clone(),
             scaler,
             idle,
             drain_period: opts.drain_period,
-            leadership: leadership.clone(),
-            metrics: metrics.clone(),
-            activator: waking,
+            leadership: ctx.leadership.clone(),
+            metrics: ctx.metrics.clone(),
+            activator,
         }
         .run(),
     );
     if let Some((settings, resync)) = opts.wasmplugin.clone() {
         tokio::spawn(crate::wasmplugin::run(
-            client.clone(),
+            ctx.client.clone(),
             Arc::new(settings),
             resync,
-            leadership.clone(),
+            ctx.leadership.clone(),
             opts.namespace_selector.clone(),
         ));
     }
     tracing::info!(listen = %opts.listen, "serving the filter API, /healthz, /readyz and /metrics");
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ))
+}
 
+/// Until SIGTERM or SIGINT: after each batch of watch events (or a leadership change),
+/// publishes one snapshot version, becomes ready once the first lists are in, and (leading)
+/// reports new problems as Events.
+async fn publish_loop(
+    ctx: &Context,
+    changed: &Notify,
+    unlisted: &std::sync::atomic::AtomicUsize,
+) -> anyhow::Result<()> {
+    let mut leadership = ctx.leadership.clone();
     let mut reported: BTreeSet<Problem> = BTreeSet::new();
     let mut led = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -480,14 +581,14 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         tokio::select! {
             () = changed.notified() => {}
             _ = leadership.changed() => {}
-            _ = sigterm.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
         }
         // Let a burst of watch events land before publishing one version for all of them.
         tokio::time::sleep(Duration::from_millis(2)).await;
         let leading = leadership.borrow_and_update().leader;
         if leading && !led {
-            cache
+            ctx.cache
                 .write()
                 .await
                 .new_term(crate::cache::version_base(crate::clock::wall_ms()));
@@ -496,14 +597,15 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         // Read before publishing: a snapshot from complete first lists makes this replica ready.
         let listed_before_build = unlisted.load(Ordering::Acquire) == 0;
         let fresh = {
-            let mut c = cache.write().await;
+            let mut c = ctx.cache.write().await;
             let started = std::time::Instant::now();
             let published = c.publish();
-            metrics.index_update("publish", started.elapsed().as_secs_f64());
+            ctx.metrics
+                .index_update("publish", started.elapsed().as_secs_f64());
             if published {
                 tracing::debug!(version = c.version(), "snapshot changed");
             }
-            metrics.destinations(c.counts());
+            ctx.metrics.destinations(c.counts());
             // Only the leader reports problems; a new leader reports them afresh.
             if leading {
                 c.new_problems(&mut reported)
@@ -512,14 +614,14 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
                 Vec::new()
             }
         };
-        changes_tx.send_modify(|v| *v += 1);
-        if listed_before_build && !ready.swap(true, Ordering::Relaxed) {
+        ctx.changes.send_modify(|v| *v += 1);
+        if listed_before_build && !ctx.ready.swap(true, Ordering::Relaxed) {
             tracing::info!("first lists in and the snapshot published from them: ready");
         }
         if !fresh.is_empty() {
             // Published off the loop: a new leader re-publishes every problem, and the
-            // rebuilds that held activates wait for must not queue behind those calls.
-            let recorder = recorder.clone();
+            // publishes that held activates wait for must not queue behind those calls.
+            let recorder = ctx.recorder.clone();
             tokio::spawn(async move {
                 for (p, reference) in fresh {
                     tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, message = %p.message, "skipping a misconfigured object");
@@ -537,27 +639,6 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             });
         }
     }
-    tracing::info!("stopping");
-    let _ = stop_tx.send(true);
-    if let Some(elector) = elector {
-        // The elector stops this replica acting, waits for its writes in flight, and only
-        // then releases the Lease.
-        let _ = tokio::time::timeout(crate::lease::WRITE_TIMEOUT * 2, elector).await;
-    } else {
-        lead_tx.send_modify(|l| l.leader = false);
-        fence.drained(crate::lease::WRITE_TIMEOUT).await;
-    }
-    if let Some((ns, name)) = &opts.pod {
-        let api = Api::<Pod>::namespaced(client.clone(), ns);
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            patch_leader_label(&api, name, false),
-        )
-        .await;
-    }
-    drop(lead_tx);
-    server.abort();
-    Ok(())
 }
 
 /// What the index does with one kind of object.
