@@ -31,13 +31,7 @@ pub trait Scaler: Send + Sync + 'static {
     /// the Deployment is still at the `resource_version` the decision was made on (anything
     /// written since, a wake by another leader included, refuses it:
     /// [`crate::Error::StaleSleep`]).
-    fn sleep(
-        &self,
-        key: &Key,
-        replicas: u32,
-        idle_ms: u64,
-        resource_version: &str,
-    ) -> impl Future<Output = crate::Result<()>> + Send;
+    fn sleep(&self, key: &Key, how: Sleep<'_>) -> impl Future<Output = crate::Result<()>> + Send;
     /// Merges `annotations` (`null` removes one) into the Deployment's, and publishes `note`
     /// as an Event about it.
     fn annotate(
@@ -46,6 +40,19 @@ pub trait Scaler: Send + Sync + 'static {
         annotations: serde_json::Value,
         note: Option<Note>,
     ) -> impl Future<Output = crate::Result<()>> + Send;
+}
+
+/// A sleep as decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sleep<'a> {
+    /// The replicas a wake restores.
+    pub replicas: u32,
+    /// How long it was idle, in ms (0: asked to sleep).
+    pub idle_ms: u64,
+    /// When the last request was seen (wall ms), if one was since the controller started.
+    pub last_request: Option<u64>,
+    /// The Deployment's resourceVersion the decision was made on.
+    pub resource_version: &'a str,
 }
 
 /// An Event to publish about a Deployment.
@@ -464,13 +471,7 @@ mod tests {
             Ok(())
         }
         async fn record_wake(&self, _key: &Key, _wake: &WakeRecord) {}
-        async fn sleep(
-            &self,
-            _key: &Key,
-            _replicas: u32,
-            _idle_ms: u64,
-            _rv: &str,
-        ) -> crate::Result<()> {
+        async fn sleep(&self, _key: &Key, _how: Sleep<'_>) -> crate::Result<()> {
             Ok(())
         }
         async fn annotate(

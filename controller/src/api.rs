@@ -438,7 +438,7 @@ mod tests {
             ))
         }
         async fn record_wake(&self, _: &Key, _: &WakeRecord) {}
-        async fn sleep(&self, _: &Key, _: u32, _: u64, _: &str) -> crate::Result<()> {
+        async fn sleep(&self, _: &Key, _: crate::activate::Sleep<'_>) -> crate::Result<()> {
             Ok(())
         }
         async fn annotate(

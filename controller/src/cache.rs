@@ -51,8 +51,6 @@ pub struct Managed {
     pub replicas_before_sleep: Option<u32>,
     /// [`kzscaler_core::names::STATE`] as last written (by the leader).
     pub recorded_state: Option<String>,
-    /// [`kzscaler_core::names::LAST_REQUEST`] as last written, in ms since the epoch.
-    pub recorded_last_request: Option<u64>,
     /// [`kzscaler_core::names::ACTION`]: what `kubectl kzscaler` asked for.
     pub action: Option<String>,
     /// The minReplicas of an HPA targeting it.

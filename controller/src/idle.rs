@@ -83,13 +83,6 @@ pub fn corrected_state(
     }
 }
 
-/// Whether the recorded last request is old enough to be rewritten: at most once a minute, or
-/// every quarter of the idle timeout when that is shorter (at least a second).
-pub fn last_request_due(last: u64, recorded: Option<u64>, idle_timeout: Duration) -> bool {
-    let refresh = (ms(idle_timeout) / 4).clamp(1_000, 60_000);
-    recorded.is_none_or(|r| last.saturating_sub(r) >= refresh)
-}
-
 /// Last activity per Deployment. A Deployment first seen now counts as active now, so a
 /// restarted controller never puts anything to sleep before a whole idle timeout.
 #[derive(Debug, Default)]
@@ -173,23 +166,6 @@ mod tests {
         assert_eq!(corrected_state(1, Some("draining"), true), None);
         assert_eq!(corrected_state(1, Some("draining"), false), Some("awake"));
         assert_eq!(corrected_state(0, Some("draining"), false), Some("asleep"));
-    }
-
-    #[test]
-    fn last_request_is_rewritten_at_most_every_minute_or_quarter_idle_timeout() {
-        let ten_min = Duration::from_secs(600);
-        assert!(last_request_due(100_000, None, ten_min));
-        assert!(!last_request_due(159_999, Some(100_000), ten_min));
-        assert!(last_request_due(160_000, Some(100_000), ten_min));
-        let four_s = Duration::from_secs(4);
-        assert!(last_request_due(101_000, Some(100_000), four_s));
-        assert!(!last_request_due(100_999, Some(100_000), four_s));
-        // Never more often than once a second.
-        assert!(!last_request_due(
-            100_500,
-            Some(100_000),
-            Duration::from_millis(400)
-        ));
     }
 
     fn facts() -> Facts {

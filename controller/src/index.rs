@@ -843,10 +843,6 @@ fn strip_deployment(d: &Deployment, key: &Key) -> Option<Dep> {
                 .unwrap_or(0),
             replicas_before_sleep,
             recorded_state: annotations.get(names::STATE).cloned(),
-            recorded_last_request: annotations
-                .get(names::LAST_REQUEST)
-                .and_then(|v| v.parse::<k8s_openapi::jiff::Timestamp>().ok())
-                .and_then(|t| u64::try_from(t.as_millisecond()).ok()),
             action: annotations.get(names::ACTION).cloned(),
             hpa_min: None,
             ready_pods: BTreeSet::new(),

@@ -184,28 +184,38 @@ impl Scaler for KubeScaler {
             .await;
     }
 
-    async fn sleep(
-        &self,
-        key: &Key,
-        replicas: u32,
-        idle_ms: u64,
-        resource_version: &str,
-    ) -> crate::Result<()> {
+    async fn sleep(&self, key: &Key, how: crate::activate::Sleep<'_>) -> crate::Result<()> {
+        let crate::activate::Sleep {
+            replicas,
+            idle_ms,
+            last_request,
+            resource_version,
+        } = how;
         let api = Api::<Deployment>::namespaced(self.client.clone(), &key.namespace);
         let at = k8s_openapi::jiff::Timestamp::now().to_string();
+        // Written with the sleep only: never a write of its own, never following traffic.
+        let last_request = last_request
+            .and_then(|ms| i64::try_from(ms).ok())
+            .and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok())
+            .map(|t| t.to_string());
         let dep = self
             .fence
             .write(&format!("putting {key} to sleep"), async {
                 // Both writes carry the resourceVersion they follow: anything written since
                 // the Deployment was found idle (a wake by a newer leader, a person's change)
                 // refuses the sleep instead of being undone by it.
+                let mut annotations = json!({
+                    names::STATE: "asleep",
+                    names::REPLICAS_BEFORE_SLEEP: replicas.to_string(),
+                    names::SLEPT_AT: at,
+                });
+                // None: no request since this controller started; an older record stays.
+                if let Some(at) = &last_request {
+                    annotations[names::LAST_REQUEST] = json!(at);
+                }
                 let record = json!({"metadata": {
                     "resourceVersion": resource_version,
-                    "annotations": {
-                        names::STATE: "asleep",
-                        names::REPLICAS_BEFORE_SLEEP: replicas.to_string(),
-                        names::SLEPT_AT: at,
-                    },
+                    "annotations": annotations,
                 }});
                 let dep = api
                     .patch(&key.name, &PatchParams::default(), &Patch::Merge(record))

@@ -14,7 +14,7 @@ use crate::activate::{Note, Scaler};
 use crate::cache::{Cache, Key};
 // Every idle and drain duration is measured on the monotonic clock.
 use crate::clock::mono_ms;
-use crate::idle::{Activity, Facts, Step, corrected_state, decide, last_request_due};
+use crate::idle::{Activity, Facts, Step, corrected_state, decide};
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use kzscaler_core::names;
@@ -109,7 +109,6 @@ impl<S: Scaler> Sleeper<S> {
                 self.correct_states(&mut memory.mismatched, &memory.draining)
                     .await;
                 self.pass(&mut memory.draining).await;
-                self.record_last_requests().await;
             }
         }
     }
@@ -213,40 +212,6 @@ impl<S: Scaler> Sleeper<S> {
                 Err(e) => {
                     tracing::warn!(deployment = %key, error = %e, "could not remove {}", names::ACTION)
                 }
-            }
-        }
-    }
-
-    /// Writes `kzscaler.io/last-request` for Deployments with requests since it was written,
-    /// rate-limited (see [`last_request_due`]).
-    async fn record_last_requests(&self) {
-        // The annotation is wall-clock time (people read it): the last request, taken on the
-        // monotonic clock, is converted before it is compared with what is written.
-        let (mono_now, wall_now) = (mono_ms(), crate::clock::wall_ms());
-        let due: Vec<(Key, u64)> = {
-            let cache = self.cache.read().await;
-            let Ok(activity) = self.idle.activity.lock() else {
-                return;
-            };
-            cache
-                .all_managed()
-                .iter()
-                .filter_map(|(k, m)| {
-                    let last = crate::clock::wall_of(activity.last_request(k)?, mono_now, wall_now);
-                    last_request_due(last, m.recorded_last_request, m.spec.idle_timeout)
-                        .then(|| (k.clone(), last))
-                })
-                .collect()
-        };
-        for (key, last) in due {
-            let at = i64::try_from(last)
-                .ok()
-                .and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok())
-                .map(|t| t.to_string())
-                .unwrap_or_default();
-            let patch = serde_json::json!({ names::LAST_REQUEST: at });
-            if let Err(e) = self.scaler.annotate(&key, patch, None).await {
-                tracing::warn!(deployment = %key, error = %e, "could not record the last request");
             }
         }
     }
@@ -384,7 +349,18 @@ impl<S: Scaler> Sleeper<S> {
                         } else {
                             now.saturating_sub(facts.last_active)
                         };
-                        to_sleep.push((key.clone(), *desired, idle_ms, version.clone()));
+                        // Recorded with the sleep, the one write it makes: the record of the
+                        // last request follows transitions, never traffic.
+                        let last_request = activity
+                            .last_request(key)
+                            .map(|m| crate::clock::wall_of(m, now, crate::clock::wall_ms()));
+                        to_sleep.push((
+                            key.clone(),
+                            *desired,
+                            idle_ms,
+                            last_request,
+                            version.clone(),
+                        ));
                     }
                 }
             }
@@ -399,9 +375,15 @@ impl<S: Scaler> Sleeper<S> {
                 tracing::warn!(deployment = %key, error = %e, "could not record the state {state}");
             }
         }
-        for (key, desired, idle_ms, version) in to_sleep {
+        for (key, desired, idle_ms, last_request, version) in to_sleep {
             let replicas = u32::try_from(desired).unwrap_or(1);
-            match self.scaler.sleep(&key, replicas, idle_ms, &version).await {
+            let how = crate::activate::Sleep {
+                replicas,
+                idle_ms,
+                last_request,
+                resource_version: &version,
+            };
+            match self.scaler.sleep(&key, how).await {
                 // Stays marked draining until the cache shows 0 replicas (then the mark goes).
                 Ok(()) => {
                     self.metrics.sleep("ok");

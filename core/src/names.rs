@@ -27,8 +27,8 @@ pub const PAUSED: &str = "kzscaler.io/paused";
 /// Set by `kubectl kzscaler wake|sleep`: `wake` or `sleep`; the controller acts on it and
 /// removes it.
 pub const ACTION: &str = "kzscaler.io/action";
-/// Written by the controller: when it last saw a request (RFC 3339), refreshed at most every
-/// minute (or a quarter of the idle timeout when shorter).
+/// Written by the controller when it puts the Deployment to sleep: when it last saw a request
+/// (RFC 3339). Never rewritten while requests flow (no API write follows traffic).
 pub const LAST_REQUEST: &str = "kzscaler.io/last-request";
 
 /// Written by the controller: `awake`, `draining` or `asleep`, the last transition it made.

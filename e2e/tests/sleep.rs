@@ -95,11 +95,27 @@ async fn a_request_every_second_keeps_it_awake() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert_eq!(replicas(&ns, "web").await?, 1);
+    let a = annotations(&ns, "web").await?;
+    assert!(!a.contains_key("kzscaler.io/slept-at"), "it never slept");
     assert!(
-        !annotations(&ns, "web")
-            .await?
-            .contains_key("kzscaler.io/slept-at"),
-        "it never slept"
+        !a.contains_key("kzscaler.io/last-request"),
+        "no API write follows traffic: {a:?}"
+    );
+    let last = k8s_openapi::jiff::Timestamp::now();
+    // Idle now: the sleep records when the last request was.
+    ns.wait_for("web to fall asleep", Duration::from_secs(15), || async {
+        Ok((replicas(&ns, "web").await? == 0).then_some(()))
+    })
+    .await?;
+    let a = annotations(&ns, "web").await?;
+    let recorded: k8s_openapi::jiff::Timestamp = a
+        .get("kzscaler.io/last-request")
+        .ok_or_else(|| anyhow::anyhow!("no kzscaler.io/last-request after the sleep: {a:?}"))?
+        .parse()?;
+    let off = (recorded.as_millisecond() - last.as_millisecond()).abs();
+    assert!(
+        off < 3_000,
+        "the record is the last request's time: {recorded} vs about {last}"
     );
     ns.cleanup().await
 }

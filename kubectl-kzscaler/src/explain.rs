@@ -64,10 +64,12 @@ pub fn explain(row: &Row, events: &[EventLine], now: Timestamp) -> String {
     ));
     match row.last_request.as_deref() {
         Some(at) => out.push_str(&format!(
-            "  Last request: {} ago (recorded at most once a minute).\n",
+            "  Last request: {} ago (recorded when it was last put to sleep).\n",
             age_of(Some(at), now)
         )),
-        None => out.push_str("  Last request: none recorded since kzscaler manages it.\n"),
+        None => out.push_str(
+            "  Last request: not recorded (kzscaler records it when it puts the Deployment to sleep).\n",
+        ),
     }
     match &row.last_wake {
         Some(w) => out.push_str(&format!(
