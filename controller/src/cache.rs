@@ -61,8 +61,6 @@ pub struct Managed {
     pub resource_version: String,
     /// `metadata.uid`: a Deployment deleted and created again under its name is another one.
     pub uid: String,
-    /// For Events.
-    pub reference: ObjectReference,
 }
 
 impl Managed {

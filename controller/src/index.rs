@@ -31,7 +31,16 @@ use kzscaler_core::wire::{Destination, RouteTimeouts};
 use crate::cache::{Key, Managed, Problem, endpoint_identity, state_of};
 use crate::virtualservice::{Routes, VirtualService};
 
-type Labels = BTreeMap<String, String>;
+/// Labels or a selector, sorted by key: a few pairs, where a map would allocate a whole node.
+type Labels = Box<[(String, String)]>;
+
+fn labels(map: Option<&BTreeMap<String, String>>) -> Labels {
+    // A BTreeMap iterates in key order: sorted already.
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
 
 /// A kept annotated Deployment: its pod template's labels (for matching) and what it means.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +65,8 @@ struct Svc {
     selector: Labels,
     /// TCP ports.
     ports: Vec<u16>,
-    reference: ObjectReference,
+    /// For Events about it.
+    uid: Option<String>,
 }
 
 /// What one namespace holds.
@@ -76,7 +86,7 @@ struct Ns {
     /// Service → the one managed Deployment it selects.
     matched: HashMap<String, String>,
     /// Deployment → the Services matched to it.
-    services_of: HashMap<String, BTreeSet<String>>,
+    services_of: HashMap<String, Vec<String>>,
     /// Service → its destinations' cluster names.
     clusters_of: HashMap<String, Vec<String>>,
 }
@@ -125,7 +135,12 @@ fn key_of<K: Resource>(obj: &K) -> Option<Key> {
 }
 
 fn selects(selector: &Labels, labels: &Labels) -> bool {
-    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    !selector.is_empty()
+        && selector.iter().all(|(k, v)| {
+            labels
+                .binary_search_by(|(lk, _)| lk.as_str().cmp(k))
+                .is_ok_and(|i| labels[i].1 == *v)
+        })
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -360,8 +375,13 @@ impl Index {
         let Some(ns) = self.namespaces.get(&key.namespace) else {
             return;
         };
-        let mut affected: BTreeSet<String> =
-            ns.services_of.get(&key.name).cloned().unwrap_or_default();
+        let mut affected: BTreeSet<String> = ns
+            .services_of
+            .get(&key.name)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         for (name, svc) in &ns.services {
             if old.is_some_and(|l| selects(&svc.selector, l))
                 || new.is_some_and(|l| selects(&svc.selector, l))
@@ -383,7 +403,7 @@ impl Index {
         };
         let in_scope = self.in_scope(namespace);
         let (managed, problem, warning, services) = match self.namespaces.get(namespace) {
-            None => (None, None, None, BTreeSet::new()),
+            None => (None, None, None, Vec::new()),
             Some(ns) => {
                 let services = ns.services_of.get(name).cloned().unwrap_or_default();
                 match ns.deployments.get(name) {
@@ -433,7 +453,7 @@ impl Index {
         };
         let spec = s.spec.as_ref();
         let svc = Svc {
-            selector: spec.and_then(|s| s.selector.clone()).unwrap_or_default(),
+            selector: labels(spec.and_then(|s| s.selector.as_ref())),
             ports: spec
                 .and_then(|s| s.ports.as_ref())
                 .into_iter()
@@ -441,7 +461,7 @@ impl Index {
                 .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
                 .filter_map(|p| u16::try_from(p.port).ok())
                 .collect(),
-            reference: s.object_ref(&()),
+            uid: s.metadata.uid.clone(),
         };
         let ns = self.ns_mut(&key.namespace);
         if ns.services.get(&key.name) == Some(&svc) {
@@ -499,7 +519,14 @@ impl Index {
                                     names.join(", ")
                                 ),
                             },
-                            svc.reference.clone(),
+                            ObjectReference {
+                                api_version: Some("v1".into()),
+                                kind: Some("Service".into()),
+                                namespace: Some(namespace.to_owned()),
+                                name: Some(name.to_owned()),
+                                uid: svc.uid.clone(),
+                                ..ObjectReference::default()
+                            },
                         ));
                         None
                     }
@@ -512,18 +539,18 @@ impl Index {
         };
         if old != new {
             if let Some(o) = &old
-                && let Some(set) = ns.services_of.get_mut(o)
+                && let Some(list) = ns.services_of.get_mut(o)
             {
-                set.remove(name);
-                if set.is_empty() {
+                list.retain(|s| s != name);
+                if list.is_empty() {
                     ns.services_of.remove(o);
                 }
             }
             if let Some(n) = &new {
-                ns.services_of
-                    .entry(n.clone())
-                    .or_default()
-                    .insert(name.to_owned());
+                let list = ns.services_of.entry(n.clone()).or_default();
+                if let Err(i) = list.binary_search_by(|s| s.as_str().cmp(name)) {
+                    list.insert(i, name.to_owned());
+                }
             }
         }
         self.set_problem("Service", &skey, problem);
@@ -793,10 +820,11 @@ fn strip_deployment(d: &Deployment, key: &Key) -> Option<Dep> {
     }
     let reference = d.object_ref(&());
     let spec_d = d.spec.as_ref();
-    let labels = spec_d
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+    let labels = labels(
+        spec_d
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.as_ref()),
+    );
     let spec = match ManagedSpec::from_annotations(annotations) {
         Ok(Some(s)) => s,
         Ok(None) => return None,
@@ -848,7 +876,6 @@ fn strip_deployment(d: &Deployment, key: &Key) -> Option<Dep> {
             ready_pods: BTreeSet::new(),
             resource_version: d.metadata.resource_version.clone().unwrap_or_default(),
             uid: d.metadata.uid.clone().unwrap_or_default(),
-            reference,
         }),
         warning,
     })

@@ -337,7 +337,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "labels": {PRIVATE_LABEL: name, kzscaler_e2e::namespace::E2E_LABEL: "true"}}}))?;
     let namespaces = Api::<Namespace>::all(bed.client.clone());
     namespaces.create(&PostParams::default(), &ns).await?;
-    let result = measure(&args, &bed, &name, tick).await;
+    // Interrupted, the measurement is dropped: its controller is killed with it, and the
+    // namespace still goes.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = measure(&args, &bed, &name, tick) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = sigterm.recv() => Err(anyhow::anyhow!("terminated")),
+    };
     if !args.keep {
         let _ = namespaces.delete(&name, &DeleteParams::default()).await;
     }
