@@ -100,6 +100,23 @@ impl Ns {
     }
 }
 
+/// A kind of object the index keeps (see [`Index::keys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Annotated Deployments.
+    Deployments,
+    /// Services.
+    Services,
+    /// EndpointSlices.
+    EndpointSlices,
+    /// HPAs targeting a Deployment.
+    Hpas,
+    /// VirtualServices.
+    VirtualServices,
+    /// Namespaces in scope (namespace `""`).
+    Namespaces,
+}
+
 /// Everything known about managed destinations, derived incrementally.
 #[derive(Debug)]
 pub struct Index {
@@ -191,6 +208,34 @@ impl Index {
             index.apply_service(s);
         }
         index
+    }
+
+    /// The `(namespace, name)` of every object of a kind it keeps: what a re-list that no
+    /// longer shows them deletes (no other copy of the keys is needed).
+    pub fn keys(&self, kind: Kept) -> Vec<(String, String)> {
+        let per_ns = |names: &dyn Fn(&Ns) -> Vec<String>| -> Vec<(String, String)> {
+            self.namespaces
+                .iter()
+                .flat_map(|(ns, n)| names(n).into_iter().map(move |name| (ns.clone(), name)))
+                .collect()
+        };
+        match kind {
+            Kept::Deployments => per_ns(&|n| n.deployments.keys().cloned().collect()),
+            Kept::Services => per_ns(&|n| n.services.keys().cloned().collect()),
+            Kept::EndpointSlices => per_ns(&|n| n.slices.keys().cloned().collect()),
+            Kept::Hpas => per_ns(&|n| n.hpas.keys().cloned().collect()),
+            Kept::VirtualServices => self
+                .virtual_services
+                .keys()
+                .map(|k| (k.namespace.clone(), k.name.clone()))
+                .collect(),
+            Kept::Namespaces => self
+                .scope
+                .iter()
+                .flatten()
+                .map(|n| (String::new(), n.clone()))
+                .collect(),
+        }
     }
 
     /// Managed Deployments (valid annotations, in scope).
@@ -1127,6 +1172,37 @@ mod tests {
             .unwrap(),
         );
         assert!(index.take_changed().is_empty());
+    }
+
+    #[test]
+    fn the_keys_of_a_kind_are_what_a_relist_compares_with() {
+        let mut rng = Rng(7);
+        let mut index = Index::new("cluster.local", Some(HashSet::new()));
+        let plain: Deployment = serde_json::from_value(json!({
+            "metadata": {"namespace": "a", "name": "plain"}}))
+        .unwrap();
+        index.apply_deployment(&plain);
+        let mut managed = deployment(&mut rng, "a", "d0");
+        managed.metadata.annotations =
+            Some([("kzscaler.io/scale-to-zero".to_owned(), "true".to_owned())].into());
+        index.apply_deployment(&managed);
+        index.apply_service(&service(&mut rng, "b", "s1"));
+        index.set_in_scope("a", true);
+        assert_eq!(
+            index.keys(Kept::Deployments),
+            [("a".to_owned(), "d0".to_owned())],
+            "only what it keeps: an unannotated Deployment is not"
+        );
+        assert_eq!(
+            index.keys(Kept::Services),
+            [("b".to_owned(), "s1".to_owned())]
+        );
+        assert_eq!(
+            index.keys(Kept::Namespaces),
+            [(String::new(), "a".to_owned())]
+        );
+        index.delete_deployment("a", "d0");
+        assert!(index.keys(Kept::Deployments).is_empty());
     }
 
     #[test]

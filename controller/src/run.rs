@@ -663,6 +663,8 @@ trait Indexed:
 {
     /// For logs.
     const WHAT: &'static str;
+    /// What the index keeps of this kind.
+    const KEPT: crate::index::Kept;
     /// Created or changed.
     fn apply(index: &mut Index, obj: &Self);
     /// Deleted.
@@ -671,6 +673,7 @@ trait Indexed:
 
 impl Indexed for Deployment {
     const WHAT: &'static str = "deployments";
+    const KEPT: crate::index::Kept = crate::index::Kept::Deployments;
     fn apply(index: &mut Index, obj: &Self) {
         index.apply_deployment(obj);
     }
@@ -681,6 +684,7 @@ impl Indexed for Deployment {
 
 impl Indexed for Service {
     const WHAT: &'static str = "services";
+    const KEPT: crate::index::Kept = crate::index::Kept::Services;
     fn apply(index: &mut Index, obj: &Self) {
         index.apply_service(obj);
     }
@@ -691,6 +695,7 @@ impl Indexed for Service {
 
 impl Indexed for EndpointSlice {
     const WHAT: &'static str = "endpointslices";
+    const KEPT: crate::index::Kept = crate::index::Kept::EndpointSlices;
     fn apply(index: &mut Index, obj: &Self) {
         index.apply_slice(obj);
     }
@@ -701,6 +706,7 @@ impl Indexed for EndpointSlice {
 
 impl Indexed for HorizontalPodAutoscaler {
     const WHAT: &'static str = "horizontalpodautoscalers";
+    const KEPT: crate::index::Kept = crate::index::Kept::Hpas;
     fn apply(index: &mut Index, obj: &Self) {
         index.apply_hpa(obj);
     }
@@ -711,6 +717,7 @@ impl Indexed for HorizontalPodAutoscaler {
 
 impl Indexed for VirtualService {
     const WHAT: &'static str = "virtualservices";
+    const KEPT: crate::index::Kept = crate::index::Kept::VirtualServices;
     fn apply(index: &mut Index, obj: &Self) {
         index.apply_virtual_service(obj);
     }
@@ -723,6 +730,7 @@ impl Indexed for VirtualService {
 /// matching leaves the watch as deleted.
 impl Indexed for Namespace {
     const WHAT: &'static str = "namespaces";
+    const KEPT: crate::index::Kept = crate::index::Kept::Namespaces;
     fn apply(index: &mut Index, obj: &Self) {
         if let Some(name) = &obj.metadata.name {
             index.set_in_scope(name, true);
@@ -734,7 +742,7 @@ impl Indexed for Namespace {
 }
 
 /// Feeds watch events into the cache's index, one object at a time. No object is kept
-/// beyond what the index strips it to; only the keys seen, to delete what a re-list no
+/// beyond what the index strips it to; a re-list deletes what the index kept and the list no
 /// longer shows.
 #[derive(Clone)]
 struct Indexer {
@@ -754,7 +762,6 @@ impl Indexer {
         let stream = watcher(api, config).default_backoff();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
-            let mut known: std::collections::HashSet<(String, String)> = Default::default();
             let mut relisted: Option<std::collections::HashSet<(String, String)>> = None;
             let mut listed = false;
             let key = |o: &K| {
@@ -782,23 +789,21 @@ impl Indexer {
                             K::apply(index, &o);
                         }
                         Event::InitDone => {
+                            // What the index kept and the list no longer shows is gone.
                             let seen = relisted.take().unwrap_or_default();
-                            for (ns, name) in known.difference(&seen) {
-                                K::delete(index, ns, name);
+                            for (ns, name) in index.keys(K::KEPT) {
+                                if !seen.contains(&(ns.clone(), name.clone())) {
+                                    K::delete(index, &ns, &name);
+                                }
                             }
-                            known = seen;
                             if !std::mem::replace(&mut listed, true) {
                                 this.unlisted.fetch_sub(1, Ordering::AcqRel);
                             }
                         }
-                        Event::Apply(o) => {
-                            known.insert(key(&o));
-                            K::apply(index, &o);
-                        }
+                        Event::Apply(o) => K::apply(index, &o),
                         Event::Delete(o) => {
-                            let k = key(&o);
-                            K::delete(index, &k.0, &k.1);
-                            known.remove(&k);
+                            let (ns, name) = key(&o);
+                            K::delete(index, &ns, &name);
                         }
                     }
                     this.metrics
