@@ -1,6 +1,6 @@
 //! What the index and the cache keep per managed Deployment (with its Service and
-//! EndpointSlice): builds them for N (default 10,000) and prints the growth of this process's
-//! resident memory, step by step. `cargo run --release -p kzscaler-controller --example
+//! EndpointSlice), and what applying them costs: builds them for N (default 10,000) and
+//! prints the growth of this process's resident memory and the CPU time, step by step. `cargo run --release -p kzscaler-controller --example
 //! index_memory -- 10000`.
 
 use kzscaler_controller::cache::{Cache, Index};
@@ -27,6 +27,7 @@ fn main() {
     let mut marks = Vec::new();
     for kind in ["Deployments", "Services", "EndpointSlices"] {
         let at = rss_kb();
+        let started = std::time::Instant::now();
         for i in 0..n {
             let name = format!("app-{i}");
             match kind {
@@ -57,33 +58,34 @@ fn main() {
                 ),
             }
         }
-        marks.push((kind, rss_kb().saturating_sub(at)));
+        marks.push((kind, rss_kb().saturating_sub(at), started.elapsed()));
     }
     let indexed = rss_kb();
     let cache = Cache::new(index, 1);
     let published = rss_kb();
     let (bytes, _) = cache.encoded();
     let encoded = rss_kb();
-    println!("| kept for {n} managed Deployments | KB | bytes each |");
-    println!("|---|---|---|");
-    for (kind, kb) in marks {
+    println!("| kept for {n} managed Deployments | KB | bytes each | µs per object applied |");
+    println!("|---|---|---|---|");
+    for (kind, kb, took) in marks {
         println!(
-            "| index: {kind} | {kb} | {:.0} |",
-            kb as f64 * 1024.0 / n as f64
+            "| index: {kind} | {kb} | {:.0} | {:.1} |",
+            kb as f64 * 1024.0 / n as f64,
+            took.as_secs_f64() * 1e6 / n as f64
         );
     }
     let total = indexed.saturating_sub(before);
     println!(
-        "| index in all | {total} | {:.0} |",
+        "| index in all | {total} | {:.0} | |",
         total as f64 * 1024.0 / n as f64
     );
     let p = published.saturating_sub(indexed);
     println!(
-        "| published snapshot and log of changes | {p} | {:.0} |",
+        "| published snapshot and log of changes | {p} | {:.0} | |",
         p as f64 * 1024.0 / n as f64
     );
     println!(
-        "| the full snapshot encoded ({} bytes) | {} | |",
+        "| the full snapshot encoded ({} bytes) | {} | | |",
         bytes.len(),
         encoded.saturating_sub(published)
     );

@@ -108,25 +108,40 @@ impl Activity {
 
     /// Records activity now.
     pub fn touch(&mut self, key: &Key, now: u64) {
-        self.last.insert(key.clone(), now);
+        // Every pass touches every Deployment that is not awake: no allocation once known.
+        match self.last.get_mut(key) {
+            Some(at) => *at = now,
+            None => {
+                self.last.insert(key.clone(), now);
+            }
+        }
     }
 
     /// Last activity, starting the clock if unknown.
     pub fn last_active(&mut self, key: &Key, now: u64) -> u64 {
-        *self.last.entry(key.clone()).or_insert(now)
+        if let Some(at) = self.last.get(key) {
+            return *at;
+        }
+        self.last.insert(key.clone(), now);
+        now
     }
 
     /// Notes the uid of the Deployment `key` names now; when it is another Deployment than
     /// before (deleted and created again under its name), its clock is forgotten and `true`
     /// returned: the new one starts its own idle time, and nothing of the old one carries over.
     pub fn forget_if_recreated(&mut self, key: &Key, uid: &str) -> bool {
-        match self.uids.insert(key.clone(), uid.to_owned()) {
-            Some(old) if old != uid => {
+        match self.uids.get_mut(key) {
+            Some(old) if old == uid => false,
+            Some(old) => {
+                uid.clone_into(old);
                 self.last.remove(key);
                 self.requests.remove(key);
                 true
             }
-            _ => false,
+            None => {
+                self.uids.insert(key.clone(), uid.to_owned());
+                false
+            }
         }
     }
 

@@ -89,6 +89,30 @@ struct Ns {
     services_of: HashMap<String, Vec<String>>,
     /// Service → its destinations' cluster names.
     clusters_of: HashMap<String, Vec<String>>,
+    /// Label pair → the matchable Deployments whose pod template has it: a Service is matched
+    /// against the Deployments having its selector's first pair, not against all of them.
+    deployments_by_label: HashMap<(String, String), Vec<String>>,
+    /// The first pair of each Service's selector → the Services: a Deployment's labels find
+    /// the Services that may select it.
+    services_by_label: HashMap<(String, String), Vec<String>>,
+}
+
+/// Adds `name` under `pair` (kept sorted, once).
+fn link(map: &mut HashMap<(String, String), Vec<String>>, pair: &(String, String), name: &str) {
+    let list = map.entry(pair.clone()).or_default();
+    if let Err(i) = list.binary_search_by(|n| n.as_str().cmp(name)) {
+        list.insert(i, name.to_owned());
+    }
+}
+
+/// Removes `name` from under `pair`.
+fn unlink(map: &mut HashMap<(String, String), Vec<String>>, pair: &(String, String), name: &str) {
+    if let Some(list) = map.get_mut(pair) {
+        list.retain(|n| n != name);
+        if list.is_empty() {
+            map.remove(pair);
+        }
+    }
 }
 
 impl Ns {
@@ -389,6 +413,12 @@ impl Index {
         let old_labels = old.as_ref().and_then(Dep::matchable).cloned();
         let new_labels = new.and_then(Dep::matchable).cloned();
         if old_labels != new_labels {
+            for pair in old_labels.iter().flat_map(|l| l.iter()) {
+                unlink(&mut ns.deployments_by_label, pair, &key.name);
+            }
+            for pair in new_labels.iter().flat_map(|l| l.iter()) {
+                link(&mut ns.deployments_by_label, pair, &key.name);
+            }
             self.rematch_selecting(&key, old_labels.as_ref(), new_labels.as_ref());
         }
         self.refresh_deployment(&key.namespace, &key.name);
@@ -408,6 +438,9 @@ impl Index {
         };
         if let Some(labels) = old.matchable() {
             let labels = labels.clone();
+            for pair in labels.iter() {
+                unlink(&mut ns.deployments_by_label, pair, name);
+            }
             self.rematch_selecting(&key, Some(&labels), None);
         }
         self.refresh_deployment(namespace, name);
@@ -427,7 +460,17 @@ impl Index {
             .flatten()
             .cloned()
             .collect();
-        for (name, svc) in &ns.services {
+        // A Service selecting these labels is listed under its first pair, one of them.
+        let candidates = old
+            .into_iter()
+            .chain(new)
+            .flat_map(|l| l.iter())
+            .filter_map(|pair| ns.services_by_label.get(pair))
+            .flatten();
+        for name in candidates {
+            let Some(svc) = ns.services.get(name) else {
+                continue;
+            };
             if old.is_some_and(|l| selects(&svc.selector, l))
                 || new.is_some_and(|l| selects(&svc.selector, l))
             {
@@ -512,7 +555,15 @@ impl Index {
         if ns.services.get(&key.name) == Some(&svc) {
             return;
         }
-        ns.services.insert(key.name.clone(), svc);
+        if let Some(pair) = svc.selector.first() {
+            link(&mut ns.services_by_label, pair, &key.name);
+        }
+        if let Some(old) = ns.services.insert(key.name.clone(), svc)
+            && let Some(pair) = old.selector.first()
+            && ns.services.get(&key.name).and_then(|s| s.selector.first()) != Some(pair)
+        {
+            unlink(&mut ns.services_by_label, pair, &key.name);
+        }
         self.rematch_service(&key.namespace, &key.name);
     }
 
@@ -521,8 +572,11 @@ impl Index {
         let Some(ns) = self.namespaces.get_mut(namespace) else {
             return;
         };
-        if ns.services.remove(name).is_none() {
+        let Some(old) = ns.services.remove(name) else {
             return;
+        };
+        if let Some(pair) = old.selector.first() {
+            unlink(&mut ns.services_by_label, pair, name);
         }
         self.rematch_service(namespace, name);
         self.drop_ns_if_empty(namespace);
@@ -541,11 +595,19 @@ impl Index {
         let new: Option<String> = match ns.services.get(name) {
             None => None,
             Some(svc) => {
-                let mut matched: Vec<&String> = ns
-                    .deployments
-                    .iter()
-                    .filter(|(_, d)| d.matchable().is_some_and(|l| selects(&svc.selector, l)))
-                    .map(|(n, _)| n)
+                // Only the Deployments with the selector's first pair can match.
+                let mut matched: Vec<&String> = svc
+                    .selector
+                    .first()
+                    .and_then(|pair| ns.deployments_by_label.get(pair))
+                    .into_iter()
+                    .flatten()
+                    .filter(|n| {
+                        ns.deployments
+                            .get(*n)
+                            .and_then(Dep::matchable)
+                            .is_some_and(|l| selects(&svc.selector, l))
+                    })
                     .collect();
                 matched.sort();
                 match matched.as_slice() {
@@ -1126,6 +1188,54 @@ mod tests {
                 derived(&mut fresh),
                 "after step {step}"
             );
+            // Matching, checked against a plain scan of every pair (the index looks up
+            // candidates by label).
+            for ((ns, svc_name), svc) in &svcs {
+                let selector = svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.selector.clone())
+                    .unwrap_or_default();
+                let selecting: Vec<&String> = deps
+                    .iter()
+                    .filter(|((dns, _), d)| {
+                        let a = d.metadata.annotations.clone().unwrap_or_default();
+                        let valid = matches!(ManagedSpec::from_annotations(&a), Ok(Some(_)));
+                        let labels = d
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.template.metadata.as_ref())
+                            .and_then(|m| m.labels.clone())
+                            .unwrap_or_default();
+                        dns == ns
+                            && valid
+                            && !selector.is_empty()
+                            && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                    })
+                    .map(|((_, n), _)| n)
+                    .collect();
+                let has_tcp = svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.ports.as_ref())
+                    .is_some_and(|p| p.iter().any(|p| p.protocol.as_deref() != Some("UDP")));
+                let found: Vec<&String> = index
+                    .destinations()
+                    .values()
+                    .filter(|(_, d)| &d.namespace == ns && &d.service == svc_name)
+                    .map(|(k, _)| &k.name)
+                    .collect();
+                match selecting.as_slice() {
+                    [one] if has_tcp => assert!(
+                        !found.is_empty() && found.iter().all(|f| f == one),
+                        "step {step}: {ns}/{svc_name} selects {one} only: {found:?}"
+                    ),
+                    _ => assert!(
+                        found.is_empty(),
+                        "step {step}: {ns}/{svc_name}: {selecting:?} vs {found:?}"
+                    ),
+                }
+            }
             destinations_seen += index.destinations().len();
         }
         assert!(

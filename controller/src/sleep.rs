@@ -280,7 +280,9 @@ impl<S: Scaler> Sleeper<S> {
             let mut cache = self.cache.write().await;
             let now = mono_ms();
             // A committed sleep waits for the cache to show 0 replicas: nothing to decide.
-            let managed: Vec<(Key, i32, State, Duration, bool, String, String)> = cache
+            // Only what the decision reads: the rest is looked up when needed (this runs
+            // four times a second over every managed Deployment).
+            let managed: Vec<(Key, i32, State, Duration, bool)> = cache
                 .all_managed()
                 .iter()
                 .filter(|(k, _)| !cache.is_closing(k))
@@ -291,8 +293,6 @@ impl<S: Scaler> Sleeper<S> {
                         m.state(),
                         m.spec.idle_timeout,
                         m.spec.paused,
-                        m.resource_version.clone(),
-                        m.uid.clone(),
                     )
                 })
                 .collect();
@@ -302,8 +302,11 @@ impl<S: Scaler> Sleeper<S> {
             let all = cache.all_managed();
             activity.retain(|k| all.contains_key(k));
             draining.retain(|k, _| all.contains_key(k));
-            for (key, desired, state, idle_timeout, paused, version, uid) in &managed {
-                if activity.forget_if_recreated(key, uid) {
+            for (key, desired, state, idle_timeout, paused) in &managed {
+                let recreated = cache
+                    .managed(key)
+                    .is_some_and(|m| activity.forget_if_recreated(key, &m.uid));
+                if recreated {
                     // Deleted and created again: nothing of the old one's drain carries over.
                     draining.remove(key);
                     changed |= cache.set_draining(key, false);
@@ -354,13 +357,11 @@ impl<S: Scaler> Sleeper<S> {
                         let last_request = activity
                             .last_request(key)
                             .map(|m| crate::clock::wall_of(m, now, crate::clock::wall_ms()));
-                        to_sleep.push((
-                            key.clone(),
-                            *desired,
-                            idle_ms,
-                            last_request,
-                            version.clone(),
-                        ));
+                        let version = cache
+                            .managed(key)
+                            .map(|m| m.resource_version.clone())
+                            .unwrap_or_default();
+                        to_sleep.push((key.clone(), *desired, idle_ms, last_request, version));
                     }
                 }
             }
