@@ -213,10 +213,17 @@ async fn snapshot<S: Scaler>(
                 // A long poll: answer when something changes, the leadership does, or the
                 // wait is over.
                 // A closed channel never wakes it: it waits out its time.
+                // Only losing the lead ends a wait early: a Lease renewal changes the
+                // leadership's `until` every retry period.
+                let lost_lead = async {
+                    if leadership.wait_for(|l| !l.leader).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 let woke = tokio::time::timeout_at(deadline, async {
                     tokio::select! {
                         Ok(()) = versions.changed() => {}
-                        Ok(()) = leadership.changed() => {}
+                        () = lost_lead => {}
                         else => std::future::pending().await,
                     }
                 })

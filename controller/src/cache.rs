@@ -259,9 +259,9 @@ impl Cache {
     /// [`version_base`]): its versions continue above every version an earlier leader can
     /// have given, and a new term begins: deltas are answered only from versions of it.
     pub fn new_term(&mut self, base: u64) {
-        if base > self.version {
-            self.version = base;
-        }
+        // A new term is a new version too, even when this clock is behind: what was encoded
+        // for the old term (carrying its term) is never served again.
+        self.version = base.max(self.version.saturating_add(1));
         self.term = self.version;
         self.log.clear();
         self.log_clusters = 0;
@@ -859,7 +859,12 @@ mod tests {
         assert!(new.snapshot().version > old.snapshot().version);
         let v = new.snapshot().version;
         new.new_term(version_base(1_600_000_000_000));
-        assert_eq!(new.snapshot().version, v, "never backwards");
+        assert_eq!(
+            new.snapshot().version,
+            v + 1,
+            "never backwards, and a new version"
+        );
+        assert_eq!(new.term(), v + 1, "a new term");
     }
 
     fn cache_of(replicas: &[i32]) -> Index {

@@ -83,6 +83,8 @@ struct Ns {
     ready: HashMap<String, BTreeSet<String>>,
     /// HPA name → (target Deployment, minReplicas).
     hpas: HashMap<String, (String, u32)>,
+    /// Deployment → the minReplicas of the HPAs targeting it.
+    hpa_mins: HashMap<String, Vec<(String, u32)>>,
     /// Service → the one managed Deployment it selects.
     matched: HashMap<String, String>,
     /// Deployment → the Services matched to it.
@@ -501,11 +503,9 @@ impl Index {
                         Ok(m) => {
                             let mut m = m.clone();
                             m.hpa_min = ns
-                                .hpas
-                                .values()
-                                .filter(|(target, _)| target == name)
-                                .map(|(_, min)| *min)
-                                .max();
+                                .hpa_mins
+                                .get(name)
+                                .and_then(|v| v.iter().map(|(_, min)| *min).max());
                             m.ready_pods = services
                                 .iter()
                                 .filter_map(|s| ns.ready.get(s))
@@ -595,11 +595,15 @@ impl Index {
         let new: Option<String> = match ns.services.get(name) {
             None => None,
             Some(svc) => {
-                // Only the Deployments with the selector's first pair can match.
+                // Only the Deployments with every pair of the selector can match: the fewest
+                // having one of them are the candidates.
                 let mut matched: Vec<&String> = svc
                     .selector
-                    .first()
-                    .and_then(|pair| ns.deployments_by_label.get(pair))
+                    .iter()
+                    .map(|pair| ns.deployments_by_label.get(pair))
+                    // A pair no Deployment has: none matches.
+                    .min_by_key(|list| list.map_or(0, Vec::len))
+                    .flatten()
                     .into_iter()
                     .flatten()
                     .filter(|n| {
@@ -865,6 +869,12 @@ impl Index {
         if old.as_ref() == Some(&entry) {
             return;
         }
+        if let Some((target, _)) = &old {
+            unlink_hpa(ns, target, &key.name);
+        }
+        let mins = ns.hpa_mins.entry(entry.0.clone()).or_default();
+        mins.retain(|(h, _)| *h != key.name);
+        mins.push((key.name.clone(), entry.1));
         for (d, _) in old.iter().chain(std::iter::once(&entry)) {
             self.refresh_deployment(&key.namespace, d);
         }
@@ -878,6 +888,7 @@ impl Index {
         let Some((target, _)) = ns.hpas.remove(name) else {
             return;
         };
+        unlink_hpa(ns, &target, name);
         self.refresh_deployment(namespace, &target);
         self.drop_ns_if_empty(namespace);
     }
@@ -905,6 +916,15 @@ impl Index {
         };
         if self.virtual_services.remove(&key).is_some() {
             self.routes_stale = true;
+        }
+    }
+}
+
+fn unlink_hpa(ns: &mut Ns, target: &str, hpa: &str) {
+    if let Some(mins) = ns.hpa_mins.get_mut(target) {
+        mins.retain(|(h, _)| h != hpa);
+        if mins.is_empty() {
+            ns.hpa_mins.remove(target);
         }
     }
 }

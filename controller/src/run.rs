@@ -590,7 +590,8 @@ async fn publish_loop(
     loop {
         tokio::select! {
             () = changed.notified() => {}
-            _ = leadership.changed() => {}
+            // Gaining or losing the lead, not each Lease renewal.
+            _ = async { leadership.wait_for(|l| l.leader != led).await.is_ok() } => {}
             _ = sigterm.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }

@@ -120,9 +120,9 @@ struct Poll {
     last_degraded_ms: u64,
     /// Activity reports on their way, by callout token: put back if they do not arrive.
     reports: HashMap<u32, ActivityReport>,
-    /// When the poll in flight started, and whether it holds the poll lease.
+    /// When the poll in flight started, and until when it holds the poll lease (as taken).
     started_ms: u64,
-    leased: bool,
+    leased: Option<u64>,
     /// This worker lost track of the deltas (too far behind, or one did not apply): it polls
     /// a full snapshot itself, whoever holds the poll lease.
     full_next: bool,
@@ -222,6 +222,7 @@ impl Root {
                         Ok(()) => self.adopted_delta(worker, version, now),
                         Err(e) => {
                             self.warn(now, &format!("ignoring a stored delta: {e}"));
+                            self.poll.adopted.skip_hint(&EnvoyShared);
                             self.poll.full_next = true;
                             return;
                         }
@@ -342,10 +343,18 @@ impl Root {
             Ok(token) => {
                 self.poll.inflight = Some(token);
                 self.poll.started_ms = now;
-                self.poll.leased = leased;
+                self.poll.leased = leased.then(|| now.saturating_add(hold));
             }
             Err(e) => {
                 self.poll.full_next |= full;
+                if leased {
+                    // Not sent: the lease goes at the period's end, not the long poll's.
+                    sync::end_poll_lease(
+                        &mut EnvoyShared,
+                        now.saturating_add(hold),
+                        now.saturating_add(period),
+                    );
+                }
                 self.warn(
                     now,
                     &format!(
@@ -515,10 +524,11 @@ impl Context for Root {
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok());
         if self.poll.inflight == Some(token) {
             self.poll.inflight = None;
-            if std::mem::take(&mut self.poll.leased) {
+            if let Some(held) = self.poll.leased.take() {
                 let period = u64::try_from(config.poll_period.as_millis()).unwrap_or(1_000);
                 sync::end_poll_lease(
                     &mut EnvoyShared,
+                    held,
                     self.poll.started_ms.saturating_add(period),
                 );
             }

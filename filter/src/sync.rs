@@ -171,9 +171,17 @@ impl Adopted {
     }
 
     /// Forgets which hint was tried: the next [`Adopted::next_stored`] looks again (after
-    /// a delta failed to apply and the full snapshot is wanted, or after a poll of its own).
+    /// a full snapshot was adopted: deltas stored since may follow).
     pub fn retry(&mut self) {
         self.tried_hint = None;
+    }
+
+    /// Stops looking at what is stored until the hint moves (a stored delta that does not
+    /// apply is not read again every tick).
+    pub fn skip_hint(&mut self, shared: &impl Shared) {
+        if let Some((Some(hint), _)) = shared.get(SNAPSHOT_VERSION_KEY) {
+            self.tried_hint = u64_le(&hint);
+        }
     }
 
     /// A stored snapshot newer than the one in use, as `(version, body)`, read at most once
@@ -295,12 +303,17 @@ fn merge_activity(into: &mut ActivityReport, from: &ActivityReport, in_flight: b
     }
 }
 
-/// The holder's poll was answered: its lease ends at `until` (the poll's start plus one poll
-/// period), so the next poll starts then, whichever worker takes it, and never sooner.
-pub fn end_poll_lease(shared: &mut impl Shared, until: u64) -> bool {
-    let Some((_, cas)) = shared.get(POLL_LEASE_KEY) else {
+/// The holder's poll was answered (or could not be sent): its lease, until `held` as taken,
+/// now ends at `until` (the poll's start plus one poll period), so the next poll starts then,
+/// whichever worker takes it, and never sooner. A lease another worker took meanwhile (this
+/// one had expired) is left alone.
+pub fn end_poll_lease(shared: &mut impl Shared, held: u64, until: u64) -> bool {
+    let Some((stored, cas)) = shared.get(POLL_LEASE_KEY) else {
         return false;
     };
+    if stored.as_deref().and_then(u64_le) != Some(held) {
+        return false;
+    }
     shared.set(POLL_LEASE_KEY, &until.to_le_bytes(), cas)
 }
 
@@ -572,12 +585,30 @@ mod tests {
             "still open"
         );
         // Answered at 10.2 s (something changed): the next poll starts at 11 s, not before.
-        assert!(end_poll_lease(&mut shared, 10_000 + period));
+        assert!(end_poll_lease(&mut shared, 10_000 + long, 10_000 + period));
         assert!(!take_poll_lease(&mut shared, 10_500, long, long));
         assert!(take_poll_lease(&mut shared, 11_000, long, long));
-        // Answered after its whole wait: the next starts at once.
-        assert!(end_poll_lease(&mut shared, 11_000 + period));
-        assert!(take_poll_lease(&mut shared, 41_000, long, long));
+        // Its lease expired and another worker took it: a late answer leaves that one alone.
+        assert!(take_poll_lease(&mut shared, 11_000 + long, long, long));
+        assert!(!end_poll_lease(&mut shared, 11_000 + long, 11_000 + period));
+        assert!(!take_poll_lease(
+            &mut shared,
+            11_000 + long + 10,
+            long,
+            long
+        ));
+        // Answered after its whole wait: the next starts one period after it started.
+        assert!(end_poll_lease(
+            &mut shared,
+            11_000 + 2 * long,
+            11_000 + long + period
+        ));
+        assert!(take_poll_lease(
+            &mut shared,
+            11_000 + long + period,
+            long,
+            long
+        ));
     }
 
     #[test]

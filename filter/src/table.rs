@@ -165,6 +165,14 @@ impl Table {
                 self.insert(d);
             }
             Err(e) => {
+                // What a full snapshot would give: the destination is gone, not left as it was.
+                #[derive(serde::Deserialize)]
+                struct Named {
+                    cluster: String,
+                }
+                if let Ok(n) = serde_json::from_str::<Named>(value.get()) {
+                    self.remove(&n.cluster);
+                }
                 self.skipped += 1;
                 self.first_skip.get_or_insert_with(|| e.to_string());
             }
@@ -514,6 +522,22 @@ mod tests {
         assert_eq!(view(&t), view(&Table::parse(new.as_bytes()).unwrap()));
         assert_eq!(t.workload("shop/old"), None, "its last destination went");
         assert!(t.workload("shop/web").is_some(), "one of two remains");
+    }
+
+    #[test]
+    fn a_destination_a_delta_cannot_read_is_gone_as_in_a_full_snapshot() {
+        let old = format!(
+            r#"{{"version":10,"term":7,"destinations":[{}]}}"#,
+            dest("web", 80, "web", "asleep")
+        );
+        let mut t = Table::parse(old.as_bytes()).unwrap();
+        let delta = br#"{"version":11,"term":7,"since":10,"upsert":[{"cluster":"outbound|80||web.shop.svc.cluster.local","state":7}]}"#;
+        t.apply_delta(delta).unwrap();
+        assert_eq!(t.get("outbound|80||web.shop.svc.cluster.local"), None);
+        assert!(
+            t.degraded()
+                .is_some_and(|m| m.contains("1 destination(s) skipped"))
+        );
     }
 
     #[test]
