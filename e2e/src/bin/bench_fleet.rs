@@ -74,6 +74,9 @@ struct Args {
     keep: bool,
 }
 
+/// The longest the benchmark waits for kube-controller-manager to settle the new Deployments.
+const SETTLE_MAX: Duration = Duration::from_secs(1_200);
+
 /// Unmanaged Deployments whose annotations the unrelated-changes phase rewrites.
 const UNRELATED: usize = 50;
 
@@ -483,8 +486,14 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         if have >= want {
             break;
         }
-        if t0.elapsed() > Duration::from_secs(900) {
-            bail!("only {have} of {want} ReplicaSets after 15 minutes");
+        if t0.elapsed() > SETTLE_MAX {
+            // A slow kube-controller-manager is not the controller's to measure: go on, and
+            // say so (the phases after this one then run beside its backlog).
+            eprintln!(
+                "    warning: only {have} of {want} ReplicaSets after {}s: kube-controller-manager is behind; measuring anyway",
+                SETTLE_MAX.as_secs()
+            );
+            break;
         }
         eprintln!(
             "    {have} of {want} ReplicaSets ({:.0}s)",
@@ -494,7 +503,7 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
     }
     // Their status updates trail the ReplicaSets.
     let mut last = deployment_events.load(Ordering::Relaxed);
-    loop {
+    while t0.elapsed() < SETTLE_MAX {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let now = deployment_events.load(Ordering::Relaxed);
         if now == last {
