@@ -10,5 +10,6 @@ pub mod fixtures;
 pub mod kubelet;
 pub mod kz;
 pub mod namespace;
+pub mod process;
 pub mod testbed;
 pub mod wait;

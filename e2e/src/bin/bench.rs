@@ -164,16 +164,6 @@ fn envoy_pid(bed: &TestBed, mesh: &PrivateMesh) -> anyhow::Result<i32> {
     anyhow::bail!("no envoy process in process group {pgid}")
 }
 
-/// CPU seconds (user + system) of a process so far.
-fn cpu_seconds(pid: i32, tick: f64) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11).context("utime")?.parse()?;
-    let stime: f64 = f.get(12).context("stime")?.parse()?;
-    Ok((utime + stime) / tick)
-}
-
 /// Pins a process (0: this one) to one CPU, so Envoy and the load generator do not share
 /// one; best effort.
 fn pin(pid: i32, cpu: usize) {
@@ -253,15 +243,7 @@ async fn main() -> anyhow::Result<()> {
             .await?,
         ),
     ];
-    let tick: f64 = String::from_utf8(
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()?
-            .stdout,
-    )?
-    .trim()
-    .parse()
-    .context("getconf CLK_TCK")?;
+    let tick: f64 = kzscaler_e2e::process::clock_ticks()?;
     // Envoy on CPU 0, the load generator (this process) on CPU 1: CPU time per request is
     // the measure, and the two must not take each other's.
     let mut pids = Vec::new();
@@ -306,9 +288,10 @@ async fn main() -> anyhow::Result<()> {
             let mut rps = vec![0.0; setups.len()];
             for k in 0..setups.len() {
                 let i = (round + k) % setups.len();
-                let before = cpu_seconds(pids[i], tick)?;
+                let before = kzscaler_e2e::process::cpu_seconds(u32::try_from(pids[i])?, tick)?;
                 let mut s = load(&setups[i].1.envoy, &host, conns, args.seconds).await?;
-                s.envoy_cpu = cpu_seconds(pids[i], tick)? - before;
+                s.envoy_cpu =
+                    kzscaler_e2e::process::cpu_seconds(u32::try_from(pids[i])?, tick)? - before;
                 rps[i] = s.rps();
                 results[i].merge(s);
             }

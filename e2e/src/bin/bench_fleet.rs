@@ -97,13 +97,7 @@ struct Proc {
 
 impl Proc {
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // Fields after the command name (which may hold spaces) start at ") ".
-        let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = f.get(11).context("utime")?.parse()?;
-        let stime: f64 = f.get(12).context("stime")?.parse()?;
-        Ok((utime + stime) / self.tick)
+        kzscaler_e2e::process::cpu_seconds(self.pid, self.tick)
     }
 
     /// (VmRSS, VmHWM) in MB.
@@ -322,15 +316,7 @@ fn staleness(changes: &[Change], seen: &[Seen]) -> (Vec<f64>, usize) {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
-    let tick: f64 = String::from_utf8(
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()?
-            .stdout,
-    )?
-    .trim()
-    .parse()
-    .context("getconf CLK_TCK")?;
+    let tick: f64 = kzscaler_e2e::process::clock_ticks()?;
     let name = format!("kzscaler-fleet-{}", std::process::id());
     step(&format!(
         "namespace {name}: {} managed Deployments with Services, {UNRELATED} unmanaged",
