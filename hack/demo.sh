@@ -6,6 +6,8 @@
 set -euo pipefail
 # shellcheck source=hack/lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
+# shellcheck source=hack/lib/smoke.sh
+source "$(dirname "$0")/lib/smoke.sh"
 
 case "${1:-}" in
   -h | --help)
@@ -22,52 +24,7 @@ source "$REPO_ROOT/.local/env"
 NS=kzscaler-demo
 
 step "deploying into namespace $NS: hello (kzscaler.io/scale-to-zero: \"true\") and plain (unmanaged), both at 0 replicas"
-kubectl apply -f - >/dev/null <<YAML
-apiVersion: v1
-kind: Namespace
-metadata: {name: $NS}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: hello
-  namespace: $NS
-  annotations: {kzscaler.io/scale-to-zero: "true", kzscaler.io/wake-timeout: "30s", kzscaler.io/idle-timeout: "10s"}
-spec:
-  replicas: 0
-  selector: {matchLabels: {app: hello}}
-  template:
-    metadata: {labels: {app: hello}}
-    spec:
-      nodeSelector: {type: kwok}
-      containers: [{name: app, image: registry.invalid/hello:1, ports: [{containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: hello, namespace: $NS}
-spec:
-  selector: {app: hello}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: plain, namespace: $NS}
-spec:
-  replicas: 0
-  selector: {matchLabels: {app: plain}}
-  template:
-    metadata: {labels: {app: plain}}
-    spec:
-      nodeSelector: {type: kwok}
-      containers: [{name: app, image: registry.invalid/plain:1, ports: [{containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: plain, namespace: $NS}
-spec:
-  selector: {app: plain}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-YAML
+smoke_workloads "$NS" registry.invalid/hello:1 "{type: kwok}" | kubectl apply -f - >/dev/null
 kubectl -n "$NS" scale deployment hello plain --replicas 0 >/dev/null
 
 step "waiting until the controller lists hello as asleep and the filter has polled it"
@@ -90,7 +47,7 @@ echo "    $(request "plain.$NS")s: $(cat /tmp/kzscaler-demo.body)"
 step "managed hello at 0 replicas: curl -H 'Host: hello.$NS' http://$KZSCALER_ENVOY/"
 read -r status secs <<<"$(request "hello.$NS")"
 echo "    $status after ${secs}s: $(cat /tmp/kzscaler-demo.body)"
-[ "$status" = 200 ] || fail "demo" "$KZSCALER_STATE_DIR/logs/envoy.log" "the held request got $status, not 200"
+smoke_expect "hello.$NS" 200 "$status" "$(cat /tmp/kzscaler-demo.body)" "$KZSCALER_STATE_DIR/logs/envoy.log"
 kubectl -n "$NS" get deployment hello
 sleep 0.5
 echo "    recorded on the Deployment: kzscaler.io/last-wake=$(kubectl -n "$NS" get deployment hello -o jsonpath='{.metadata.annotations.kzscaler\.io/last-wake}')"

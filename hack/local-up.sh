@@ -30,6 +30,7 @@ Ports on 127.0.0.1 (override with the variables):
   caller's Envoy     KZSCALER_ENVOY_PORT=$ENVOY_PORT (HTTP proxy, admin KZSCALER_ENVOY_ADMIN_PORT=$ENVOY_ADMIN_PORT)
   controller         KZSCALER_CONTROLLER_PORT=$CONTROLLER_PORT (filter API, /metrics)
   webhook            KZSCALER_WEBHOOK_PORT=$WEBHOOK_PORT (HTTPS)
+  OCI registry       KZSCALER_REGISTRY_PORT=$REGISTRY_PORT (plain HTTP; hack/release.sh --push)
 The filter's plugin configuration (JSON): KZSCALER_PLUGIN_CONFIG (default {"poll_period_ms": 200})
 Pods get addresses of 10.244.0.0/16 that exist only inside network namespaces the test bed
 creates (kzscaler-*), so it must run as root. Nothing is sent to an address outside them.
@@ -103,6 +104,21 @@ rules:
   resources: [{group: coordination.k8s.io, resources: [leases]}]
 - level: Metadata
 AP
+
+# === the OCI registry (distribution) for the release's images and the Wasm module ===
+mkdir -p "$KZSCALER_STATE_DIR/registry"
+cat >"$KZSCALER_STATE_DIR/registry.yaml" <<REGISTRY
+version: 0.1
+log: {level: info}
+storage:
+  filesystem: {rootdirectory: $KZSCALER_STATE_DIR/registry}
+  delete: {enabled: true}
+http:
+  addr: 127.0.0.1:$REGISTRY_PORT
+REGISTRY
+registry_ready() { curl -sf "http://127.0.0.1:$REGISTRY_PORT/v2/" >/dev/null; }
+start_component registry "$REGISTRY_PORT" registry_ready 30 \
+  registry serve "$KZSCALER_STATE_DIR/registry.yaml"
 
 # === etcd ===
 start_component etcd "$ETCD_PORT $ETCD_PEER_PORT" etcd_ready 30 \
@@ -321,5 +337,6 @@ export KZSCALER_AUDIT_LOG="$KZSCALER_STATE_DIR/logs/audit.log"
 export KZSCALER_CONTROLLER="127.0.0.1:$CONTROLLER_PORT"
 export KZSCALER_WEBHOOK="127.0.0.1:$WEBHOOK_PORT"
 export KZSCALER_ISTIOD="127.0.0.1:$ISTIOD_HTTP_PORT"
+export KZSCALER_REGISTRY="127.0.0.1:$REGISTRY_PORT"
 ENV
 ok "test bed up. Use it with: source .local/env"

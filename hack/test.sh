@@ -7,6 +7,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 # shellcheck source=hack/lib/testbed.sh
 source "$(dirname "$0")/lib/testbed.sh"
+# shellcheck source=hack/lib/tools.sh
+source "$(dirname "$0")/lib/tools.sh"
 
 case "${1:-}" in
   -h | --help)
@@ -14,7 +16,8 @@ case "${1:-}" in
 Usage: hack/test.sh [--help]
 
 Runs, in order: shellcheck, cargo fmt --check, cargo clippy -D warnings (native and wasm32-wasip1), the
-filter's .wasm build, unit tests, hack/local-up.sh, and the e2e tests (e2e/tests/*).
+filter's .wasm build, unit tests, cargo deny (deny.toml), hack/local-up.sh, hack/release.sh --push
+(the release into the test bed's registry), and the e2e tests (e2e/tests/*).
 A test bed that already runs is reused and left running; one started here is stopped at the end
 (set KZSCALER_KEEP_TESTBED=1 to keep it). Extra cargo test arguments: KZSCALER_E2E_ARGS.
 USAGE
@@ -56,6 +59,22 @@ step "unit tests"
 cargo test --workspace --locked --exclude kzscaler-e2e
 cargo test -p kzscaler-e2e --locked --lib --bins
 
+step "cargo deny check (licences, bans, sources; advisories: see below)"
+DENY=$(cargo_tool cargo-deny cargo-deny "$CARGO_DENY_VERSION")
+"$DENY" --log-level error check bans licenses sources
+# The advisory database is a git repository on GitHub. Where it cannot be fetched (no access
+# to github.com, as on the machines this was written on), the check says so and goes on;
+# KZSCALER_REQUIRE_ADVISORIES=1 makes that a failure.
+log=$KZSCALER_CACHE_DIR/logs/cargo-deny-fetch.log
+if timeout 120 "$DENY" fetch db >"$log" 2>&1; then
+  "$DENY" --log-level error check --disable-fetch advisories
+  ok "no known advisory"
+elif [ "${KZSCALER_REQUIRE_ADVISORIES:-0}" = 1 ]; then
+  fail "cargo deny" "$log" "cannot fetch the advisory database"
+else
+  echo "    advisories NOT checked: cannot fetch the advisory database (log: $log)" >&2
+fi
+
 started_here=false
 if ! pid_of kube-apiserver >/dev/null; then
   started_here=true
@@ -68,6 +87,9 @@ cleanup() {
 trap cleanup EXIT
 step "test bed"
 "$REPO_ROOT/hack/local-up.sh"
+
+step "the release (hack/release.sh --push to the test bed's registry)"
+"$REPO_ROOT/hack/release.sh" --push
 
 step "end-to-end tests (real API server, kwok, Envoy)"
 # shellcheck disable=SC2086

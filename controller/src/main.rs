@@ -14,7 +14,7 @@ use sha2::Digest as _;
 /// kzscaler's controller: keeps the replica cache of managed Deployments, wakes them when a
 /// filter calls activate (one scale PATCH however many callers), and serves the filter API.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version = kzscaler_core::VERSION)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,

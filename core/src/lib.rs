@@ -16,6 +16,15 @@ pub mod names;
 pub mod spec;
 pub mod wire;
 
+/// What `--version` prints for every kzscaler binary: the workspace version and the git commit
+/// it was built from (`KZSCALER_GIT_COMMIT` when built outside a checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KZSCALER_GIT_COMMIT"),
+    ")"
+);
+
 pub use cluster::{ClusterName, ClusterNameError};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use spec::{ManagedSpec, SpecError};

@@ -224,6 +224,10 @@ pub struct Setup {
     pub controllers: usize,
     /// Extra controller flags.
     pub controller_args: Vec<String>,
+    /// Where the controllers' WasmPlugin has sidecars fetch the module, with its sha256 (an
+    /// `oci://` reference and its manifest digest); none: the first controller's
+    /// `/v1/module`, serving the workspace's build.
+    pub module: Option<(String, String)>,
 }
 
 impl Setup {
@@ -234,6 +238,7 @@ impl Setup {
             filter: Filter::kzscaler()?,
             controllers: 1,
             controller_args: Vec::new(),
+            module: None,
         })
     }
 }
@@ -468,11 +473,21 @@ impl PrivateMesh {
             "--label-pod".to_owned(),
             "--wasmplugin-resync-seconds".to_owned(),
             "2".to_owned(),
-            "--module-file".to_owned(),
-            filter_module()?.display().to_string(),
-            "--module-url".to_owned(),
-            format!("http://{}/v1/module", controllers[0].addr),
         ];
+        match &setup.module {
+            Some((url, sha256)) => args.extend([
+                "--module-url".to_owned(),
+                url.clone(),
+                "--module-sha256".to_owned(),
+                sha256.clone(),
+            ]),
+            None => args.extend([
+                "--module-file".to_owned(),
+                filter_module()?.display().to_string(),
+                "--module-url".to_owned(),
+                format!("http://{}/v1/module", controllers[0].addr),
+            ]),
+        }
         match &setup.filter {
             Filter::Kzscaler(config) => {
                 let mut config: serde_json::Value = serde_json::from_str(config)

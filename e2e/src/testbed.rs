@@ -90,7 +90,8 @@ pub fn filter_module() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn repo_root() -> PathBuf {
+/// The repository this crate is in.
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)

@@ -13,13 +13,14 @@ ENVOY_PORT=${KZSCALER_ENVOY_PORT:-15001}
 ENVOY_ADMIN_PORT=${KZSCALER_ENVOY_ADMIN_PORT:-15000}
 CONTROLLER_PORT=${KZSCALER_CONTROLLER_PORT:-18080}
 WEBHOOK_PORT=${KZSCALER_WEBHOOK_PORT:-18443}
+REGISTRY_PORT=${KZSCALER_REGISTRY_PORT:-15500}
 ISTIOD_XDS_PORT=${KZSCALER_ISTIOD_XDS_PORT:-15010}
 ISTIOD_HTTP_PORT=${KZSCALER_ISTIOD_PORT:-15018}
 ISTIOD_MONITORING_PORT=${KZSCALER_ISTIOD_MONITORING_PORT:-15019}
 
 PIDS=$KZSCALER_STATE_DIR/pids
 # Start order; local-down stops in reverse (the kubelet stops every pod's sidecar with it).
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok istiod kubelet controller webhook)
+COMPONENTS=(registry etcd kube-apiserver kube-controller-manager kube-scheduler kwok istiod kubelet controller webhook)
 
 pid_of() { # NAME: the pid if the process recorded for NAME is alive
   local f=$PIDS/$1.pid pid

@@ -12,7 +12,7 @@ use kubectl_kzscaler::commands::{self, Output, Scope};
 ///
 /// Everything goes through the API server (annotations, Events, pods), with your kubeconfig.
 #[derive(Debug, Parser)]
-#[command(name = "kubectl kzscaler", bin_name = "kubectl kzscaler", version)]
+#[command(name = "kubectl kzscaler", bin_name = "kubectl kzscaler", version = kzscaler_core::VERSION)]
 struct Args {
     #[command(subcommand)]
     command: Command,

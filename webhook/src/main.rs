@@ -19,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 /// (POST /validate): Deployments with unusable kzscaler.io/* annotations are refused with a
 /// message naming the annotation, the value and what was expected.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version = kzscaler_core::VERSION)]
 struct Args {
     /// HTTPS address.
     #[arg(long, env = "KZSCALER_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]

@@ -11,7 +11,7 @@ use kzscaler_e2e::kubelet::{netns::Network, pods, sidecar::Istio};
 /// (`<prefix>-<address>`) on a bridge in `<prefix>-node`; its containers run there. Needs root
 /// (it creates network namespaces) and iproute2.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version = kzscaler_core::VERSION)]
 struct Args {
     /// Folder for per-pod files and logs (`<dir>/<namespace>/<pod>/pilot-agent.log`).
     #[arg(long)]

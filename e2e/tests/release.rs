@@ -1,0 +1,441 @@
+//! The release as a user gets it (`hack/release.sh --push`, which `hack/test.sh` runs before
+//! these tests): the images and the Wasm artifact pulled back from the test bed's registry by
+//! digest; the controller and the webhook run from their images by runc with the settings of
+//! `manifests/`; the kubectl plugin installed by krew from the release archive; the Helm chart
+//! rendering `manifests/` and applying on the API server.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use kzscaler_e2e::namespace::TempNamespace;
+use kzscaler_e2e::oci::{
+    PodContext, RuncContainer, blob, built_digests, dist_dir, manifest_deployment, pull, run,
+    runtime_config,
+};
+use kzscaler_e2e::testbed::{TestBed, parse_env_file, repo_root, testbed_binary};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn registry() -> anyhow::Result<String> {
+    if let Ok(r) = std::env::var("KZSCALER_REGISTRY") {
+        return Ok(r);
+    }
+    let env = std::fs::read_to_string(repo_root().join(".local/env"))
+        .context("no .local/env: start the test bed (hack/local-up.sh)")?;
+    parse_env_file(&env)
+        .remove("KZSCALER_REGISTRY")
+        .context(".local/env has no KZSCALER_REGISTRY: restart the test bed (hack/local-down.sh && hack/local-up.sh)")
+}
+
+fn json_file(path: &Path) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// The image's manifest and config, from a pulled layout.
+fn manifest_and_config(layout: &Path, digest: &str) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(layout, digest)?)?;
+    let config_digest = manifest["config"]["digest"].as_str().context("manifest without config")?;
+    let config: serde_json::Value = serde_json::from_slice(&blob(layout, config_digest)?)?;
+    Ok((manifest, config))
+}
+
+#[tokio::test]
+async fn the_registry_gives_back_by_digest_what_was_built_images_from_scratch_and_the_wasm_artifact()
+-> anyhow::Result<()> {
+    let registry = registry()?;
+    let digests = built_digests()?;
+    let tmp = tempfile::tempdir()?;
+    let version = env!("CARGO_PKG_VERSION");
+    for name in ["kzscaler-controller", "kzscaler-webhook"] {
+        let (tag, digest) = digests.get(name).with_context(|| format!("{name} not in dist/digests.txt"))?;
+        assert_eq!(tag, version, "{name}: tagged {tag}, the workspace is {version}");
+        let layout = pull(&registry, name, digest, tmp.path())?;
+        let (_, config) = manifest_and_config(&layout, digest)?;
+        let c = &config["config"];
+        assert_eq!(c["User"], "65532:65532", "{name}: {c}");
+        assert_eq!(c["Entrypoint"], json!([format!("/usr/local/bin/{name}")]), "{name}: {c}");
+        assert_eq!(c["Labels"]["org.opencontainers.image.version"], version, "{name}: {c}");
+        // From scratch: the binary, CA certificates, passwd/group; no shell, no other program.
+        let bundle = tmp.path().join(format!("{name}-bundle"));
+        run(Command::new("umoci").arg("unpack").arg("--image").arg(format!("{}:pulled", layout.display())).arg(&bundle))?;
+        let rootfs = bundle.join("rootfs");
+        assert!(rootfs.join("etc/ssl/certs/ca-certificates.crt").is_file(), "{name}: no CA certificates");
+        assert!(!rootfs.join("bin/sh").exists() && !rootfs.join("bin").exists(), "{name}: has /bin");
+        let programs: Vec<String> = std::fs::read_dir(rootfs.join("usr/local/bin"))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(programs, vec![name.to_owned()], "{name}: /usr/local/bin");
+        let passwd = std::fs::read_to_string(rootfs.join("etc/passwd"))?;
+        assert!(passwd.contains(":65532:65532:"), "{name}: /etc/passwd has no user 65532:\n{passwd}");
+        // The binary is this commit's.
+        let sbom = json_file(&dist_dir()?.join(format!("sbom/{name}.cdx.json")))?;
+        assert_eq!(sbom["metadata"]["component"]["name"], name);
+        assert!(
+            sbom["components"].as_array().is_some_and(|c| c.len() > 50),
+            "{name}: the SBOM lists too few components"
+        );
+    }
+    // The Wasm module: the OCI artifact layout Istio's WasmPlugin pulls (one layer of
+    // application/vnd.module.wasm.content.layer.v1+wasm), byte for byte the built module.
+    let (_, digest) = digests.get("kzscaler-filter").context("kzscaler-filter not in dist/digests.txt")?;
+    let layout = pull(&registry, "kzscaler-filter", digest, tmp.path())?;
+    let (manifest, _) = manifest_and_config(&layout, digest)?;
+    assert_eq!(manifest["config"]["mediaType"], "application/vnd.module.wasm.config.v1+json");
+    let layers = manifest["layers"].as_array().context("no layers")?;
+    assert_eq!(layers.len(), 1, "{manifest}");
+    assert_eq!(layers[0]["mediaType"], "application/vnd.module.wasm.content.layer.v1+wasm");
+    let module = blob(&layout, layers[0]["digest"].as_str().unwrap_or_default())?;
+    let built = std::fs::read(kzscaler_e2e::testbed::filter_module()?)?;
+    assert!(module == built, "the pulled module is not target/wasm32-wasip1/wasm/kzscaler_filter.wasm");
+    Ok(())
+}
+
+/// Pulls `name` by its built digest and starts it with runc as the manifest's Deployment
+/// `deployment` (container `container`) would run.
+fn start_from_image(
+    name: &str,
+    manifest: &str,
+    container: &str,
+    pod: &PodContext,
+    dir: &Path,
+) -> anyhow::Result<RuncContainer> {
+    let (_, digest) = built_digests()?.remove(name).with_context(|| format!("{name} not in dist/digests.txt"))?;
+    let layout = pull(&registry()?, name, &digest, dir)?;
+    let file = repo_root().join("manifests").join(manifest);
+    let deployment = manifest_deployment(&file, name)?;
+    RuncContainer::start(
+        &layout,
+        "pulled",
+        &dir.join("bundle"),
+        &format!("kzscaler-e2e-{name}-{}", std::process::id()),
+        |base| runtime_config(base, &deployment, container, pod),
+    )
+}
+
+/// The container's process as the host sees it: (uid line, whether / is mounted read-only).
+fn process_view(c: &RuncContainer) -> anyhow::Result<(String, bool)> {
+    let pid = c.pid()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default().to_owned();
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let root_ro = mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .any(|f| f.get(4) == Some(&"/") && f.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro")));
+    Ok((uid, root_ro))
+}
+
+fn api_server_port() -> anyhow::Result<u16> {
+    let env = std::fs::read_to_string(repo_root().join(".local/env"))?;
+    let url = parse_env_file(&env).remove("KZSCALER_APISERVER").context(".local/env has no KZSCALER_APISERVER")?;
+    url.rsplit(':').next().and_then(|p| p.parse().ok()).with_context(|| format!("KZSCALER_APISERVER {url:?} has no port"))
+}
+
+/// The address a manifest's `--listen=` argument names, reached on 127.0.0.1.
+fn listen_port(manifest: &str, name: &str, container: &str) -> anyhow::Result<u16> {
+    let d = manifest_deployment(&repo_root().join("manifests").join(manifest), name)?;
+    let args = d
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().find(|c| c.name == container))
+        .and_then(|c| c.args)
+        .unwrap_or_default();
+    args.iter()
+        .find_map(|a| a.strip_prefix("--listen="))
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("manifests/{manifest}: no --listen=HOST:PORT in {args:?}"))
+}
+
+async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
+    Ok((code.parse().unwrap_or(0), body.to_owned()))
+}
+
+#[tokio::test]
+async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_projected_token()
+-> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let tmp = tempfile::tempdir()?;
+    // The projected ServiceAccount token, as a kubelet mounts it.
+    let sa = tmp.path().join("serviceaccount");
+    std::fs::create_dir_all(&sa)?;
+    let token = run(Command::new(testbed_binary("kubectl")?)
+        .env("KUBECONFIG", &bed.kubeconfig)
+        .args(["-n", "kzscaler-system", "create", "token", "kzscaler-controller", "--duration", "1h"]))?;
+    std::fs::write(sa.join("token"), token.trim())?;
+    std::fs::copy(bed.state_dir.join("pki/ca.crt"), sa.join("ca.crt"))?;
+    std::fs::write(sa.join("namespace"), "kzscaler-system")?;
+    let pod = PodContext {
+        name: "kzscaler-controller-image".into(),
+        namespace: "kzscaler-system".into(),
+        service_account: Some(sa),
+        api_server: ("127.0.0.1".into(), api_server_port()?),
+        ..PodContext::default()
+    };
+    let port = listen_port("controller.yaml", "kzscaler-controller", "controller")?;
+    let mut c = start_from_image("kzscaler-controller", "controller.yaml", "controller", &pod, tmp.path())?;
+    // Ready = its first lists of every watched kind are in, through its token and RBAC. The
+    // test bed's own controller leads, so this one follows and names the leader.
+    let ready = kzscaler_e2e::wait::until("the controller from its image to be ready", WAIT, || async {
+        anyhow::ensure!(c.running(), "runc exited:\n{}", c.log_tail(30));
+        Ok((http_get(port, "/readyz").await?.0 == 200).then_some(()))
+    })
+    .await;
+    ready.with_context(|| c.log_tail(30))?;
+    let (code, body) = http_get(port, "/leaderz").await?;
+    assert_eq!(code, 503, "a follower: {body}");
+    let (code, module) = http_get(port, "/v1/module").await?;
+    assert_eq!(code, 200, "the image serves the module it carries (--module-file)");
+    assert!(!module.is_empty());
+    let (uid, root_ro) = process_view(&c)?;
+    assert!(uid.split_whitespace().skip(1).all(|u| u == "65532"), "runs as 65532: {uid}");
+    assert!(root_ro, "the root filesystem is read-only");
+    Ok(())
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn the_webhook_runs_from_its_image_and_the_api_server_calls_it() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let tmp = tempfile::tempdir()?;
+    // The Secret kzscaler-webhook-tls as the kubelet mounts it: the test bed's serving
+    // certificate for 127.0.0.1.
+    let pki = bed.state_dir.join("pki/webhook");
+    let secret = tmp.path().join("tls");
+    std::fs::create_dir_all(&secret)?;
+    for f in ["tls.crt", "tls.key"] {
+        std::fs::copy(pki.join(f), secret.join(f))?;
+    }
+    let pod = PodContext {
+        name: "kzscaler-webhook-image".into(),
+        namespace: "kzscaler-system".into(),
+        secrets: [("kzscaler-webhook-tls".to_owned(), secret)].into(),
+        // The manifest opts out of the token (automountServiceAccountToken: false): given
+        // anyway, it must not be mounted.
+        service_account: Some(tmp.path().to_owned()),
+        api_server: ("127.0.0.1".into(), api_server_port()?),
+    };
+    let port = listen_port("webhook.yaml", "kzscaler-webhook", "webhook")?;
+    let c = start_from_image("kzscaler-webhook", "webhook.yaml", "webhook", &pod, tmp.path())?;
+    let (uid, root_ro) = process_view(&c)?;
+    assert!(uid.split_whitespace().skip(1).all(|u| u == "65532"), "runs as 65532: {uid}");
+    assert!(root_ro, "the root filesystem is read-only");
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid()?))?;
+    assert!(!mounts.contains("/var/run/secrets/kubernetes.io/serviceaccount"), "no token mounted:\n{mounts}");
+    // The API server calls it for pods in a namespace of this test's.
+    let ns = TempNamespace::create(&bed, "image-webhook", &[]).await?;
+    let name = format!("e2e-{}", ns.name);
+    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "pods.kzscaler.io",
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": base64_std(&std::fs::read(pki.join("ca.crt"))?)},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
+            "failurePolicy": "Ignore", "sideEffects": "None", "timeoutSeconds": 5, "admissionReviewVersions": ["v1"]
+        }]
+    }))?;
+    let mwcs = Api::<MutatingWebhookConfiguration>::all(bed.client.clone());
+    mwcs.create(&PostParams::default(), &mwc).await?;
+    let result = ns
+        .wait_for("the webhook from its image to label a pod for the filter", WAIT, || async {
+            let pods = ns.api::<Pod>();
+            let probe: Pod = serde_json::from_value(json!({
+                "metadata": {"name": "probe"},
+                "spec": {"nodeSelector": {"type": "kwok"}, "containers": [{"name": "a", "image": "registry.invalid/x:1"}]}
+            }))?;
+            let p = pods.create(&PostParams::default(), &probe).await?;
+            let labelled = p.metadata.labels.as_ref().and_then(|l| l.get(kzscaler_core::names::FILTER_LABEL)).is_some();
+            pods.delete("probe", &DeleteParams::default().grace_period(0)).await?;
+            ns.wait_for("the probe pod to go", WAIT, || async { Ok(pods.get_opt("probe").await?.is_none().then_some(())) }).await?;
+            Ok(labelled.then_some(()))
+        })
+        .await;
+    mwcs.delete(&name, &DeleteParams::default()).await?;
+    result.with_context(|| c.log_tail(30))?;
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn krew_installs_the_plugin_from_the_release_archive_and_it_runs() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    let dist = dist_dir()?;
+    let root = tempfile::tempdir()?;
+    let krew = || -> anyhow::Result<Command> {
+        let mut cmd = Command::new(testbed_binary("kubectl-krew")?);
+        cmd.env("KREW_ROOT", root.path()).env("KUBECONFIG", &bed.kubeconfig);
+        Ok(cmd)
+    };
+    let out = run(krew()?
+        .arg("install")
+        .arg(format!("--manifest={}", dist.join("krew/kzscaler.yaml").display()))
+        .arg(format!("--archive={}", dist.join("kubectl-kzscaler_linux_amd64.tar.gz").display())))?;
+    let installed = run(krew()?.arg("list"))?;
+    assert!(installed.contains("kzscaler"), "krew list:\n{installed}\n(install said:\n{out})");
+    // kubectl finds it on PATH, as krew tells users to set it.
+    let bin: PathBuf = root.path().join("bin");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let kubectl = || -> anyhow::Result<Command> {
+        let mut cmd = Command::new(testbed_binary("kubectl")?);
+        cmd.env("PATH", &path).env("KUBECONFIG", &bed.kubeconfig);
+        Ok(cmd)
+    };
+    let version = run(kubectl()?.args(["kzscaler", "--version"]))?;
+    assert!(version.contains(kzscaler_core::VERSION), "kubectl kzscaler --version: {version:?}, expected {}", kzscaler_core::VERSION);
+    let status = run(kubectl()?.args(["kzscaler", "status", "-A"]))?;
+    assert!(status.contains("NAMESPACE"), "kubectl kzscaler status -A:\n{status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_chart_renders_manifests_and_applies_with_other_values() -> anyhow::Result<()> {
+    let bed = TestBed::connect().await?;
+    // manifests/ is what the chart renders with its defaults (and helm lint passes).
+    run(Command::new("bash").arg(repo_root().join("hack/render-manifests.sh")).arg("--check"))?;
+    // Other values: a registry of the user's, an OCI module, a namespace selector, cert-manager
+    // off. The server accepts all of it (dry run).
+    let chart = repo_root().join("charts/kzscaler");
+    let rendered = run(Command::new(testbed_binary("helm")?)
+        .args(["template", "kzscaler"])
+        .arg(&chart)
+        .args([
+            "--namespace", "kzscaler-system",
+            "--set", "image.registry=registry.example.com/team",
+            "--set", "image.tag=9.9.9",
+            "--set", "controller.moduleUrl=oci://registry.example.com/team/kzscaler-filter:9.9.9",
+            "--set", "controller.moduleSha256=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "--set", "controller.namespaceSelector=team=shop",
+            "--set", "controller.replicas=3",
+        ]))?;
+    for expected in [
+        "image: registry.example.com/team/kzscaler-controller:9.9.9",
+        "image: registry.example.com/team/kzscaler-webhook:9.9.9",
+        "- --module-url=oci://registry.example.com/team/kzscaler-filter:9.9.9",
+        "- --module-sha256=0123456789abcdef",
+        "- --namespace-selector=team=shop",
+        "replicas: 3",
+    ] {
+        assert!(rendered.contains(expected), "{expected:?} not in:\n{rendered}");
+    }
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), &rendered)?;
+    let out = run(Command::new(testbed_binary("kubectl")?)
+        .env("KUBECONFIG", &bed.kubeconfig)
+        .args(["apply", "--dry-run=server", "-f"])
+        .arg(file.path()))?;
+    assert!(out.contains("deployment.apps/kzscaler-controller"), "{out}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn pilot_agent_pulls_the_filter_from_the_registry_by_digest_and_it_wakes_a_deployment()
+-> anyhow::Result<()> {
+    use kzscaler_e2e::kz::{PrivateMesh, Setup, cluster, create_managed, replicas, wait_filter_sees};
+    let bed = TestBed::connect().await?;
+    let (tag, digest) = built_digests()?
+        .remove("kzscaler-filter")
+        .context("kzscaler-filter not in dist/digests.txt")?;
+    let hex = digest.strip_prefix("sha256:").context("digest is not sha256:<hex>")?.to_owned();
+    // By tag, with the manifest's sha256 checked by pilot-agent (the WasmPlugin's sha256).
+    let url = format!("oci://{}/kzscaler/kzscaler-filter:{tag}", registry()?);
+    let ns = TempNamespace::create(&bed, "oci", &[]).await?;
+    // The mesh waits until the caller's Envoy has the filter: pilot-agent pulled it.
+    let mesh = PrivateMesh::start_setup(
+        &bed,
+        &ns.name,
+        Setup {
+            namespace: Some(ns.name.clone()),
+            module: Some((url.clone(), hex)),
+            ..Setup::kzscaler()?
+        },
+    )
+    .await?;
+    let wp: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        bed.client.clone(),
+        &ns.name,
+        &kzscaler_controller::wasmplugin::api_resource(),
+    );
+    let plugins = wp.list(&Default::default()).await?;
+    assert!(
+        plugins.items.iter().any(|p| p.data["spec"]["url"] == url.as_str()),
+        "the controllers' WasmPlugin names {url}"
+    );
+    create_managed(&ns, "web", 0, &[]).await?;
+    let ctl = mesh.controller_addr.to_string();
+    wait_filter_sees(&ns, &ctl, &cluster(&ns.name, "web", 80), kzscaler_core::wire::State::Asleep).await?;
+    let r = bed
+        .get_from(&mesh.envoy, &format!("web.{}", ns.name), "/", Duration::from_secs(30))
+        .await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(replicas(&ns, "web").await?, 1);
+    drop(mesh);
+    ns.cleanup().await
+}
+
+/// The `Containerfile` stage `target`: its USER, ENTRYPOINT, EXPOSE and ENV.
+fn containerfile_stage(target: &str) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(repo_root().join("Containerfile"))?;
+    let mut in_stage = false;
+    let mut out = json!({"Env": []});
+    for line in text.lines().map(str::trim) {
+        if let Some(from) = line.strip_prefix("FROM ") {
+            in_stage = from.ends_with(&format!(" AS {target}"));
+            continue;
+        }
+        if !in_stage {
+            continue;
+        }
+        if let Some(u) = line.strip_prefix("USER ") {
+            out["User"] = json!(u);
+        } else if let Some(e) = line.strip_prefix("ENTRYPOINT ") {
+            out["Entrypoint"] = serde_json::from_str(e).with_context(|| format!("ENTRYPOINT {e}"))?;
+        } else if let Some(p) = line.strip_prefix("EXPOSE ") {
+            out["ExposedPorts"] = json!({p: {}});
+        } else if let Some(e) = line.strip_prefix("ENV ")
+            && let Some(env) = out["Env"].as_array_mut()
+        {
+            env.push(json!(e));
+        }
+    }
+    anyhow::ensure!(out.get("User").is_some(), "Containerfile has no stage {target} with USER");
+    Ok(out)
+}
+
+#[tokio::test]
+async fn the_containerfile_describes_the_images_release_sh_builds() -> anyhow::Result<()> {
+    let dist = dist_dir()?;
+    for (name, target) in [("kzscaler-controller", "controller"), ("kzscaler-webhook", "webhook")] {
+        let (_, digest) = built_digests()?.remove(name).with_context(|| format!("{name} not built"))?;
+        let layout = dist.join("images").join(name);
+        let (_, config) = manifest_and_config(&layout, &digest)?;
+        let want = containerfile_stage(target)?;
+        let c = &config["config"];
+        for key in ["User", "Entrypoint", "ExposedPorts"] {
+            assert_eq!(c[key], want[key], "{name}: {key} (image) vs Containerfile --target {target}");
+        }
+        let env = c["Env"].as_array().cloned().unwrap_or_default();
+        for e in want["Env"].as_array().into_iter().flatten() {
+            assert!(env.contains(e), "{name}: ENV {e} of the Containerfile is not in the image's {env:?}");
+        }
+    }
+    Ok(())
+}
