@@ -73,7 +73,7 @@ mkdir -p "$LOGS"
 if $push; then
   if [ -z "$registry" ]; then
     if [ -z "${KZSCALER_REGISTRY:-}" ] && [ -f "$REPO_ROOT/.local/env" ]; then
-      KZSCALER_REGISTRY=$(sed -n 's/^KZSCALER_REGISTRY=//p' "$REPO_ROOT/.local/env")
+      KZSCALER_REGISTRY=$(sed -n 's/^\(export \)\{0,1\}KZSCALER_REGISTRY="\{0,1\}\([^"]*\)"\{0,1\}$/\2/p' "$REPO_ROOT/.local/env")
     fi
     [ -n "${KZSCALER_REGISTRY:-}" ] ||
       fail "--push" "" "no registry: pass --registry HOST/PATH, set KZSCALER_REGISTRY, or start the test bed (hack/local-up.sh)"
@@ -169,17 +169,21 @@ cp "$DIST/bin/kzscaler-webhook" "$WORK/webhook/usr/local/bin/"
 image kzscaler-webhook "$WORK/webhook" /usr/local/bin/kzscaler-webhook 8443
 ok "dist/images/kzscaler-controller, dist/images/kzscaler-webhook"
 
-step "the filter as a Wasm OCI artifact (oras; application/vnd.module.wasm.content.layer.v1+wasm)"
+step "the filter as a Wasm OCI artifact (oras; the module and its runtime configuration as two layers)"
 mkdir -p "$WORK/filter"
 cp "$WASM" "$WORK/filter/plugin.wasm"
-printf '{}' >"$WORK/filter/config.json"
+# The "oci" variant of the Wasm image spec (solo-io/wasm), as Istio's pilot-agent reads it: two
+# layers, the module (application/vnd.module.wasm.content.layer.v1+wasm) and this runtime
+# configuration (application/vnd.module.wasm.config.v1+json), which is also the config blob.
+printf '{"type":"envoy_proxy","abiVersions":["proxy_abi_version_0_2_1"]}' >"$WORK/filter/config.json"
 log=$LOGS/release-filter.log
 (cd "$WORK/filter" && "$ORAS" push --oci-layout "$DIST/images/kzscaler-filter:$VERSION" \
   --config config.json:application/vnd.module.wasm.config.v1+json \
   --annotation "org.opencontainers.image.created=$CREATED" \
   --annotation "org.opencontainers.image.version=$VERSION" \
   --annotation "org.opencontainers.image.revision=$COMMIT" \
-  plugin.wasm:application/vnd.module.wasm.content.layer.v1+wasm) >"$log" 2>&1 ||
+  plugin.wasm:application/vnd.module.wasm.content.layer.v1+wasm \
+  config.json:application/vnd.module.wasm.config.v1+json) >"$log" 2>&1 ||
   fail "Wasm artifact" "$log" "oras push --oci-layout failed"
 ok "dist/images/kzscaler-filter"
 

@@ -36,9 +36,9 @@ pub fn built_digests() -> anyhow::Result<BTreeMap<String, (String, String)>> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let (reference, digest) = line
-            .split_once(' ')
-            .with_context(|| format!("{}: line {line:?} is not 'NAME:TAG DIGEST'", path.display()))?;
+        let (reference, digest) = line.split_once(' ').with_context(|| {
+            format!("{}: line {line:?} is not 'NAME:TAG DIGEST'", path.display())
+        })?;
         let (name, tag) = reference
             .split_once(':')
             .with_context(|| format!("{}: {reference:?} is not NAME:TAG", path.display()))?;

@@ -35,14 +35,21 @@ fn registry() -> anyhow::Result<String> {
 }
 
 fn json_file(path: &Path) -> anyhow::Result<serde_json::Value> {
-    serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
-        .with_context(|| format!("{}: not JSON", path.display()))
+    serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{}: not JSON", path.display()))
 }
 
 /// The image's manifest and config, from a pulled layout.
-fn manifest_and_config(layout: &Path, digest: &str) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
+fn manifest_and_config(
+    layout: &Path,
+    digest: &str,
+) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
     let manifest: serde_json::Value = serde_json::from_slice(&blob(layout, digest)?)?;
-    let config_digest = manifest["config"]["digest"].as_str().context("manifest without config")?;
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .context("manifest without config")?;
     let config: serde_json::Value = serde_json::from_slice(&blob(layout, config_digest)?)?;
     Ok((manifest, config))
 }
@@ -55,26 +62,51 @@ async fn the_registry_gives_back_by_digest_what_was_built_images_from_scratch_an
     let tmp = tempfile::tempdir()?;
     let version = env!("CARGO_PKG_VERSION");
     for name in ["kzscaler-controller", "kzscaler-webhook"] {
-        let (tag, digest) = digests.get(name).with_context(|| format!("{name} not in dist/digests.txt"))?;
-        assert_eq!(tag, version, "{name}: tagged {tag}, the workspace is {version}");
+        let (tag, digest) = digests
+            .get(name)
+            .with_context(|| format!("{name} not in dist/digests.txt"))?;
+        assert_eq!(
+            tag, version,
+            "{name}: tagged {tag}, the workspace is {version}"
+        );
         let layout = pull(&registry, name, digest, tmp.path())?;
         let (_, config) = manifest_and_config(&layout, digest)?;
         let c = &config["config"];
         assert_eq!(c["User"], "65532:65532", "{name}: {c}");
-        assert_eq!(c["Entrypoint"], json!([format!("/usr/local/bin/{name}")]), "{name}: {c}");
-        assert_eq!(c["Labels"]["org.opencontainers.image.version"], version, "{name}: {c}");
+        assert_eq!(
+            c["Entrypoint"],
+            json!([format!("/usr/local/bin/{name}")]),
+            "{name}: {c}"
+        );
+        assert_eq!(
+            c["Labels"]["org.opencontainers.image.version"], version,
+            "{name}: {c}"
+        );
         // From scratch: the binary, CA certificates, passwd/group; no shell, no other program.
         let bundle = tmp.path().join(format!("{name}-bundle"));
-        run(Command::new("umoci").arg("unpack").arg("--image").arg(format!("{}:pulled", layout.display())).arg(&bundle))?;
+        run(Command::new("umoci")
+            .arg("unpack")
+            .arg("--image")
+            .arg(format!("{}:pulled", layout.display()))
+            .arg(&bundle))?;
         let rootfs = bundle.join("rootfs");
-        assert!(rootfs.join("etc/ssl/certs/ca-certificates.crt").is_file(), "{name}: no CA certificates");
-        assert!(!rootfs.join("bin/sh").exists() && !rootfs.join("bin").exists(), "{name}: has /bin");
+        assert!(
+            rootfs.join("etc/ssl/certs/ca-certificates.crt").is_file(),
+            "{name}: no CA certificates"
+        );
+        assert!(
+            !rootfs.join("bin/sh").exists() && !rootfs.join("bin").exists(),
+            "{name}: has /bin"
+        );
         let programs: Vec<String> = std::fs::read_dir(rootfs.join("usr/local/bin"))?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_, _>>()?;
         assert_eq!(programs, vec![name.to_owned()], "{name}: /usr/local/bin");
         let passwd = std::fs::read_to_string(rootfs.join("etc/passwd"))?;
-        assert!(passwd.contains(":65532:65532:"), "{name}: /etc/passwd has no user 65532:\n{passwd}");
+        assert!(
+            passwd.contains(":65532:65532:"),
+            "{name}: /etc/passwd has no user 65532:\n{passwd}"
+        );
         // The binary is this commit's.
         let sbom = json_file(&dist_dir()?.join(format!("sbom/{name}.cdx.json")))?;
         assert_eq!(sbom["metadata"]["component"]["name"], name);
@@ -83,18 +115,34 @@ async fn the_registry_gives_back_by_digest_what_was_built_images_from_scratch_an
             "{name}: the SBOM lists too few components"
         );
     }
-    // The Wasm module: the OCI artifact layout Istio's WasmPlugin pulls (one layer of
-    // application/vnd.module.wasm.content.layer.v1+wasm), byte for byte the built module.
-    let (_, digest) = digests.get("kzscaler-filter").context("kzscaler-filter not in dist/digests.txt")?;
+    // The Wasm module: the OCI artifact layout Istio's WasmPlugin pulls (the "oci" variant:
+    // two layers, the module as application/vnd.module.wasm.content.layer.v1+wasm, byte for
+    // byte the built one, and its runtime configuration).
+    let (_, digest) = digests
+        .get("kzscaler-filter")
+        .context("kzscaler-filter not in dist/digests.txt")?;
     let layout = pull(&registry, "kzscaler-filter", digest, tmp.path())?;
     let (manifest, _) = manifest_and_config(&layout, digest)?;
-    assert_eq!(manifest["config"]["mediaType"], "application/vnd.module.wasm.config.v1+json");
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.module.wasm.config.v1+json"
+    );
     let layers = manifest["layers"].as_array().context("no layers")?;
-    assert_eq!(layers.len(), 1, "{manifest}");
-    assert_eq!(layers[0]["mediaType"], "application/vnd.module.wasm.content.layer.v1+wasm");
+    assert_eq!(layers.len(), 2, "{manifest}");
+    assert_eq!(
+        layers[1]["mediaType"],
+        "application/vnd.module.wasm.config.v1+json"
+    );
+    assert_eq!(
+        layers[0]["mediaType"],
+        "application/vnd.module.wasm.content.layer.v1+wasm"
+    );
     let module = blob(&layout, layers[0]["digest"].as_str().unwrap_or_default())?;
     let built = std::fs::read(kzscaler_e2e::testbed::filter_module()?)?;
-    assert!(module == built, "the pulled module is not target/wasm32-wasip1/wasm/kzscaler_filter.wasm");
+    assert!(
+        module == built,
+        "the pulled module is not target/wasm32-wasip1/wasm/kzscaler_filter.wasm"
+    );
     Ok(())
 }
 
@@ -107,7 +155,9 @@ fn start_from_image(
     pod: &PodContext,
     dir: &Path,
 ) -> anyhow::Result<RuncContainer> {
-    let (_, digest) = built_digests()?.remove(name).with_context(|| format!("{name} not in dist/digests.txt"))?;
+    let (_, digest) = built_digests()?
+        .remove(name)
+        .with_context(|| format!("{name} not in dist/digests.txt"))?;
     let layout = pull(&registry()?, name, &digest, dir)?;
     let file = repo_root().join("manifests").join(manifest);
     let deployment = manifest_deployment(&file, name)?;
@@ -124,19 +174,30 @@ fn start_from_image(
 fn process_view(c: &RuncContainer) -> anyhow::Result<(String, bool)> {
     let pid = c.pid()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default().to_owned();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap_or_default()
+        .to_owned();
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
     let root_ro = mountinfo
         .lines()
         .map(|l| l.split(' ').collect::<Vec<_>>())
-        .any(|f| f.get(4) == Some(&"/") && f.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro")));
+        .any(|f| {
+            f.get(4) == Some(&"/") && f.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro"))
+        });
     Ok((uid, root_ro))
 }
 
 fn api_server_port() -> anyhow::Result<u16> {
     let env = std::fs::read_to_string(repo_root().join(".local/env"))?;
-    let url = parse_env_file(&env).remove("KZSCALER_APISERVER").context(".local/env has no KZSCALER_APISERVER")?;
-    url.rsplit(':').next().and_then(|p| p.parse().ok()).with_context(|| format!("KZSCALER_APISERVER {url:?} has no port"))
+    let url = parse_env_file(&env)
+        .remove("KZSCALER_APISERVER")
+        .context(".local/env has no KZSCALER_APISERVER")?;
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("KZSCALER_APISERVER {url:?} has no port"))
 }
 
 /// The address a manifest's `--listen=` argument names, reached on 127.0.0.1.
@@ -176,7 +237,15 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
     std::fs::create_dir_all(&sa)?;
     let token = run(Command::new(testbed_binary("kubectl")?)
         .env("KUBECONFIG", &bed.kubeconfig)
-        .args(["-n", "kzscaler-system", "create", "token", "kzscaler-controller", "--duration", "1h"]))?;
+        .args([
+            "-n",
+            "kzscaler-system",
+            "create",
+            "token",
+            "kzscaler-controller",
+            "--duration",
+            "1h",
+        ]))?;
     std::fs::write(sa.join("token"), token.trim())?;
     std::fs::copy(bed.state_dir.join("pki/ca.crt"), sa.join("ca.crt"))?;
     std::fs::write(sa.join("namespace"), "kzscaler-system")?;
@@ -188,22 +257,42 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
         ..PodContext::default()
     };
     let port = listen_port("controller.yaml", "kzscaler-controller", "controller")?;
-    let mut c = start_from_image("kzscaler-controller", "controller.yaml", "controller", &pod, tmp.path())?;
+    let c = start_from_image(
+        "kzscaler-controller",
+        "controller.yaml",
+        "controller",
+        &pod,
+        tmp.path(),
+    )?;
     // Ready = its first lists of every watched kind are in, through its token and RBAC. The
     // test bed's own controller leads, so this one follows and names the leader.
-    let ready = kzscaler_e2e::wait::until("the controller from its image to be ready", WAIT, || async {
-        anyhow::ensure!(c.running(), "runc exited:\n{}", c.log_tail(30));
-        Ok((http_get(port, "/readyz").await?.0 == 200).then_some(()))
-    })
+    let ready = kzscaler_e2e::wait::until(
+        "the controller from its image to be ready",
+        WAIT,
+        || async {
+            anyhow::ensure!(
+                c.pid().is_ok(),
+                "the container stopped:\n{}",
+                c.log_tail(30)
+            );
+            Ok((http_get(port, "/readyz").await?.0 == 200).then_some(()))
+        },
+    )
     .await;
     ready.with_context(|| c.log_tail(30))?;
     let (code, body) = http_get(port, "/leaderz").await?;
     assert_eq!(code, 503, "a follower: {body}");
     let (code, module) = http_get(port, "/v1/module").await?;
-    assert_eq!(code, 200, "the image serves the module it carries (--module-file)");
+    assert_eq!(
+        code, 200,
+        "the image serves the module it carries (--module-file)"
+    );
     assert!(!module.is_empty());
     let (uid, root_ro) = process_view(&c)?;
-    assert!(uid.split_whitespace().skip(1).all(|u| u == "65532"), "runs as 65532: {uid}");
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65532"),
+        "runs as 65532: {uid}"
+    );
     assert!(root_ro, "the root filesystem is read-only");
     Ok(())
 }
@@ -224,6 +313,10 @@ async fn the_webhook_runs_from_its_image_and_the_api_server_calls_it() -> anyhow
     std::fs::create_dir_all(&secret)?;
     for f in ["tls.crt", "tls.key"] {
         std::fs::copy(pki.join(f), secret.join(f))?;
+        // A Secret volume's files have its defaultMode: 0644 unless the manifest says.
+        let mut perms = std::fs::metadata(secret.join(f))?.permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+        std::fs::set_permissions(secret.join(f), perms)?;
     }
     let pod = PodContext {
         name: "kzscaler-webhook-image".into(),
@@ -235,12 +328,24 @@ async fn the_webhook_runs_from_its_image_and_the_api_server_calls_it() -> anyhow
         api_server: ("127.0.0.1".into(), api_server_port()?),
     };
     let port = listen_port("webhook.yaml", "kzscaler-webhook", "webhook")?;
-    let c = start_from_image("kzscaler-webhook", "webhook.yaml", "webhook", &pod, tmp.path())?;
+    let c = start_from_image(
+        "kzscaler-webhook",
+        "webhook.yaml",
+        "webhook",
+        &pod,
+        tmp.path(),
+    )?;
     let (uid, root_ro) = process_view(&c)?;
-    assert!(uid.split_whitespace().skip(1).all(|u| u == "65532"), "runs as 65532: {uid}");
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65532"),
+        "runs as 65532: {uid}"
+    );
     assert!(root_ro, "the root filesystem is read-only");
     let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid()?))?;
-    assert!(!mounts.contains("/var/run/secrets/kubernetes.io/serviceaccount"), "no token mounted:\n{mounts}");
+    assert!(
+        !mounts.contains("/var/run/secrets/kubernetes.io/serviceaccount"),
+        "no token mounted:\n{mounts}"
+    );
     // The API server calls it for pods in a namespace of this test's.
     let ns = TempNamespace::create(&bed, "image-webhook", &[]).await?;
     let name = format!("e2e-{}", ns.name);
@@ -282,27 +387,58 @@ async fn krew_installs_the_plugin_from_the_release_archive_and_it_runs() -> anyh
     let root = tempfile::tempdir()?;
     let krew = || -> anyhow::Result<Command> {
         let mut cmd = Command::new(testbed_binary("kubectl-krew")?);
-        cmd.env("KREW_ROOT", root.path()).env("KUBECONFIG", &bed.kubeconfig);
+        cmd.env("KREW_ROOT", root.path())
+            .env("KUBECONFIG", &bed.kubeconfig);
         Ok(cmd)
     };
     let out = run(krew()?
         .arg("install")
-        .arg(format!("--manifest={}", dist.join("krew/kzscaler.yaml").display()))
-        .arg(format!("--archive={}", dist.join("kubectl-kzscaler_linux_amd64.tar.gz").display())))?;
-    let installed = run(krew()?.arg("list"))?;
-    assert!(installed.contains("kzscaler"), "krew list:\n{installed}\n(install said:\n{out})");
+        .arg(format!(
+            "--manifest={}",
+            dist.join("krew/kzscaler.yaml").display()
+        ))
+        .arg(format!(
+            "--archive={}",
+            dist.join("kubectl-kzscaler_linux_amd64.tar.gz").display()
+        )))?;
+    // krew's record of it (`krew list` needs the plugin index, fetched from GitHub).
+    let receipt = std::fs::read_to_string(root.path().join("receipts/kzscaler.yaml"))
+        .with_context(|| format!("no krew receipt for kzscaler; krew install said:\n{out}"))?;
+    assert!(
+        receipt.contains(&format!("version: v{}", env!("CARGO_PKG_VERSION"))),
+        "{receipt}"
+    );
     // kubectl finds it on PATH, as krew tells users to set it.
     let bin: PathBuf = root.path().join("bin");
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let kubectl = || -> anyhow::Result<Command> {
         let mut cmd = Command::new(testbed_binary("kubectl")?);
         cmd.env("PATH", &path).env("KUBECONFIG", &bed.kubeconfig);
         Ok(cmd)
     };
     let version = run(kubectl()?.args(["kzscaler", "--version"]))?;
-    assert!(version.contains(kzscaler_core::VERSION), "kubectl kzscaler --version: {version:?}, expected {}", kzscaler_core::VERSION);
-    let status = run(kubectl()?.args(["kzscaler", "status", "-A"]))?;
-    assert!(status.contains("NAMESPACE"), "kubectl kzscaler status -A:\n{status}");
+    assert!(
+        version.contains(kzscaler_core::VERSION),
+        "kubectl kzscaler --version: {version:?}, expected {}",
+        kzscaler_core::VERSION
+    );
+    // It reads the test bed's API server: a table, or (nothing managed) its one-line notice.
+    let out = kubectl()?.args(["kzscaler", "status", "-A"]).output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success()
+            && (text.contains("NAMESPACE") || text.contains("No Deployments managed by kzscaler")),
+        "kubectl kzscaler status -A ({}):\n{text}",
+        out.status
+    );
     Ok(())
 }
 
@@ -310,7 +446,9 @@ async fn krew_installs_the_plugin_from_the_release_archive_and_it_runs() -> anyh
 async fn the_chart_renders_manifests_and_applies_with_other_values() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
     // manifests/ is what the chart renders with its defaults (and helm lint passes).
-    run(Command::new("bash").arg(repo_root().join("hack/render-manifests.sh")).arg("--check"))?;
+    run(Command::new("bash")
+        .arg(repo_root().join("hack/render-manifests.sh"))
+        .arg("--check"))?;
     // Other values: a registry of the user's, an OCI module, a namespace selector, cert-manager
     // off. The server accepts all of it (dry run).
     let chart = repo_root().join("charts/kzscaler");
@@ -334,7 +472,10 @@ async fn the_chart_renders_manifests_and_applies_with_other_values() -> anyhow::
         "- --namespace-selector=team=shop",
         "replicas: 3",
     ] {
-        assert!(rendered.contains(expected), "{expected:?} not in:\n{rendered}");
+        assert!(
+            rendered.contains(expected),
+            "{expected:?} not in:\n{rendered}"
+        );
     }
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), &rendered)?;
@@ -349,12 +490,17 @@ async fn the_chart_renders_manifests_and_applies_with_other_values() -> anyhow::
 #[tokio::test]
 async fn pilot_agent_pulls_the_filter_from_the_registry_by_digest_and_it_wakes_a_deployment()
 -> anyhow::Result<()> {
-    use kzscaler_e2e::kz::{PrivateMesh, Setup, cluster, create_managed, replicas, wait_filter_sees};
+    use kzscaler_e2e::kz::{
+        PrivateMesh, Setup, cluster, create_managed, replicas, wait_filter_sees,
+    };
     let bed = TestBed::connect().await?;
     let (tag, digest) = built_digests()?
         .remove("kzscaler-filter")
         .context("kzscaler-filter not in dist/digests.txt")?;
-    let hex = digest.strip_prefix("sha256:").context("digest is not sha256:<hex>")?.to_owned();
+    let hex = digest
+        .strip_prefix("sha256:")
+        .context("digest is not sha256:<hex>")?
+        .to_owned();
     // By tag, with the manifest's sha256 checked by pilot-agent (the WasmPlugin's sha256).
     let url = format!("oci://{}/kzscaler/kzscaler-filter:{tag}", registry()?);
     let ns = TempNamespace::create(&bed, "oci", &[]).await?;
@@ -376,14 +522,28 @@ async fn pilot_agent_pulls_the_filter_from_the_registry_by_digest_and_it_wakes_a
     );
     let plugins = wp.list(&Default::default()).await?;
     assert!(
-        plugins.items.iter().any(|p| p.data["spec"]["url"] == url.as_str()),
+        plugins
+            .items
+            .iter()
+            .any(|p| p.data["spec"]["url"] == url.as_str()),
         "the controllers' WasmPlugin names {url}"
     );
     create_managed(&ns, "web", 0, &[]).await?;
     let ctl = mesh.controller_addr.to_string();
-    wait_filter_sees(&ns, &ctl, &cluster(&ns.name, "web", 80), kzscaler_core::wire::State::Asleep).await?;
+    wait_filter_sees(
+        &ns,
+        &ctl,
+        &cluster(&ns.name, "web", 80),
+        kzscaler_core::wire::State::Asleep,
+    )
+    .await?;
     let r = bed
-        .get_from(&mesh.envoy, &format!("web.{}", ns.name), "/", Duration::from_secs(30))
+        .get_from(
+            &mesh.envoy,
+            &format!("web.{}", ns.name),
+            "/",
+            Duration::from_secs(30),
+        )
         .await?;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(replicas(&ns, "web").await?, 1);
@@ -407,7 +567,8 @@ fn containerfile_stage(target: &str) -> anyhow::Result<serde_json::Value> {
         if let Some(u) = line.strip_prefix("USER ") {
             out["User"] = json!(u);
         } else if let Some(e) = line.strip_prefix("ENTRYPOINT ") {
-            out["Entrypoint"] = serde_json::from_str(e).with_context(|| format!("ENTRYPOINT {e}"))?;
+            out["Entrypoint"] =
+                serde_json::from_str(e).with_context(|| format!("ENTRYPOINT {e}"))?;
         } else if let Some(p) = line.strip_prefix("EXPOSE ") {
             out["ExposedPorts"] = json!({p: {}});
         } else if let Some(e) = line.strip_prefix("ENV ")
@@ -416,26 +577,103 @@ fn containerfile_stage(target: &str) -> anyhow::Result<serde_json::Value> {
             env.push(json!(e));
         }
     }
-    anyhow::ensure!(out.get("User").is_some(), "Containerfile has no stage {target} with USER");
+    anyhow::ensure!(
+        out.get("User").is_some(),
+        "Containerfile has no stage {target} with USER"
+    );
     Ok(out)
 }
 
 #[tokio::test]
 async fn the_containerfile_describes_the_images_release_sh_builds() -> anyhow::Result<()> {
     let dist = dist_dir()?;
-    for (name, target) in [("kzscaler-controller", "controller"), ("kzscaler-webhook", "webhook")] {
-        let (_, digest) = built_digests()?.remove(name).with_context(|| format!("{name} not built"))?;
+    for (name, target) in [
+        ("kzscaler-controller", "controller"),
+        ("kzscaler-webhook", "webhook"),
+    ] {
+        let (_, digest) = built_digests()?
+            .remove(name)
+            .with_context(|| format!("{name} not built"))?;
         let layout = dist.join("images").join(name);
         let (_, config) = manifest_and_config(&layout, &digest)?;
         let want = containerfile_stage(target)?;
         let c = &config["config"];
         for key in ["User", "Entrypoint", "ExposedPorts"] {
-            assert_eq!(c[key], want[key], "{name}: {key} (image) vs Containerfile --target {target}");
+            assert_eq!(
+                c[key], want[key],
+                "{name}: {key} (image) vs Containerfile --target {target}"
+            );
         }
         let env = c["Env"].as_array().cloned().unwrap_or_default();
         for e in want["Env"].as_array().into_iter().flatten() {
-            assert!(env.contains(e), "{name}: ENV {e} of the Containerfile is not in the image's {env:?}");
+            assert!(
+                env.contains(e),
+                "{name}: ENV {e} of the Containerfile is not in the image's {env:?}"
+            );
         }
     }
     Ok(())
+}
+
+#[tokio::test]
+async fn pilot_agent_refuses_the_filter_from_the_registry_when_its_sha256_differs()
+-> anyhow::Result<()> {
+    use kzscaler_core::names::{FILTER_LABEL, INJECTION_ENABLED, INJECTION_LABEL};
+    let bed = TestBed::connect().await?;
+    let (tag, digest) = built_digests()?
+        .remove("kzscaler-filter")
+        .context("kzscaler-filter not in dist/digests.txt")?;
+    let url = format!("oci://{}/kzscaler/kzscaler-filter:{tag}", registry()?);
+    // Not the manifest's digest: one digit changed.
+    let hex = digest
+        .strip_prefix("sha256:")
+        .context("digest is not sha256:<hex>")?;
+    let wrong: String = std::iter::once(if hex.starts_with('0') { '1' } else { '0' })
+        .chain(hex.chars().skip(1))
+        .collect();
+    let ns = TempNamespace::create(&bed, "ocisha", &[(INJECTION_LABEL, INJECTION_ENABLED)]).await?;
+    let wp: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        bed.client.clone(),
+        &ns.name,
+        &kzscaler_controller::wasmplugin::api_resource(),
+    );
+    wp.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "extensions.istio.io/v1alpha1",
+            "kind": "WasmPlugin",
+            "metadata": {"name": "kzscaler-oci", "namespace": ns.name},
+            "spec": {
+                "selector": {"matchLabels": {FILTER_LABEL: "true"}},
+                "url": url, "sha256": wrong, "failStrategy": "FAIL_OPEN",
+                "pluginConfig": {}
+            }
+        }))?,
+    )
+    .await?;
+    kzscaler_e2e::kz::create_caller(&bed.client, &ns.name, "caller", &[]).await?;
+    let log = bed
+        .state_dir
+        .join("kubelet")
+        .join(&ns.name)
+        .join("caller/pilot-agent.log");
+    let expected = format!("has checksum {}, which does not match: {wrong}", hex);
+    ns.wait_for(
+        "pilot-agent to refuse the module for its checksum",
+        WAIT,
+        || async {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Ok(text.contains(&expected).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let wasm: Vec<&str> = text.lines().filter(|l| l.contains("wasm")).collect();
+        format!(
+            "expected {expected:?}; pilot-agent's wasm lines:\n{}",
+            wasm.join("\n")
+        )
+    })?;
+    ns.cleanup().await
 }
