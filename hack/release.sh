@@ -221,8 +221,8 @@ ok "$(basename "$archive") sha256 $sha"
 digest_of() { # LAYOUT: the digest of the layout's one manifest
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]+"/index.json"))["manifests"][0]["digest"])' "$1"
 }
-(cd "$DIST" && find . -type f -not -name SHA256SUMS -not -name digests.txt -not -path './images/*' -print0 |
-  sort -z | xargs -0 sha256sum >SHA256SUMS)
+(cd "$DIST" && find . -type f -not -name digests.txt -not -path './images/*' -print0 |
+  sort -z | xargs -0 sha256sum >"$WORK/SHA256SUMS") && mv "$WORK/SHA256SUMS" "$DIST/SHA256SUMS"
 : >"$DIST/digests.txt"
 for name in kzscaler-controller kzscaler-webhook kzscaler-filter; do
   printf '%s:%s %s\n' "$name" "$VERSION" "$(digest_of "$DIST/images/$name")" >>"$DIST/digests.txt"
