@@ -2,7 +2,7 @@
 //! A build outside a git checkout (a source archive, a container build without `.git`) takes
 //! it from the environment variable of the same name, else says "unknown".
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
@@ -16,18 +16,29 @@ fn main() {
 }
 
 fn git_commit() -> Option<String> {
-    let git_dir = run(&["rev-parse", "--absolute-git-dir"])?;
-    let git_dir = Path::new(&git_dir);
-    // Rebuild when HEAD moves: HEAD itself, the branch it names, and packed refs.
-    println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
-    if let Some(branch) = run(&["symbolic-ref", "-q", "HEAD"]) {
-        println!("cargo:rerun-if-changed={}", git_dir.join(branch).display());
+    // Rebuild when HEAD moves: HEAD itself, packed refs, and the branch HEAD names (each only
+    // if it exists, or cargo would rerun this on every build). A packed branch has no file of
+    // its own: its folder (refs/heads) shows when a commit writes one.
+    for name in ["HEAD", "packed-refs"] {
+        if let Some(path) = git_path(name).filter(|p| p.exists()) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        git_dir.join("packed-refs").display()
-    );
+    if let Some(path) = run(&["symbolic-ref", "-q", "HEAD"]).and_then(|b| git_path(&b)) {
+        let watch = if path.exists() {
+            Some(path.as_path())
+        } else {
+            path.parent().filter(|p| p.exists())
+        };
+        if let Some(watch) = watch {
+            println!("cargo:rerun-if-changed={}", watch.display());
+        }
+    }
     run(&["rev-parse", "--short=12", "HEAD"])
+}
+
+fn git_path(name: &str) -> Option<PathBuf> {
+    run(&["rev-parse", "--path-format=absolute", "--git-path", name]).map(PathBuf::from)
 }
 
 fn run(args: &[&str]) -> Option<String> {

@@ -20,12 +20,14 @@ case "${1:-}" in
     cat <<USAGE
 Usage: hack/kind-up.sh [--help]
 
-Needs docker, kind, kubectl, helm, istioctl and skopeo on PATH. Then:
+Needs docker, kind, kubectl, helm, istioctl and skopeo on PATH, and for hack/release.sh
+rustup and root (it installs musl-tools and umoci from Debian's packages). Then:
   1. hack/release.sh, unless dist/ holds this version already;
   2. kind create cluster --name $CLUSTER (KZSCALER_KIND_CLUSTER), unless it exists;
   3. istioctl install --set profile=minimal;
   4. the images from dist/images loaded into kind (skopeo to docker-archive, kind load);
-  5. helm install kzscaler charts/kzscaler -n kzscaler-system, with a webhook certificate
+  5. the namespace kzscaler-system (labelled istio-injection=enabled), then
+     helm install kzscaler charts/kzscaler -n kzscaler-system, with a webhook certificate
      from hack/webhook-certs.sh;
   6. the smoke test in namespace $NS: hello (managed) and plain (unmanaged) at 0 replicas
      ($APP_IMAGE, KZSCALER_SMOKE_IMAGE); a caller pod ($CURL_IMAGE) curls both: hello
@@ -71,9 +73,16 @@ for name in kzscaler-controller kzscaler-webhook; do
     skopeo copy "oci:dist/images/$name:$VERSION" "docker-archive:$archive:kzscaler.local/$name:$VERSION"
   run_logged "kind load $name" "$LOGS/kind.log" kind load image-archive "$archive" --name "$CLUSTER"
 done
-ok "kzscaler.local/kzscaler-controller:$VERSION, kzscaler.local/kzscaler-webhook:$VERSION"
+# The smoke test's images too, so a wake does not wait for a pull.
+for image in "$APP_IMAGE" "$CURL_IMAGE"; do
+  run_logged "docker pull $image" "$LOGS/docker.log" docker pull "$image"
+  run_logged "kind load $image" "$LOGS/kind.log" kind load docker-image "$image" --name "$CLUSTER"
+done
+ok "kzscaler.local/kzscaler-controller:$VERSION, kzscaler.local/kzscaler-webhook:$VERSION, $APP_IMAGE, $CURL_IMAGE"
 
 step "kzscaler (helm install charts/kzscaler; webhook certificate from hack/webhook-certs.sh)"
+kubectl create namespace kzscaler-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace kzscaler-system istio-injection=enabled app.kubernetes.io/part-of=kzscaler --overwrite >/dev/null
 run_logged "helm install" "$LOGS/helm.log" helm upgrade --install kzscaler charts/kzscaler \
   --namespace kzscaler-system --set image.registry=kzscaler.local --set image.pullPolicy=Never
 certs=$LOGS/webhook-certs
@@ -81,14 +90,25 @@ hack/webhook-certs.sh "$certs"
 kubectl -n kzscaler-system create secret tls kzscaler-webhook-tls --cert "$certs/tls.crt" --key "$certs/tls.key" \
   --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 hack/webhook-certs.sh --patch "$certs"
-run_logged "rollout" "$LOGS/rollout.log" kubectl -n kzscaler-system rollout status deployment/kzscaler-controller deployment/kzscaler-webhook --timeout 180s
+for d in kzscaler-controller kzscaler-webhook; do
+  run_logged "rollout $d" "$LOGS/rollout.log" kubectl -n kzscaler-system rollout status "deployment/$d" --timeout 180s
+done
 ok "kzscaler running"
 
 step "smoke test in namespace $NS"
 smoke_workloads "$NS" "$APP_IMAGE" | kubectl apply -f - >/dev/null
-kubectl -n "$NS" run caller --image "$CURL_IMAGE" --restart Never --command -- sleep 3600 >/dev/null 2>&1 || true
+kubectl -n "$NS" delete pod caller --ignore-not-found --wait >/dev/null
+run_logged "caller pod" "$LOGS/caller.log" kubectl -n "$NS" run caller --image "$CURL_IMAGE" --restart Never --command -- sleep 3600
 run_logged "caller pod" "$LOGS/caller.log" kubectl -n "$NS" wait pod/caller --for condition=Ready --timeout 180s
-# The caller's sidecar polls the controller; give it one poll period after start.
+# Ready once its sidecar runs the Wasm filter (pilot-agent fetched the module and handed it to
+# Envoy over ECDS; on failure it would be an RBAC filter instead), then one poll period for the
+# filter to take the controller's snapshot.
+for i in $(seq 120); do
+  kubectl -n "$NS" exec caller -c istio-proxy -- pilot-agent request GET config_dump 2>/dev/null |
+    grep -q 'envoy.extensions.filters.http.wasm.v3.Wasm' && break
+  [ "$i" = 120 ] && fail "smoke test" "$LOGS/caller.log" "the caller's sidecar has no kzscaler filter after 120s (kubectl -n $NS logs caller -c istio-proxy)"
+  sleep 1
+done
 sleep 3
 request() { # NAME: "<status>" of a request from the caller pod
   kubectl -n "$NS" exec caller -c caller -- curl -s -o /dev/null -w '%{http_code}' --max-time 40 "http://$1.$NS/" || true

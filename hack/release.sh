@@ -58,8 +58,13 @@ while [ $# -gt 0 ]; do
 done
 
 cd "$REPO_ROOT"
+# Files in the images must be readable by their user 65532 whatever the caller's umask.
+umask 022
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 [ -n "$VERSION" ] || fail "version" "" "no 'version = \"...\"' in the workspace Cargo.toml"
+chart_version=$(sed -n 's/^appVersion: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/kzscaler/Chart.yaml)
+[ "$chart_version" = "$VERSION" ] ||
+  fail "version" "" "charts/kzscaler/Chart.yaml appVersion is '$chart_version'; the workspace is $VERSION (the chart names the images by it)"
 COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo "${KZSCALER_GIT_COMMIT:-unknown}")
 export KZSCALER_GIT_COMMIT=$COMMIT
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
@@ -87,7 +92,7 @@ fi
 step "tools: rustup target $TARGET, musl-gcc, umoci, CA certificates, oras, cargo-cyclonedx"
 rustup target add "$TARGET" >"$LOGS/rustup-musl.log" 2>&1 || fail "rustup" "$LOGS/rustup-musl.log" "rustup target add $TARGET failed"
 rustup target add wasm32-wasip1 >>"$LOGS/rustup-musl.log" 2>&1 || fail "rustup" "$LOGS/rustup-musl.log" "rustup target add wasm32-wasip1 failed"
-debian_tools musl-gcc:musl-tools umoci:umoci
+debian_tools musl-gcc:musl-tools umoci:umoci readelf:binutils
 [ -f /etc/ssl/certs/ca-certificates.crt ] || debian_tools update-ca-certificates:ca-certificates
 ORAS=$(oras_bin)
 CYCLONEDX=$(cargo_tool cargo-cyclonedx cargo-cyclonedx "$CARGO_CYCLONEDX_VERSION")
@@ -105,7 +110,12 @@ ok "$(du -sh "target/$TARGET/dist" | cut -f1) in target/$TARGET/dist"
 rm -rf "$DIST"
 mkdir -p "$DIST/bin" "$DIST/images" "$DIST/sbom" "$DIST/krew"
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+cleanup() {
+  rm -rf "$WORK"
+  # cargo-cyclonedx writes beside each Cargo.toml.
+  find "$REPO_ROOT" -name 'kzscaler.*sbom.json' -not -path "$REPO_ROOT/target/*" -delete 2>/dev/null || true
+}
+trap cleanup EXIT
 
 step "static binaries"
 for b in kzscaler-controller kzscaler-webhook kubectl-kzscaler; do
@@ -132,16 +142,22 @@ base_rootfs() { # DIR
   chmod 1777 "$1/tmp"
 }
 
-# image NAME ROOTFS ENTRYPOINT PORT: an OCI image layout dist/images/NAME with one layer.
+# image NAME ROOTFS ENTRYPOINT PORT: an OCI image layout dist/images/NAME with one layer, the
+# ROOTFS folder as a tar owned by root with every time SOURCE_DATE_EPOCH (so the digest depends
+# on the files only, and no root is needed to build it).
 image() {
   local name=$1 rootfs=$2 entrypoint=$3 port=$4
   local layout=$DIST/images/$name log=$LOGS/release-$name.log
-  find "$rootfs" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  local entries
+  mapfile -t entries < <(cd "$rootfs" && ls -A)
+  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$SOURCE_DATE_EPOCH" \
+    --format=posix --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
+    -C "$rootfs" -cf "$WORK/$name.tar" "${entries[@]}" || fail "image $name" "" "tar of $rootfs failed"
   {
     umoci init --layout "$layout" &&
       umoci new --image "$layout:$VERSION" &&
-      umoci insert --image "$layout:$VERSION" --history.created "$CREATED" \
-        --history.created_by "hack/release.sh (commit $COMMIT)" "$rootfs" / &&
+      umoci raw add-layer --image "$layout:$VERSION" --history.created "$CREATED" \
+        --history.created_by "hack/release.sh (commit $COMMIT)" "$WORK/$name.tar" &&
       umoci config --image "$layout:$VERSION" --created "$CREATED" --history.created "$CREATED" \
         --os linux --architecture amd64 \
         --config.user 65532:65532 --config.workingdir / --clear config.cmd \
@@ -191,6 +207,9 @@ step "SBOMs (cargo-cyclonedx, plus the image's other files)"
 log=$LOGS/release-sbom.log
 "$CYCLONEDX" cyclonedx --format json --target "$TARGET" --spec-version 1.5 \
   --override-filename kzscaler.sbom >"$log" 2>&1 || fail "cargo cyclonedx" "$log" "SBOM generation failed"
+# The filter's dependencies for its own target.
+"$CYCLONEDX" cyclonedx --manifest-path filter/Cargo.toml --format json --target wasm32-wasip1 --spec-version 1.5 \
+  --override-filename kzscaler.wasm.sbom >>"$log" 2>&1 || fail "cargo cyclonedx" "$log" "SBOM generation failed (filter)"
 ca_version=$(dpkg-query -W -f '${Version}' ca-certificates 2>/dev/null || echo unknown)
 for name in kzscaler-controller kzscaler-webhook kzscaler-filter; do
   case $name in
@@ -198,11 +217,13 @@ for name in kzscaler-controller kzscaler-webhook kzscaler-filter; do
     kzscaler-webhook) crate=webhook ;;
     kzscaler-filter) crate=filter ;;
   esac
-  python3 "$REPO_ROOT/hack/lib/sbom.py" "$crate/kzscaler.sbom.json" "$name" "$VERSION" "$COMMIT" "$CREATED" \
+  bom=$crate/kzscaler.sbom.json
+  [ "$name" = kzscaler-filter ] && bom=filter/kzscaler.wasm.sbom.json
+  [ -f "$bom" ] || fail "SBOM $name" "$log" "cargo-cyclonedx wrote no $bom"
+  python3 "$REPO_ROOT/hack/lib/sbom.py" "$bom" "$name" "$VERSION" "$COMMIT" "$CREATED" \
     "$ca_version" "$WASM" >"$DIST/sbom/$name.cdx.json" 2>>"$log" ||
     fail "SBOM $name" "$log" "merging the SBOM failed"
 done
-find . -name kzscaler.sbom.json -not -path './target/*' -delete
 ok "dist/sbom/*.cdx.json"
 
 step "kubectl plugin archive and krew manifest"
@@ -218,14 +239,23 @@ if grep -q '@[A-Za-z0-9_]*@' "$DIST/krew/kzscaler.yaml"; then
 fi
 ok "$(basename "$archive") sha256 $sha"
 
-digest_of() { # LAYOUT: the digest of the layout's one manifest
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]+"/index.json"))["manifests"][0]["digest"])' "$1"
+digest_of() { # LAYOUT: the digest of the manifest tagged with this version
+  python3 -c '
+import json, sys
+index = json.load(open(sys.argv[1] + "/index.json"))
+found = [m["digest"] for m in index["manifests"]
+         if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == sys.argv[2]]
+if len(found) != 1:
+    sys.exit(f"{sys.argv[1]}/index.json: {len(found)} manifests tagged {sys.argv[2]}, expected 1")
+print(found[0])' "$1" "$VERSION"
 }
 (cd "$DIST" && find . -type f -not -name digests.txt -not -path './images/*' -print0 |
-  sort -z | xargs -0 sha256sum >"$WORK/SHA256SUMS") && mv "$WORK/SHA256SUMS" "$DIST/SHA256SUMS"
+  sort -z | xargs -0 sha256sum >"$WORK/SHA256SUMS")
+mv "$WORK/SHA256SUMS" "$DIST/SHA256SUMS"
 : >"$DIST/digests.txt"
 for name in kzscaler-controller kzscaler-webhook kzscaler-filter; do
-  printf '%s:%s %s\n' "$name" "$VERSION" "$(digest_of "$DIST/images/$name")" >>"$DIST/digests.txt"
+  digest=$(digest_of "$DIST/images/$name") || fail "digest" "" "no digest for dist/images/$name"
+  printf '%s:%s %s\n' "$name" "$VERSION" "$digest" >>"$DIST/digests.txt"
 done
 
 if $push; then

@@ -14,8 +14,9 @@ case "${1:-}" in
 Usage: hack/render-manifests.sh [--check] [--help]
 
 Writes manifests/*.yaml, manifests/rbac/*.yaml and manifests/cert-manager/certificate.yaml from
-  helm template kzscaler charts/kzscaler --namespace kzscaler-system
-(the defaults; certManager.enabled=true for manifests/cert-manager). The kustomization.yaml
+  helm template kzscaler charts/kzscaler --namespace kzscaler-system --set createNamespace=true
+(otherwise the defaults; certManager.enabled=true for manifests/cert-manager). It also checks
+that the chart's version and appVersion are the workspace's (Cargo.toml). The kustomization.yaml
 files are not rendered. --check writes nothing and fails, showing the difference, when
 manifests/ is not what the chart renders. Helm $HELM_VERSION is built once from the Go module
 proxy and cached in \$KZSCALER_CACHE_DIR/tools.
@@ -29,13 +30,18 @@ esac
 
 HELM=$(helm_bin)
 cd "$REPO_ROOT"
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+for field in version appVersion; do
+  got=$(sed -n "s/^$field: \"\\{0,1\\}\\([^\"]*\\)\"\\{0,1\\}\$/\\1/p" charts/kzscaler/Chart.yaml)
+  [ "$got" = "$version" ] || fail "charts/kzscaler/Chart.yaml" "" "$field is '$got'; the workspace version (Cargo.toml) is $version"
+done
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 log=$out/helm.log
 "$HELM" lint charts/kzscaler --namespace kzscaler-system >"$log" 2>&1 || fail "helm lint" "$log" "charts/kzscaler does not lint"
-"$HELM" template kzscaler charts/kzscaler --namespace kzscaler-system --output-dir "$out/default" >>"$log" 2>&1 ||
+"$HELM" template kzscaler charts/kzscaler --namespace kzscaler-system --set createNamespace=true --output-dir "$out/default" >>"$log" 2>&1 ||
   fail "helm template" "$log" "charts/kzscaler does not render"
-"$HELM" template kzscaler charts/kzscaler --namespace kzscaler-system --set certManager.enabled=true \
+"$HELM" template kzscaler charts/kzscaler --namespace kzscaler-system --set createNamespace=true --set certManager.enabled=true \
   --output-dir "$out/cert-manager" >>"$log" 2>&1 ||
   fail "helm template" "$log" "charts/kzscaler does not render with certManager.enabled=true"
 

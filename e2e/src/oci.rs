@@ -177,7 +177,10 @@ pub fn runtime_config(
             },
             (None, None) => String::new(),
         };
-        env.push(format!("{}={value}", e.name));
+        // A container's variable replaces the image's of the same name.
+        let prefix = format!("{}=", e.name);
+        env.retain(|kv| !kv.starts_with(&prefix));
+        env.push(format!("{prefix}{value}"));
     }
     process["env"] = serde_json::json!(env);
     // User: the container's securityContext, else the pod's, else the image's.
@@ -289,6 +292,15 @@ impl RuncContainer {
         id: &str,
         make_config: impl FnOnce(serde_json::Value) -> anyhow::Result<serde_json::Value>,
     ) -> anyhow::Result<Self> {
+        // A run that was killed leaves its containers (and their ports): remove them.
+        let prefix = id.rsplit_once('-').map_or(id, |(p, _)| p);
+        let listed = run(Command::new("runc").args(["list", "-q"])).unwrap_or_default();
+        for stale in listed.lines().filter(|l| l.starts_with(prefix) && *l != id) {
+            let _ = Command::new("runc")
+                .args(["delete", "--force", stale])
+                .stderr(Stdio::null())
+                .status();
+        }
         run(Command::new("umoci")
             .arg("unpack")
             .arg("--image")

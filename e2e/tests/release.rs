@@ -107,7 +107,12 @@ async fn the_registry_gives_back_by_digest_what_was_built_images_from_scratch_an
             passwd.contains(":65532:65532:"),
             "{name}: /etc/passwd has no user 65532:\n{passwd}"
         );
-        // The binary is this commit's.
+        // The binary is the one built (whose --version names this commit).
+        let built = std::fs::read(dist_dir()?.join("bin").join(name))?;
+        assert!(
+            std::fs::read(rootfs.join("usr/local/bin").join(name))? == built,
+            "{name}: the image's binary is not dist/bin/{name}"
+        );
         let sbom = json_file(&dist_dir()?.join(format!("sbom/{name}.cdx.json")))?;
         assert_eq!(sbom["metadata"]["component"]["name"], name);
         assert!(
@@ -171,14 +176,29 @@ fn start_from_image(
 }
 
 /// The container's process as the host sees it: (uid line, whether / is mounted read-only).
-fn process_view(c: &RuncContainer) -> anyhow::Result<(String, bool)> {
+/// What the host sees of the container's process, from /proc.
+#[derive(Debug)]
+struct ProcessView {
+    /// Real, effective, saved and filesystem uids.
+    uids: Vec<String>,
+    /// Effective and bounding capability sets (hex).
+    caps: (String, String),
+    /// no_new_privs.
+    no_new_privs: bool,
+    /// `/` is mounted read-only.
+    root_ro: bool,
+}
+
+fn process_view(c: &RuncContainer) -> anyhow::Result<ProcessView> {
     let pid = c.pid()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let uid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .unwrap_or_default()
-        .to_owned();
+    let field = |name: &str| -> anyhow::Result<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .with_context(|| format!("/proc/{pid}/status has no {name}"))
+    };
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
     let root_ro = mountinfo
         .lines()
@@ -186,7 +206,34 @@ fn process_view(c: &RuncContainer) -> anyhow::Result<(String, bool)> {
         .any(|f| {
             f.get(4) == Some(&"/") && f.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro"))
         });
-    Ok((uid, root_ro))
+    Ok(ProcessView {
+        uids: field("Uid:")?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        caps: (field("CapEff:")?, field("CapBnd:")?),
+        no_new_privs: field("NoNewPrivs:")? == "1",
+        root_ro,
+    })
+}
+
+/// The securityContext of manifests/: uid 65532, no capabilities, no privilege escalation,
+/// read-only root.
+fn assert_locked_down(name: &str, v: &ProcessView) {
+    assert!(
+        v.uids.len() == 4 && v.uids.iter().all(|u| u == "65532"),
+        "{name} runs as 65532: {v:?}"
+    );
+    let none = "0000000000000000";
+    assert!(
+        v.caps.0 == none && v.caps.1 == none,
+        "{name} has no capabilities (drop: [ALL]): {v:?}"
+    );
+    assert!(
+        v.no_new_privs,
+        "{name}: allowPrivilegeEscalation: false: {v:?}"
+    );
+    assert!(v.root_ro, "{name}: readOnlyRootFilesystem: {v:?}");
 }
 
 fn api_server_port() -> anyhow::Result<u16> {
@@ -256,6 +303,19 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
         api_server: ("127.0.0.1".into(), api_server_port()?),
         ..PodContext::default()
     };
+    // Its pod, which it labels (--label-pod) through its token: Pending, no node runs it.
+    let pods = Api::<Pod>::namespaced(bed.client.clone(), "kzscaler-system");
+    let _ = pods
+        .delete(&pod.name, &DeleteParams::default().grace_period(0))
+        .await;
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": pod.name},
+            "spec": {"nodeSelector": {"type": "none"}, "containers": [{"name": "controller", "image": "kzscaler-controller"}]}
+        }))?,
+    )
+    .await?;
     let port = listen_port("controller.yaml", "kzscaler-controller", "controller")?;
     let c = start_from_image(
         "kzscaler-controller",
@@ -288,12 +348,24 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
         "the image serves the module it carries (--module-file)"
     );
     assert!(!module.is_empty());
-    let (uid, root_ro) = process_view(&c)?;
-    assert!(
-        uid.split_whitespace().skip(1).all(|u| u == "65532"),
-        "runs as 65532: {uid}"
-    );
-    assert!(root_ro, "the root filesystem is read-only");
+    assert_locked_down("the controller", &process_view(&c)?);
+    // It wrote with its ServiceAccount's token: the leader label, false on a follower.
+    let labelled = kzscaler_e2e::wait::until(
+        "the controller from its image to label its pod kzscaler.io/leader=false",
+        WAIT,
+        || async {
+            let p = pods.get(&pod.name).await?;
+            Ok(p.metadata
+                .labels
+                .and_then(|l| l.get(kzscaler_core::names::LEADER_LABEL).cloned())
+                .filter(|v| v == "false")
+                .map(|_| ()))
+        },
+    )
+    .await;
+    pods.delete(&pod.name, &DeleteParams::default().grace_period(0))
+        .await?;
+    labelled.with_context(|| c.log_tail(30))?;
     Ok(())
 }
 
@@ -335,12 +407,7 @@ async fn the_webhook_runs_from_its_image_and_the_api_server_calls_it() -> anyhow
         &pod,
         tmp.path(),
     )?;
-    let (uid, root_ro) = process_view(&c)?;
-    assert!(
-        uid.split_whitespace().skip(1).all(|u| u == "65532"),
-        "runs as 65532: {uid}"
-    );
-    assert!(root_ro, "the root filesystem is read-only");
+    assert_locked_down("the webhook", &process_view(&c)?);
     let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid()?))?;
     assert!(
         !mounts.contains("/var/run/secrets/kubernetes.io/serviceaccount"),
@@ -469,7 +536,7 @@ async fn the_chart_renders_manifests_and_applies_with_other_values() -> anyhow::
         "image: registry.example.com/team/kzscaler-webhook:9.9.9",
         "- --module-url=oci://registry.example.com/team/kzscaler-filter:9.9.9",
         "- --module-sha256=0123456789abcdef",
-        "- --namespace-selector=team=shop",
+        "- \"--namespace-selector=team=shop\"",
         "replicas: 3",
     ] {
         assert!(
@@ -477,6 +544,28 @@ async fn the_chart_renders_manifests_and_applies_with_other_values() -> anyhow::
             "{expected:?} not in:\n{rendered}"
         );
     }
+    // The OCI module replaces the one the image carries: with --module-file, the controller
+    // would put the file's sha256 in the WasmPlugins, not the manifest's digest.
+    assert!(
+        !rendered.contains("--module-file"),
+        "--module-file with an OCI module:\n{rendered}"
+    );
+    assert!(
+        !rendered.contains("kind: Namespace"),
+        "helm install makes the namespace before the chart's resources"
+    );
+    // An OCI module without its digest is refused, naming the value.
+    let out = Command::new(testbed_binary("helm")?)
+        .args(["template", "kzscaler"])
+        .arg(&chart)
+        .args(["--set", "controller.moduleUrl=oci://r/kzscaler-filter:1"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("controller.moduleSha256"),
+        "helm template with moduleUrl and no moduleSha256 ({}): {err}",
+        out.status
+    );
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), &rendered)?;
     let out = run(Command::new(testbed_binary("kubectl")?)

@@ -34,6 +34,7 @@ use serde_json::json;
 
 /// Measures the kzscaler filter against no filter and a no-op Wasm filter, in one run.
 #[derive(Debug, Parser)]
+#[command(version = kzscaler_core::VERSION)]
 struct Args {
     /// Seconds of load per setup, per round.
     #[arg(long, default_value_t = 2.0)]

@@ -40,7 +40,7 @@ use serde_json::json;
 
 /// Measures the controller with a fleet of managed Deployments and simulated sidecars.
 #[derive(Debug, Parser)]
-#[command(name = "kzscaler-bench-fleet")]
+#[command(name = "kzscaler-bench-fleet", version = kzscaler_core::VERSION)]
 struct Args {
     /// Managed Deployments (each with a Service) to create.
     #[arg(long, default_value_t = 300)]
