@@ -303,7 +303,8 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
         api_server: ("127.0.0.1".into(), api_server_port()?),
         ..PodContext::default()
     };
-    // Its pod, which it labels (--label-pod) through its token: Pending, no node runs it.
+    // Its pod, whose leader label it keeps (--label-pod) through its token: Pending, no node
+    // runs it. Labelled leader at first: a follower removes that.
     let pods = Api::<Pod>::namespaced(bed.client.clone(), "kzscaler-system");
     let _ = pods
         .delete(&pod.name, &DeleteParams::default().grace_period(0))
@@ -311,7 +312,7 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
     pods.create(
         &PostParams::default(),
         &serde_json::from_value(json!({
-            "metadata": {"name": pod.name},
+            "metadata": {"name": pod.name, "labels": {kzscaler_core::names::LEADER_LABEL: "true"}},
             "spec": {"nodeSelector": {"type": "none"}, "containers": [{"name": "controller", "image": "kzscaler-controller"}]}
         }))?,
     )
@@ -349,17 +350,17 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
     );
     assert!(!module.is_empty());
     assert_locked_down("the controller", &process_view(&c)?);
-    // It wrote with its ServiceAccount's token: the leader label, false on a follower.
+    // It wrote with its ServiceAccount's token: a follower's pod loses the leader label.
     let labelled = kzscaler_e2e::wait::until(
-        "the controller from its image to label its pod kzscaler.io/leader=false",
+        "the controller from its image to remove kzscaler.io/leader from its pod",
         WAIT,
         || async {
             let p = pods.get(&pod.name).await?;
-            Ok(p.metadata
+            let leader = p
+                .metadata
                 .labels
-                .and_then(|l| l.get(kzscaler_core::names::LEADER_LABEL).cloned())
-                .filter(|v| v == "false")
-                .map(|_| ()))
+                .and_then(|l| l.get(kzscaler_core::names::LEADER_LABEL).cloned());
+            Ok(leader.is_none().then_some(()))
         },
     )
     .await;
