@@ -67,13 +67,46 @@ DENY=$(cargo_tool cargo-deny cargo-deny "$CARGO_DENY_VERSION")
 # KZSCALER_REQUIRE_ADVISORIES=1 makes that a failure.
 log=$KZSCALER_CACHE_DIR/logs/cargo-deny-fetch.log
 if timeout 120 "$DENY" fetch db >"$log" 2>&1; then
-  "$DENY" --log-level error check --disable-fetch advisories
+  "$DENY" --offline --log-level error check advisories
   ok "no known advisory"
 elif [ "${KZSCALER_REQUIRE_ADVISORIES:-0}" = 1 ]; then
   fail "cargo deny" "$log" "cannot fetch the advisory database"
 else
   echo "    advisories NOT checked: cannot fetch the advisory database (log: $log)" >&2
 fi
+# That deny.toml fails the build on a known advisory, whatever the database: a synthetic one
+# (RUSTSEC-2099-0001, for serde, which every crate here uses) in a local database.
+adv=$(mktemp -d)
+mkdir -p "$adv/db/crates/serde"
+cat >"$adv/db/crates/serde/RUSTSEC-2099-0001.md" <<'ADVISORY'
+```toml
+[advisory]
+id = "RUSTSEC-2099-0001"
+package = "serde"
+date = "2099-01-01"
+url = "https://example.invalid/RUSTSEC-2099-0001"
+categories = ["memory-corruption"]
+
+[versions]
+patched = []
+```
+
+# A synthetic advisory (hack/test.sh)
+ADVISORY
+mkdir -p "$adv/dbs"
+{
+  git -C "$adv/db" init -q -b main && git -C "$adv/db" add -A &&
+    git -C "$adv/db" -c user.name=test -c user.email=test@invalid commit -qm advisory &&
+    # cargo-deny keeps the default database (RustSec on GitHub) under this name.
+    git clone -q "$adv/db" "$adv/dbs/advisory-db-3157b0e258782691"
+} >"$adv/git.log" 2>&1 || fail "cargo deny" "$adv/git.log" "cannot make the synthetic advisory database"
+sed "s|^\[advisories\]|[advisories]\ndb-path = \"$adv/dbs\"|" deny.toml >"$adv/deny.toml"
+if "$DENY" --offline --config "$adv/deny.toml" check advisories >"$adv/check.log" 2>&1 ||
+  ! grep -q 'RUSTSEC-2099-0001' "$adv/check.log"; then
+  fail "cargo deny" "$adv/check.log" "deny.toml let a known advisory (RUSTSEC-2099-0001 for serde) pass"
+fi
+rm -rf "$adv"
+ok "a known advisory fails the check (synthetic RUSTSEC-2099-0001)"
 
 started_here=false
 if ! pid_of kube-apiserver >/dev/null; then
