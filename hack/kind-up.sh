@@ -104,8 +104,9 @@ run_logged "caller pod" "$LOGS/caller.log" kubectl -n "$NS" wait pod/caller --fo
 # Envoy over ECDS; on failure it would be an RBAC filter instead), then one poll period for the
 # filter to take the controller's snapshot.
 for i in $(seq 120); do
-  kubectl -n "$NS" exec caller -c istio-proxy -- pilot-agent request GET config_dump 2>/dev/null |
-    grep -q 'envoy.extensions.filters.http.wasm.v3.Wasm' && break
+  # Read whole: `grep -q` on the pipe could end it early and, with pipefail, fail the test.
+  dump=$(kubectl -n "$NS" exec caller -c istio-proxy -- pilot-agent request GET config_dump 2>/dev/null || true)
+  [[ "$dump" == *envoy.extensions.filters.http.wasm.v3.Wasm* ]] && break
   [ "$i" = 120 ] && fail "smoke test" "$LOGS/caller.log" "the caller's sidecar has no kzscaler filter after 120s (kubectl -n $NS logs caller -c istio-proxy)"
   sleep 1
 done

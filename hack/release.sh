@@ -121,7 +121,10 @@ step "static binaries"
 for b in kzscaler-controller kzscaler-webhook kubectl-kzscaler; do
   cp "target/$TARGET/dist/$b" "$DIST/bin/$b"
   # A static binary has no program interpreter; `--version` must name this commit.
-  if readelf -l "$DIST/bin/$b" | grep -q 'program interpreter'; then
+  # (readelf's output is read whole: `grep -q` on a pipe could end it early, and pipefail then
+  # hides a match.)
+  headers=$(readelf -l "$DIST/bin/$b") || fail "$b" "" "readelf -l dist/bin/$b failed"
+  if [[ "$headers" == *"program interpreter"* ]]; then
     fail "$b" "" "dist/bin/$b is dynamically linked; expected a static musl binary"
   fi
   v=$("$DIST/bin/$b" --version)
