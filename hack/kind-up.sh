@@ -44,7 +44,7 @@ for tool in docker kind kubectl helm istioctl skopeo; do
   command -v "$tool" >/dev/null || fail "kind-up" "" "$tool is not on PATH (see hack/kind-up.sh --help)"
 done
 cd "$REPO_ROOT"
-VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+VERSION=$(workspace_version)
 LOGS=$REPO_ROOT/.local/kind
 mkdir -p "$LOGS"
 

@@ -60,11 +60,8 @@ done
 cd "$REPO_ROOT"
 # Files in the images must be readable by their user 65532 whatever the caller's umask.
 umask 022
-VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
-[ -n "$VERSION" ] || fail "version" "" "no 'version = \"...\"' in the workspace Cargo.toml"
-chart_version=$(sed -n 's/^appVersion: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/kzscaler/Chart.yaml)
-[ "$chart_version" = "$VERSION" ] ||
-  fail "version" "" "charts/kzscaler/Chart.yaml appVersion is '$chart_version'; the workspace is $VERSION (the chart names the images by it)"
+VERSION=$(workspace_version)
+check_chart_version "$VERSION"
 COMMIT=$(git rev-parse --short=12 HEAD 2>/dev/null || echo "${KZSCALER_GIT_COMMIT:-unknown}")
 export KZSCALER_GIT_COMMIT=$COMMIT
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}

@@ -30,11 +30,7 @@ esac
 
 HELM=$(helm_bin)
 cd "$REPO_ROOT"
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
-for field in version appVersion; do
-  got=$(sed -n "s/^$field: \"\\{0,1\\}\\([^\"]*\\)\"\\{0,1\\}\$/\\1/p" charts/kzscaler/Chart.yaml)
-  [ "$got" = "$version" ] || fail "charts/kzscaler/Chart.yaml" "" "$field is '$got'; the workspace version (Cargo.toml) is $version"
-done
+check_chart_version "$(workspace_version)"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 log=$out/helm.log

@@ -47,6 +47,14 @@ pub fn kwok_pod(
     }))?)
 }
 
+/// A pod `name` with one container that never runs, for tests of admission (kwok's node).
+pub fn bare_pod(name: &str) -> anyhow::Result<k8s_openapi::api::core::v1::Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"nodeSelector": {KWOK_NODE_LABEL.0: KWOK_NODE_LABEL.1}, "containers": [{"name": "a", "image": "registry.invalid/x:1"}]}
+    }))?)
+}
+
 /// A ClusterIP Service `name` selecting `app: <app>`, port `port` named `port_name`, to
 /// target port 8080.
 pub fn service(name: &str, app: &str, port: i32, port_name: &str) -> Service {

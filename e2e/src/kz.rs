@@ -822,3 +822,61 @@ pub async fn create_egress_sidecar(ns: &TempNamespace, app: &str) -> anyhow::Res
     });
     create_istio(ns, "Sidecar", &format!("{app}-egress"), spec).await
 }
+
+/// A MutatingWebhookConfiguration `name` sending Pod CREATEs in `namespace` only to a webhook
+/// of the test's own at `https://127.0.0.1:<port>/mutate`, whose certificate `ca` signed
+/// (failurePolicy Ignore, like kzscaler's).
+pub fn private_pod_webhook(
+    name: &str,
+    port: u16,
+    ca: &[u8],
+    namespace: &str,
+) -> anyhow::Result<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> {
+    let mut mwc: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "webhooks": [{
+                "name": "pods.kzscaler.io",
+                "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "failurePolicy": "Ignore", "sideEffects": "None", "timeoutSeconds": 5, "admissionReviewVersions": ["v1"]
+            }]
+        }))?;
+    for w in mwc.webhooks.iter_mut().flatten() {
+        w.client_config.ca_bundle = Some(k8s_openapi::ByteString(ca.to_vec()));
+    }
+    Ok(mwc)
+}
+
+/// Creates the pod `name` ([`fixtures::bare_pod`]) in `ns` and says whether the admission
+/// webhooks labelled it for the filter ([`names::FILTER_LABEL`](kzscaler_core::names::FILTER_LABEL)).
+pub async fn create_labelled_for_filter(ns: &TempNamespace, name: &str) -> anyhow::Result<bool> {
+    let pod = ns
+        .api::<k8s_openapi::api::core::v1::Pod>()
+        .create(
+            &kube::api::PostParams::default(),
+            &fixtures::bare_pod(name)?,
+        )
+        .await
+        .with_context(|| format!("creating pod {}/{name}", ns.name))?;
+    Ok(pod
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(kzscaler_core::names::FILTER_LABEL)))
+}
+
+/// Whether the admission webhooks label a new pod in `ns` for the filter now: a pod `probe`
+/// is created, looked at, and deleted (waiting until it is gone, so the next probe can be).
+pub async fn probe_labelled_for_filter(ns: &TempNamespace) -> anyhow::Result<bool> {
+    let labelled = create_labelled_for_filter(ns, "probe").await?;
+    let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
+    pods.delete("probe", &kube::api::DeleteParams::default().grace_period(0))
+        .await?;
+    ns.wait_for("the probe pod to go", Duration::from_secs(60), || async {
+        Ok(pods.get_opt("probe").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(labelled)
+}

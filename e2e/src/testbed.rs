@@ -29,6 +29,10 @@ pub struct TestBed {
     pub envoy_admin: Option<String>,
     /// The kubeconfig file.
     pub kubeconfig: PathBuf,
+    /// The API server's URL (`KZSCALER_APISERVER`).
+    pub apiserver: Option<String>,
+    /// host:port of the test bed's OCI registry (`KZSCALER_REGISTRY`).
+    pub registry: Option<String>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
 }
 
@@ -158,6 +162,8 @@ impl TestBed {
             controller: var("KZSCALER_CONTROLLER"),
             envoy_admin: var("KZSCALER_ENVOY_ADMIN"),
             kubeconfig: PathBuf::from(kubeconfig),
+            apiserver: var("KZSCALER_APISERVER"),
+            registry: var("KZSCALER_REGISTRY"),
             http,
         })
     }

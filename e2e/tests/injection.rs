@@ -11,9 +11,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kzscaler_e2e::fixtures::deployment;
+use kzscaler_e2e::kz::{
+    create_labelled_for_filter, private_pod_webhook, probe_labelled_for_filter,
+};
 use kzscaler_e2e::namespace::TempNamespace;
 use kzscaler_e2e::testbed::{TestBed, testbed_binary, workspace_binary};
-use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 const FILTER_LABEL: &str = "kzscaler.io/filter";
@@ -45,13 +47,6 @@ async fn pods_marks(
         }))
     })
     .await
-}
-
-fn bare_pod(name: &str) -> anyhow::Result<Pod> {
-    Ok(serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {"nodeSelector": {"type": "kwok"}, "containers": [{"name": "a", "image": "registry.invalid/x:1"}]}
-    }))?)
 }
 
 #[tokio::test]
@@ -121,53 +116,19 @@ async fn with_the_webhook_stopped_pods_are_still_created_and_carry_nothing() -> 
         .spawn()?;
     let ca = std::fs::read(pki.join("ca.crt"))?;
     let name = format!("e2e-{}", ns.name);
-    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "pods.kzscaler.io",
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": base64_std(&ca)},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
-            "failurePolicy": "Ignore", "sideEffects": "None", "timeoutSeconds": 5, "admissionReviewVersions": ["v1"]
-        }]
-    }))?;
+    let mwc = private_pod_webhook(&name, port, &ca, &ns.name)?;
     let mwcs = Api::<MutatingWebhookConfiguration>::all(bed.client.clone());
     mwcs.create(&PostParams::default(), &mwc).await?;
     let result = async {
         // While it runs, it injects (the API server may need a moment to see the configuration).
         ns.wait_for("the private webhook to inject a pod", WAIT, || async {
-            let pods = ns.api::<Pod>();
-            let p = pods
-                .create(&PostParams::default(), &bare_pod("probe")?)
-                .await?;
-            let injected = p
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(FILTER_LABEL))
-                .is_some();
-            pods.delete("probe", &DeleteParams::default().grace_period(0))
-                .await?;
-            ns.wait_for("the probe pod to go", WAIT, || async {
-                Ok(pods.get_opt("probe").await?.is_none().then_some(()))
-            })
-            .await?;
-            Ok(injected.then_some(()))
+            Ok(probe_labelled_for_filter(&ns).await?.then_some(()))
         })
         .await?;
         webhook.kill().await?;
-        let p = ns
-            .api::<Pod>()
-            .create(&PostParams::default(), &bare_pod("after")?)
-            .await?;
         assert!(
-            p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(FILTER_LABEL))
-                .is_none(),
-            "created, not injected: {:?}",
-            p.metadata.labels
+            !create_labelled_for_filter(&ns, "after").await?,
+            "created, not injected"
         );
         anyhow::Ok(())
     }
@@ -175,11 +136,6 @@ async fn with_the_webhook_stopped_pods_are_still_created_and_carry_nothing() -> 
     mwcs.delete(&name, &DeleteParams::default()).await?;
     result?;
     ns.cleanup().await
-}
-
-fn base64_std(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[tokio::test]

@@ -18,20 +18,15 @@ use kzscaler_e2e::oci::{
     PodContext, RuncContainer, blob, built_digests, dist_dir, manifest_deployment, pull, run,
     runtime_config,
 };
-use kzscaler_e2e::testbed::{TestBed, parse_env_file, repo_root, testbed_binary};
+use kzscaler_e2e::testbed::{TestBed, repo_root, testbed_binary};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn registry() -> anyhow::Result<String> {
-    if let Ok(r) = std::env::var("KZSCALER_REGISTRY") {
-        return Ok(r);
-    }
-    let env = std::fs::read_to_string(repo_root().join(".local/env"))
-        .context("no .local/env: start the test bed (hack/local-up.sh)")?;
-    parse_env_file(&env)
-        .remove("KZSCALER_REGISTRY")
-        .context(".local/env has no KZSCALER_REGISTRY: restart the test bed (hack/local-down.sh && hack/local-up.sh)")
+fn registry(bed: &TestBed) -> anyhow::Result<&str> {
+    bed.registry.as_deref().context(
+        "the test bed has no KZSCALER_REGISTRY: restart it (hack/local-down.sh && hack/local-up.sh)",
+    )
 }
 
 fn json_file(path: &Path) -> anyhow::Result<serde_json::Value> {
@@ -57,7 +52,8 @@ fn manifest_and_config(
 #[tokio::test]
 async fn the_registry_gives_back_by_digest_what_was_built_images_from_scratch_and_the_wasm_artifact()
 -> anyhow::Result<()> {
-    let registry = registry()?;
+    let bed = TestBed::connect().await?;
+    let registry = registry(&bed)?;
     let digests = built_digests()?;
     let tmp = tempfile::tempdir()?;
     let version = env!("CARGO_PKG_VERSION");
@@ -69,7 +65,7 @@ async fn the_registry_gives_back_by_digest_what_was_built_images_from_scratch_an
             tag, version,
             "{name}: tagged {tag}, the workspace is {version}"
         );
-        let layout = pull(&registry, name, digest, tmp.path())?;
+        let layout = pull(registry, name, digest, tmp.path())?;
         let (_, config) = manifest_and_config(&layout, digest)?;
         let c = &config["config"];
         assert_eq!(c["User"], "65532:65532", "{name}: {c}");
@@ -126,7 +122,7 @@ async fn the_registry_gives_back_by_digest_what_was_built_images_from_scratch_an
     let (_, digest) = digests
         .get("kzscaler-filter")
         .context("kzscaler-filter not in dist/digests.txt")?;
-    let layout = pull(&registry, "kzscaler-filter", digest, tmp.path())?;
+    let layout = pull(registry, "kzscaler-filter", digest, tmp.path())?;
     let (manifest, _) = manifest_and_config(&layout, digest)?;
     assert_eq!(
         manifest["config"]["mediaType"],
@@ -154,6 +150,7 @@ async fn the_registry_gives_back_by_digest_what_was_built_images_from_scratch_an
 /// Pulls `name` by its built digest and starts it with runc as the manifest's Deployment
 /// `deployment` (container `container`) would run.
 fn start_from_image(
+    bed: &TestBed,
     name: &str,
     manifest: &str,
     container: &str,
@@ -163,7 +160,7 @@ fn start_from_image(
     let (_, digest) = built_digests()?
         .remove(name)
         .with_context(|| format!("{name} not in dist/digests.txt"))?;
-    let layout = pull(&registry()?, name, &digest, dir)?;
+    let layout = pull(registry(bed)?, name, &digest, dir)?;
     let file = repo_root().join("manifests").join(manifest);
     let deployment = manifest_deployment(&file, name)?;
     RuncContainer::start(
@@ -236,11 +233,11 @@ fn assert_locked_down(name: &str, v: &ProcessView) {
     assert!(v.root_ro, "{name}: readOnlyRootFilesystem: {v:?}");
 }
 
-fn api_server_port() -> anyhow::Result<u16> {
-    let env = std::fs::read_to_string(repo_root().join(".local/env"))?;
-    let url = parse_env_file(&env)
-        .remove("KZSCALER_APISERVER")
-        .context(".local/env has no KZSCALER_APISERVER")?;
+fn api_server_port(bed: &TestBed) -> anyhow::Result<u16> {
+    let url = bed
+        .apiserver
+        .as_deref()
+        .context("the test bed has no KZSCALER_APISERVER")?;
     url.rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
@@ -263,15 +260,17 @@ fn listen_port(manifest: &str, name: &str, container: &str) -> anyhow::Result<u1
         .with_context(|| format!("manifests/{manifest}: no --listen=HOST:PORT in {args:?}"))
 }
 
-async fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let out = tokio::process::Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
+/// GET `path` from the container's server on 127.0.0.1:`port`: (status, body).
+async fn http_get(bed: &TestBed, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let r = bed
+        .get_from(
+            &format!("127.0.0.1:{port}"),
+            "127.0.0.1",
+            path,
+            Duration::from_secs(5),
+        )
         .await?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "000"));
-    Ok((code.parse().unwrap_or(0), body.to_owned()))
+    Ok((r.status, r.body))
 }
 
 #[tokio::test]
@@ -300,7 +299,7 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
         name: "kzscaler-controller-image".into(),
         namespace: "kzscaler-system".into(),
         service_account: Some(sa),
-        api_server: ("127.0.0.1".into(), api_server_port()?),
+        api_server: ("127.0.0.1".into(), api_server_port(&bed)?),
         ..PodContext::default()
     };
     // Its pod, whose leader label it keeps (--label-pod) through its token: Pending, no node
@@ -319,6 +318,7 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
     .await?;
     let port = listen_port("controller.yaml", "kzscaler-controller", "controller")?;
     let c = start_from_image(
+        &bed,
         "kzscaler-controller",
         "controller.yaml",
         "controller",
@@ -336,14 +336,14 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
                 "the container stopped:\n{}",
                 c.log_tail(30)
             );
-            Ok((http_get(port, "/readyz").await?.0 == 200).then_some(()))
+            Ok((http_get(&bed, port, "/readyz").await?.0 == 200).then_some(()))
         },
     )
     .await;
     ready.with_context(|| c.log_tail(30))?;
-    let (code, body) = http_get(port, "/leaderz").await?;
+    let (code, body) = http_get(&bed, port, "/leaderz").await?;
     assert_eq!(code, 503, "a follower: {body}");
-    let (code, module) = http_get(port, "/v1/module").await?;
+    let (code, module) = http_get(&bed, port, "/v1/module").await?;
     assert_eq!(
         code, 200,
         "the image serves the module it carries (--module-file)"
@@ -370,11 +370,6 @@ async fn the_controller_runs_from_its_image_with_the_manifests_settings_and_a_pr
     Ok(())
 }
 
-fn base64_std(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 #[tokio::test]
 async fn the_webhook_runs_from_its_image_and_the_api_server_calls_it() -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
@@ -398,10 +393,11 @@ async fn the_webhook_runs_from_its_image_and_the_api_server_calls_it() -> anyhow
         // The manifest opts out of the token (automountServiceAccountToken: false): given
         // anyway, it must not be mounted.
         service_account: Some(tmp.path().to_owned()),
-        api_server: ("127.0.0.1".into(), api_server_port()?),
+        api_server: ("127.0.0.1".into(), api_server_port(&bed)?),
     };
     let port = listen_port("webhook.yaml", "kzscaler-webhook", "webhook")?;
     let c = start_from_image(
+        &bed,
         "kzscaler-webhook",
         "webhook.yaml",
         "webhook",
@@ -417,31 +413,20 @@ async fn the_webhook_runs_from_its_image_and_the_api_server_calls_it() -> anyhow
     // The API server calls it for pods in a namespace of this test's.
     let ns = TempNamespace::create(&bed, "image-webhook", &[]).await?;
     let name = format!("e2e-{}", ns.name);
-    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "pods.kzscaler.io",
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": base64_std(&std::fs::read(pki.join("ca.crt"))?)},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name}},
-            "failurePolicy": "Ignore", "sideEffects": "None", "timeoutSeconds": 5, "admissionReviewVersions": ["v1"]
-        }]
-    }))?;
+    let ca = std::fs::read(pki.join("ca.crt"))?;
+    let mwc = kzscaler_e2e::kz::private_pod_webhook(&name, port, &ca, &ns.name)?;
     let mwcs = Api::<MutatingWebhookConfiguration>::all(bed.client.clone());
     mwcs.create(&PostParams::default(), &mwc).await?;
     let result = ns
-        .wait_for("the webhook from its image to label a pod for the filter", WAIT, || async {
-            let pods = ns.api::<Pod>();
-            let probe: Pod = serde_json::from_value(json!({
-                "metadata": {"name": "probe"},
-                "spec": {"nodeSelector": {"type": "kwok"}, "containers": [{"name": "a", "image": "registry.invalid/x:1"}]}
-            }))?;
-            let p = pods.create(&PostParams::default(), &probe).await?;
-            let labelled = p.metadata.labels.as_ref().and_then(|l| l.get(kzscaler_core::names::FILTER_LABEL)).is_some();
-            pods.delete("probe", &DeleteParams::default().grace_period(0)).await?;
-            ns.wait_for("the probe pod to go", WAIT, || async { Ok(pods.get_opt("probe").await?.is_none().then_some(())) }).await?;
-            Ok(labelled.then_some(()))
-        })
+        .wait_for(
+            "the webhook from its image to label a pod for the filter",
+            WAIT,
+            || async {
+                Ok(kzscaler_e2e::kz::probe_labelled_for_filter(&ns)
+                    .await?
+                    .then_some(()))
+            },
+        )
         .await;
     mwcs.delete(&name, &DeleteParams::default()).await?;
     result.with_context(|| c.log_tail(30))?;
@@ -592,7 +577,7 @@ async fn pilot_agent_pulls_the_filter_from_the_registry_by_digest_and_it_wakes_a
         .context("digest is not sha256:<hex>")?
         .to_owned();
     // By tag, with the manifest's sha256 checked by pilot-agent (the WasmPlugin's sha256).
-    let url = format!("oci://{}/kzscaler/kzscaler-filter:{tag}", registry()?);
+    let url = format!("oci://{}/kzscaler/kzscaler-filter:{tag}", registry(&bed)?);
     let ns = TempNamespace::create(&bed, "oci", &[]).await?;
     // The mesh waits until the caller's Envoy has the filter: pilot-agent pulled it.
     let mesh = PrivateMesh::start_setup(
@@ -713,7 +698,7 @@ async fn pilot_agent_refuses_the_filter_from_the_registry_when_its_sha256_differ
     let (tag, digest) = built_digests()?
         .remove("kzscaler-filter")
         .context("kzscaler-filter not in dist/digests.txt")?;
-    let url = format!("oci://{}/kzscaler/kzscaler-filter:{tag}", registry()?);
+    let url = format!("oci://{}/kzscaler/kzscaler-filter:{tag}", registry(&bed)?);
     // Not the manifest's digest: one digit changed.
     let hex = digest
         .strip_prefix("sha256:")

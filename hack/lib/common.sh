@@ -54,6 +54,25 @@ fail() {
   exit 1
 }
 
+# workspace_version: the version in the workspace Cargo.toml (every crate's, the release's).
+workspace_version() {
+  local v
+  v=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO_ROOT/Cargo.toml" | head -n 1)
+  [ -n "$v" ] || fail "version" "" "no 'version = \"...\"' in $REPO_ROOT/Cargo.toml"
+  printf '%s\n' "$v"
+}
+
+# check_chart_version VERSION: the Helm chart's version and appVersion (which names the
+# images) must be VERSION.
+check_chart_version() {
+  local field got
+  for field in version appVersion; do
+    got=$(sed -n "s/^$field: \"\\{0,1\\}\\([^\"]*\\)\"\\{0,1\\}\$/\\1/p" "$REPO_ROOT/charts/kzscaler/Chart.yaml")
+    [ "$got" = "$1" ] ||
+      fail "charts/kzscaler/Chart.yaml" "" "$field is '$got'; the workspace version (Cargo.toml) is $1"
+  done
+}
+
 # run_logged STEP LOG cmd...: run a command with its output in LOG; on failure, fail with the log.
 run_logged() {
   local what=$1 log=$2

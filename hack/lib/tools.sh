@@ -12,39 +12,38 @@ CARGO_CYCLONEDX_VERSION=0.5.9
 
 TOOLS_DIR=$KZSCALER_CACHE_DIR/tools
 
-# go_tool NAME MODULE_PKG VERSION: print the path of NAME built from MODULE_PKG@VERSION, building it
-# (go install, static) the first time.
-go_tool() {
-  local name=$1 pkg=$2 version=$3
-  local dir=$TOOLS_DIR/$name-$version
-  if [ ! -x "$dir/$name" ]; then
-    local log=$KZSCALER_CACHE_DIR/logs/$name.log
+# cached_tool DIR EXE LOGNAME WHAT CMD...: print DIR/EXE, first running CMD once to install it
+# into DIR.tmp (which CMD receives as its last argument), then moving that to DIR.
+cached_tool() {
+  local dir=$1 exe=$2 logname=$3 what=$4
+  shift 4
+  if [ ! -x "$dir/$exe" ]; then
+    local log=$KZSCALER_CACHE_DIR/logs/$logname.log
     mkdir -p "$(dirname "$log")"
-    step "$name $version: go install $pkg@$version (once; cached in $dir)"
+    step "$what (once; cached in $dir)"
     rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
-    GOBIN="$dir.tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$pkg@$version" >"$log" 2>&1 ||
-      fail "$name" "$log" "go install $pkg@$version failed"
+    "$@" "$dir.tmp" >"$log" 2>&1 || fail "$logname" "$log" "$what failed"
     rm -rf "$dir" && mv "$dir.tmp" "$dir"
-    ok "$name $version"
+    ok "$what"
   fi
-  printf '%s\n' "$dir/$name"
+  printf '%s\n' "$dir/$exe"
 }
 
-# cargo_tool NAME CRATE VERSION: the same for a cargo subcommand from crates.io.
+_go_install() { # PKG@VERSION DEST
+  GOBIN="$2" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$1"
+}
+
+# go_tool NAME MODULE_PKG VERSION: the path of NAME built (go install, static) from
+# MODULE_PKG@VERSION.
+go_tool() {
+  cached_tool "$TOOLS_DIR/$1-$3" "$1" "$1" "$1 $3: go install $2@$3" _go_install "$2@$3"
+}
+
+# cargo_tool NAME CRATE VERSION: the path of the cargo subcommand NAME from CRATE@VERSION
+# (cargo install from crates.io).
 cargo_tool() {
-  local name=$1 crate=$2 version=$3
-  local dir=$TOOLS_DIR/$crate-$version
-  if [ ! -x "$dir/bin/$name" ]; then
-    local log=$KZSCALER_CACHE_DIR/logs/$crate.log
-    mkdir -p "$(dirname "$log")"
-    step "$crate $version: cargo install (once; cached in $dir)"
-    rm -rf "$dir.tmp"
-    cargo install --locked --root "$dir.tmp" --version "$version" "$crate" >"$log" 2>&1 ||
-      fail "$crate" "$log" "cargo install $crate@$version failed"
-    rm -rf "$dir" && mv "$dir.tmp" "$dir"
-    ok "$crate $version"
-  fi
-  printf '%s\n' "$dir/bin/$name"
+  cached_tool "$TOOLS_DIR/$2-$3" "bin/$1" "$2" "$2 $3: cargo install" \
+    cargo install --locked --version "$3" "$2" --root
 }
 
 oras_bin() { go_tool oras oras.land/oras/cmd/oras "$ORAS_VERSION"; }
