@@ -249,7 +249,12 @@ impl Cache {
     /// Replaces the whole index (tests; a bulk load); returns whether the snapshot changed.
     pub fn replace_index(&mut self, mut index: Index) -> bool {
         index.mark_all_changed();
-        let old = std::mem::replace(&mut self.index, index);
+        let mut old = std::mem::replace(&mut self.index, index);
+        let touched = old
+            .take_touched()
+            .into_iter()
+            .chain(old.managed().keys().cloned());
+        self.index.touch(touched);
         let mut extra: BTreeSet<String> = old.destinations().keys().cloned().collect();
         extra.extend(self.published.keys().cloned());
         self.publish_with(extra)
@@ -370,6 +375,12 @@ impl Cache {
             let clusters = self.index.clusters_of_deployment(key);
             self.publish_with(clusters)
         }
+    }
+
+    /// Managed Deployments added, changed or gone since the last call (see
+    /// [`Index::take_touched`]).
+    pub fn take_touched(&mut self) -> std::collections::HashSet<Key> {
+        self.index.take_touched()
     }
 
     /// Whether a Deployment is marked draining.

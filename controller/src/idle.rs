@@ -65,6 +65,25 @@ pub fn decide(f: Facts) -> Step {
     }
 }
 
+/// When the decision for a Deployment can next change by time alone, after `step` was taken
+/// on `f`: the end of its drain or of its idle timeout. `None` when only an event can change
+/// it (not awake, paused, or a sleep committed: the watch brings the change).
+pub fn next_look(f: Facts, step: Step) -> Option<u64> {
+    let draining_since = match step {
+        Step::Stay => f.draining_since,
+        Step::Drain => Some(f.now),
+        Step::Undrain => None,
+        Step::Sleep => return None,
+    };
+    if !f.awake || f.paused {
+        return None;
+    }
+    Some(match draining_since {
+        Some(since) => since.saturating_add(ms(f.drain_period)),
+        None => f.last_active.saturating_add(ms(f.idle_timeout)),
+    })
+}
+
 /// The [`kzscaler_core::names::STATE`] annotation that matches the replica count, when the
 /// recorded one does not: `spec.replicas` > 0 is awake (a user scaled an asleep Deployment by
 /// hand, or a controller stopped mid-wake), 0 is asleep (scaled down by hand).
@@ -83,6 +102,10 @@ pub fn corrected_state(
     }
 }
 
+/// A clock held while the Deployment is not awake: it starts at the first look that finds it
+/// awake, however it woke (a wake, or replicas set by hand).
+const HELD: u64 = u64::MAX;
+
 /// Last activity per Deployment. A Deployment first seen now counts as active now, so a
 /// restarted controller never puts anything to sleep before a whole idle timeout.
 #[derive(Debug, Default)]
@@ -97,8 +120,17 @@ pub struct Activity {
 impl Activity {
     /// Records a request (reported by a filter) now.
     pub fn request(&mut self, key: &Key, now: u64) {
-        self.last.insert(key.clone(), now);
+        // A request to a Deployment that is not awake (it wakes it) leaves the clock held:
+        // idleness counts from when it is awake.
+        if self.last.get(key) != Some(&HELD) {
+            self.last.insert(key.clone(), now);
+        }
         self.requests.insert(key.clone(), now);
+    }
+
+    /// Holds the clock of a Deployment that is not awake; see [`HELD`].
+    pub fn hold(&mut self, key: &Key) {
+        self.touch(key, HELD);
     }
 
     /// The last real request seen, if any.
@@ -108,7 +140,6 @@ impl Activity {
 
     /// Records activity now.
     pub fn touch(&mut self, key: &Key, now: u64) {
-        // Every pass touches every Deployment that is not awake: no allocation once known.
         match self.last.get_mut(key) {
             Some(at) => *at = now,
             None => {
@@ -119,11 +150,17 @@ impl Activity {
 
     /// Last activity, starting the clock if unknown.
     pub fn last_active(&mut self, key: &Key, now: u64) -> u64 {
-        if let Some(at) = self.last.get(key) {
-            return *at;
+        match self.last.get_mut(key) {
+            Some(at) if *at == HELD => {
+                *at = now;
+                now
+            }
+            Some(at) => *at,
+            None => {
+                self.last.insert(key.clone(), now);
+                now
+            }
         }
-        self.last.insert(key.clone(), now);
-        now
     }
 
     /// Notes the uid of the Deployment `key` names now; when it is another Deployment than
@@ -153,11 +190,11 @@ impl Activity {
         self.uids.clear();
     }
 
-    /// Forgets Deployments that are no longer managed.
-    pub fn retain(&mut self, keep: impl Fn(&Key) -> bool) {
-        self.last.retain(|k, _| keep(k));
-        self.requests.retain(|k, _| keep(k));
-        self.uids.retain(|k, _| keep(k));
+    /// Forgets a Deployment that is no longer managed.
+    pub fn forget(&mut self, key: &Key) {
+        self.last.remove(key);
+        self.requests.remove(key);
+        self.uids.remove(key);
     }
 }
 
@@ -254,6 +291,51 @@ mod tests {
             }),
             Step::Undrain
         );
+    }
+
+    #[test]
+    fn the_next_look_is_the_end_of_the_idle_timeout_or_of_the_drain() {
+        let f = Facts {
+            now: 105_000,
+            ..facts()
+        };
+        assert_eq!(next_look(f, Step::Stay), Some(110_000), "idle timeout");
+        assert_eq!(next_look(f, Step::Drain), Some(107_000), "drain from now");
+        let draining = Facts {
+            draining_since: Some(104_000),
+            ..f
+        };
+        assert_eq!(next_look(draining, Step::Stay), Some(106_000));
+        assert_eq!(
+            next_look(draining, Step::Undrain),
+            Some(110_000),
+            "activity cancelled the drain: the idle timeout again"
+        );
+        assert_eq!(next_look(f, Step::Sleep), None, "the watch brings the 0");
+        assert_eq!(next_look(Facts { awake: false, ..f }, Step::Stay), None);
+        assert_eq!(next_look(Facts { paused: true, ..f }, Step::Stay), None);
+    }
+
+    #[test]
+    fn the_clock_of_a_deployment_not_awake_starts_when_it_is_looked_at_awake() {
+        let mut a = Activity::default();
+        let k = Key {
+            namespace: "shop".into(),
+            name: "web".into(),
+        };
+        assert_eq!(a.last_active(&k, 1_000), 1_000);
+        a.hold(&k);
+        a.request(&k, 2_000);
+        assert_eq!(a.last_request(&k), Some(2_000), "the request is recorded");
+        assert_eq!(
+            a.last_active(&k, 9_000),
+            9_000,
+            "awake at 9 s (the wake took 7 s): idle from then, not from the request"
+        );
+        a.request(&k, 9_500);
+        assert_eq!(a.last_active(&k, 12_000), 9_500, "awake: requests count");
+        a.forget(&k);
+        assert_eq!(a.last_request(&k), None);
     }
 
     #[test]

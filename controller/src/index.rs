@@ -162,6 +162,8 @@ pub struct Index {
     routes_stale: bool,
     /// Clusters whose destination may have changed since [`Index::take_changed`].
     changed: BTreeSet<String>,
+    /// Managed Deployments added, changed or removed since [`Index::take_touched`].
+    touched: HashSet<Key>,
 }
 
 impl Default for Index {
@@ -209,6 +211,7 @@ impl Index {
             route_timeouts: Vec::new(),
             routes_stale: false,
             changed: BTreeSet::new(),
+            touched: HashSet::new(),
         }
     }
 
@@ -322,6 +325,17 @@ impl Index {
     /// changed).
     pub fn take_changed(&mut self) -> BTreeSet<String> {
         std::mem::take(&mut self.changed)
+    }
+
+    /// Managed Deployments added, changed (any field of their [`Managed`]) or no longer
+    /// managed since the last call: what the sleeper looks at again.
+    pub fn take_touched(&mut self) -> HashSet<Key> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Counts these Deployments as touched (a cache replacing its index: the old one's).
+    pub fn touch(&mut self, keys: impl IntoIterator<Item = Key>) {
+        self.touched.extend(keys);
     }
 
     /// Whether the route timeouts may have changed since [`Index::route_timeouts`] was last
@@ -519,11 +533,15 @@ impl Index {
             }
         };
         match managed.filter(|_| in_scope) {
-            Some(m) => {
+            Some(m) if self.managed.get(&key) != Some(&m) => {
                 self.managed.insert(key.clone(), m);
+                self.touched.insert(key.clone());
             }
+            Some(_) => {}
             None => {
-                self.managed.remove(&key);
+                if self.managed.remove(&key).is_some() {
+                    self.touched.insert(key.clone());
+                }
             }
         }
         self.set_problem("Deployment", &key, problem.or(warning));
@@ -686,7 +704,7 @@ impl Index {
         let Some(m) = self.managed.get_mut(&key) else {
             return;
         };
-        m.ready_pods = ns
+        let ready: BTreeSet<String> = ns
             .services_of
             .get(name)
             .into_iter()
@@ -695,6 +713,10 @@ impl Index {
             .flatten()
             .cloned()
             .collect();
+        if m.ready_pods != ready {
+            m.ready_pods = ready;
+            self.touched.insert(key);
+        }
     }
 
     /// Recomputes the destinations of one Service from its match, its ports and its ready

@@ -4,7 +4,7 @@
 //! Where things are: `index.rs` keeps managed destinations current one API object at a time
 //! (pure); `cache.rs` publishes them as versioned snapshots and deltas;
 //! `activate.rs` wakes a Deployment once however many callers ask; `idle.rs` decides and
-//! `sleep.rs` acts on idle Deployments; `lease.rs` elects the one replica that acts;
+//! `sleep.rs` acts on idle Deployments, when they change or `due.rs` says they are due; `lease.rs` elects the one replica that acts;
 //! `api.rs` is the HTTP API;
 //! `run.rs` wires watches, the API server and the HTTP server. Annotations are read by
 //! `kzscaler_core::spec`, shared with the webhook's validation.
@@ -14,6 +14,7 @@ pub mod activate;
 pub mod api;
 pub mod cache;
 pub mod clock;
+pub mod due;
 pub mod error;
 pub mod idle;
 pub mod index;

@@ -9,6 +9,7 @@
 //! | `kzscaler_index_update_seconds` | histogram | `step` = apply, publish | time to apply one watch event to the index, and to publish a batch of them as a snapshot version |
 //! | `kzscaler_destinations` | gauge | `state` = awake, draining, asleep, waking | managed destinations by state |
 //! | `kzscaler_sleeps_total` | counter | `result` = ok, failed, stale | idle Deployments scaled to 0 |
+//! | `kzscaler_sleeper_looks_total` | counter | | Deployments the sleeper looked at (changed, due, or draining): follows change, not the fleet's size |
 //! | `kzscaler_leader` | gauge | | 1 while this replica holds the Lease and acts, 0 while it follows |
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -57,6 +58,7 @@ pub struct Metrics {
     destinations: Family<StateLabel, Gauge>,
     sleeps: Family<ResultLabel, Counter>,
     leader: Gauge,
+    looks: Counter,
     index: Family<StepLabel, Histogram, fn() -> Histogram>,
 }
 
@@ -83,6 +85,7 @@ impl Default for Metrics {
         let destinations = Family::<StateLabel, Gauge>::default();
         let sleeps = Family::<ResultLabel, Counter>::default();
         let leader = Gauge::default();
+        let looks = Counter::default();
         let index = Family::<StepLabel, Histogram, fn() -> Histogram>::new_with_constructor(
             index_histogram as fn() -> Histogram,
         );
@@ -122,6 +125,11 @@ impl Default for Metrics {
             sleeps.clone(),
         );
         registry.register(
+            "sleeper_looks",
+            "Deployments the sleeper looked at (changed, due, or draining)",
+            looks.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the Lease and acts, 0 while it follows",
             leader.clone(),
@@ -135,6 +143,7 @@ impl Default for Metrics {
             destinations,
             sleeps,
             leader,
+            looks,
             index,
         }
     }
@@ -193,6 +202,11 @@ impl Metrics {
     /// Counts a sleep (`ok` or `failed`).
     pub fn sleep(&self, result: &'static str) {
         self.sleeps.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts the Deployments of one sleeper round.
+    pub fn sleeper_looks(&self, n: usize) {
+        self.looks.inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// Observes the time of one index step (`apply` or `publish`).

@@ -1,9 +1,12 @@
-//! The sleeper: every few hundred milliseconds, decides for each managed Deployment whether to
-//! start draining, cancel a drain, or scale it to 0 (`idle.rs` decides; this only acts). It
-//! also keeps `kzscaler.io/state` true to the replica count when someone else changed it.
-//! Only the leader acts; a replica that becomes leader starts every idle clock afresh.
+//! The sleeper: every few hundred milliseconds, decides for the managed Deployments that
+//! changed, that are due (`due.rs`) or that are draining whether to start draining, cancel a
+//! drain, or scale it to 0 (`idle.rs` decides; this only acts). It also keeps
+//! `kzscaler.io/state` true to the replica count when someone else changed it, and acts on
+//! `kzscaler.io/action`. Only the leader acts; a replica that becomes leader looks at every
+//! Deployment once and starts every idle clock afresh. Between events a quiet fleet costs
+//! nothing: each look asks for the next one when time alone would change the decision.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +17,8 @@ use crate::activate::{Note, Scaler};
 use crate::cache::{Cache, Key};
 // Every idle and drain duration is measured on the monotonic clock.
 use crate::clock::mono_ms;
-use crate::idle::{Activity, Facts, Step, corrected_state, decide};
+use crate::due::Due;
+use crate::idle::{Activity, Facts, Step, corrected_state, decide, next_look};
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use kzscaler_core::names;
@@ -74,7 +78,7 @@ pub struct Sleeper<S> {
     pub activator: Arc<crate::activate::Activator<S>>,
 }
 
-/// What the sleeper remembers between passes.
+/// What the sleeper remembers between looks.
 #[derive(Debug, Default)]
 struct Memory {
     /// Since when each Deployment is draining.
@@ -84,33 +88,73 @@ struct Memory {
     /// `kzscaler.io/action` values acted on, and when: not acted on again until the watch
     /// shows the annotation gone (or 5 s passed).
     acted: HashMap<Key, (String, u64)>,
-    /// Leading in the last pass.
+    /// When each Deployment needs a look again, by time alone.
+    due: Due,
+    /// Leading at the last look.
     leading: bool,
+}
+
+impl Memory {
+    /// A Deployment no longer managed: nothing of it is kept.
+    fn forget(&mut self, key: &Key) {
+        self.draining.remove(key);
+        self.mismatched.remove(key);
+        self.acted.remove(key);
+        self.due.forget(key);
+    }
 }
 
 /// How long an action just acted on is not acted on again (the watch brings its removal).
 const ACTED_MS: u64 = 5_000;
+
+/// How soon to look again at what waits for something without an event of its own (a wake in
+/// flight, a committed sleep, a failed write).
+const RETRY_MS: u64 = 1_000;
 
 impl<S: Scaler> Sleeper<S> {
     /// Runs forever.
     pub async fn run(self) {
         let mut memory = Memory::default();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
-        // A slow pass must not be followed at once by another on the same stale cache.
+        // A slow look must not be followed at once by another on the same stale cache.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let leading = self.leadership.borrow().leader;
-            if leading != memory.leading {
-                self.lead(leading, &mut memory).await;
-            }
+            self.look(&mut memory).await;
+        }
+    }
+
+    /// One round: the Deployments that changed, are due or are draining.
+    async fn look(&self, memory: &mut Memory) {
+        let leading = self.leadership.borrow().leader;
+        // Taken whether leading or not, so the set never grows while following.
+        let mut keys: BTreeSet<Key> = self
+            .cache
+            .write()
+            .await
+            .take_touched()
+            .into_iter()
+            .collect();
+        if leading != memory.leading {
+            self.lead(leading, memory).await;
             if leading {
-                self.act_on_requests(&mut memory.acted).await;
-                self.correct_states(&mut memory.mismatched, &memory.draining)
-                    .await;
-                self.pass(&mut memory.draining).await;
+                // A new leader looks at everything once; from then on, at what changes.
+                keys.extend(self.cache.read().await.all_managed().keys().cloned());
             }
         }
+        if !leading {
+            return;
+        }
+        keys.extend(memory.due.take(mono_ms()));
+        // Activity cancels a drain: draining ones are looked at every round (they are few).
+        keys.extend(memory.draining.keys().cloned());
+        if keys.is_empty() {
+            return;
+        }
+        self.metrics.sleeper_looks(keys.len());
+        self.act_on_requests(&keys, memory).await;
+        self.correct_states(&keys, memory).await;
+        self.pass(&keys, memory).await;
     }
 
     /// Leadership changed: start clean either way.
@@ -119,6 +163,7 @@ impl<S: Scaler> Sleeper<S> {
             a.clear();
         }
         memory.mismatched.clear();
+        memory.due.clear();
         let mut changed = false;
         {
             let mut cache = self.cache.write().await;
@@ -134,32 +179,42 @@ impl<S: Scaler> Sleeper<S> {
     }
 
     /// Acts on `kzscaler.io/action` (set by `kubectl kzscaler wake|sleep`) and removes it.
-    async fn act_on_requests(&self, acted: &mut HashMap<Key, (String, u64)>) {
-        let asked: Vec<(Key, String, i32, u32)> = {
-            let cache = self.cache.read().await;
-            cache
-                .all_managed()
-                .iter()
-                .filter_map(|(k, m)| {
-                    let a = m.action.clone()?;
-                    Some((k.clone(), a, m.desired, m.wake_replicas()))
-                })
-                .collect()
-        };
+    async fn act_on_requests(&self, keys: &BTreeSet<Key>, memory: &mut Memory) {
         let now = mono_ms();
-        acted.retain(|k, (a, at)| {
-            now.saturating_sub(*at) < ACTED_MS
-                && asked.iter().any(|(ak, aa, ..)| ak == k && aa == a)
-        });
+        let mut asked: Vec<(Key, String, i32, u32)> = Vec::new();
+        {
+            let cache = self.cache.read().await;
+            for key in keys {
+                let action = cache
+                    .managed(key)
+                    .and_then(|m| m.action.clone().map(|a| (a, m.desired, m.wake_replicas())));
+                let Some((action, desired, wake_to)) = action else {
+                    memory.acted.remove(key);
+                    continue;
+                };
+                if let Some((a, at)) = memory.acted.get(key) {
+                    if *a == action && now.saturating_sub(*at) < ACTED_MS {
+                        // Acted on; the watch brings the annotation's removal, or it is
+                        // acted on again then.
+                        memory.due.at(key, at.saturating_add(ACTED_MS));
+                        continue;
+                    }
+                    memory.acted.remove(key);
+                }
+                asked.push((key.clone(), action, desired, wake_to));
+            }
+        }
         for (key, action, desired, wake_to) in asked {
-            if acted.contains_key(&key) || (action == "wake" && self.activator.is_waking(&key)) {
+            if action == "wake" && self.activator.is_waking(&key) {
+                memory.due.at(&key, now.saturating_add(RETRY_MS));
                 continue;
             }
             let (state, note) = match action.as_str() {
                 "wake" if desired == 0 => {
                     if let Err(e) = self.scaler.scale(&key, wake_to).await {
                         tracing::warn!(deployment = %key, error = %e, "could not wake on request; retrying in 5s");
-                        acted.insert(key.clone(), (action.clone(), now));
+                        memory.acted.insert(key.clone(), (action.clone(), now));
+                        memory.due.at(&key, now.saturating_add(ACTED_MS));
                         continue;
                     }
                     (
@@ -174,7 +229,13 @@ impl<S: Scaler> Sleeper<S> {
                         }),
                     )
                 }
-                "wake" => (None, None),
+                "wake" => {
+                    // Awake already: the request counts as activity.
+                    if let Ok(mut a) = self.idle.activity.lock() {
+                        a.touch(&key, now);
+                    }
+                    (None, None)
+                }
                 "sleep" => {
                     // As if idle for a whole timeout: the usual drain, then the scale to 0.
                     // A request during the drain still cancels it.
@@ -195,16 +256,12 @@ impl<S: Scaler> Sleeper<S> {
                     }),
                 ),
             };
-            if action == "wake"
-                && let Ok(mut a) = self.idle.activity.lock()
-            {
-                a.touch(&key, now);
-            }
             let mut patch = serde_json::json!({ names::ACTION: null });
             if let Some(s) = state {
                 patch[names::STATE] = serde_json::json!(s);
             }
-            acted.insert(key.clone(), (action.clone(), now));
+            memory.acted.insert(key.clone(), (action.clone(), now));
+            memory.due.at(&key, now.saturating_add(ACTED_MS));
             match self.scaler.annotate(&key, patch, note).await {
                 Ok(()) => {
                     tracing::info!(deployment = %key, action = %action, "acted on a kubectl kzscaler request")
@@ -217,34 +274,39 @@ impl<S: Scaler> Sleeper<S> {
     }
 
     /// Rewrites `kzscaler.io/state` where it has disagreed with the replicas for a while.
-    async fn correct_states(
-        &self,
-        mismatched: &mut HashMap<Key, u64>,
-        draining: &HashMap<Key, u64>,
-    ) {
+    async fn correct_states(&self, keys: &BTreeSet<Key>, memory: &mut Memory) {
         let now = mono_ms();
-        let wrong: Vec<(Key, &'static str, i32)> = {
+        let mut wrong: Vec<(Key, &'static str, i32)> = Vec::new();
+        {
             let cache = self.cache.read().await;
-            cache
-                .all_managed()
-                .iter()
-                .filter(|(k, _)| !self.activator.is_waking(k))
-                .filter_map(|(k, m)| {
+            for key in keys {
+                let corrected = cache.managed(key).and_then(|m| {
                     corrected_state(
                         m.desired,
                         m.recorded_state.as_deref(),
-                        draining.contains_key(k),
+                        memory.draining.contains_key(key),
                     )
-                    .map(|s| (k.clone(), s, m.desired))
-                })
-                .collect()
-        };
-        mismatched.retain(|k, _| wrong.iter().any(|(w, ..)| w == k));
-        for (key, state, desired) in wrong {
-            let since = *mismatched.entry(key.clone()).or_insert(now);
-            if now.saturating_sub(since) < CORRECT_AFTER_MS {
-                continue;
+                    .map(|s| (s, m.desired))
+                });
+                let Some((state, desired)) = corrected else {
+                    memory.mismatched.remove(key);
+                    continue;
+                };
+                if self.activator.is_waking(key) {
+                    // The wake records the state itself: judge once it is over.
+                    memory.mismatched.remove(key);
+                    memory.due.at(key, now.saturating_add(RETRY_MS));
+                    continue;
+                }
+                let since = *memory.mismatched.entry(key.clone()).or_insert(now);
+                if now.saturating_sub(since) < CORRECT_AFTER_MS {
+                    memory.due.at(key, since.saturating_add(CORRECT_AFTER_MS));
+                    continue;
+                }
+                wrong.push((key.clone(), state, desired));
             }
+        }
+        for (key, state, desired) in wrong {
             let why = if state == "awake" {
                 format!(
                     "kzscaler.io/state did not say awake but the Deployment has {desired} replica(s), set outside kzscaler (or by a controller that stopped): treated as awake; the idle timeout starts now"
@@ -261,16 +323,18 @@ impl<S: Scaler> Sleeper<S> {
             match self.scaler.annotate(&key, patch, Some(note)).await {
                 Ok(()) => {
                     tracing::info!(deployment = %key, state, replicas = desired, "replicas changed outside kzscaler: state corrected");
-                    mismatched.remove(&key);
+                    memory.mismatched.remove(&key);
                 }
                 Err(e) => {
-                    tracing::warn!(deployment = %key, error = %e, "could not correct the state; retrying")
+                    tracing::warn!(deployment = %key, error = %e, "could not correct the state; retrying");
+                    memory.due.at(&key, mono_ms().saturating_add(RETRY_MS));
                 }
             }
         }
     }
 
-    async fn pass(&self, draining: &mut HashMap<Key, u64>) {
+    /// Decides for `keys`: drain, cancel a drain, or sleep.
+    async fn pass(&self, keys: &BTreeSet<Key>, memory: &mut Memory) {
         let mut to_sleep = Vec::new();
         let mut marks: Vec<(Key, &'static str)> = Vec::new();
         let mut changed = false;
@@ -279,73 +343,77 @@ impl<S: Scaler> Sleeper<S> {
             // reads the cache under the same lock that marks a committed sleep.
             let mut cache = self.cache.write().await;
             let now = mono_ms();
-            // A committed sleep waits for the cache to show 0 replicas: nothing to decide.
-            // Only what the decision reads: the rest is looked up when needed (this runs
-            // four times a second over every managed Deployment).
-            let managed: Vec<(Key, i32, State, Duration, bool)> = cache
-                .all_managed()
-                .iter()
-                .filter(|(k, _)| !cache.is_closing(k))
-                .map(|(k, m)| {
-                    (
-                        k.clone(),
-                        m.desired,
-                        m.state(),
-                        m.spec.idle_timeout,
-                        m.spec.paused,
-                    )
-                })
-                .collect();
             let Ok(mut activity) = self.idle.activity.lock() else {
                 return;
             };
-            let all = cache.all_managed();
-            activity.retain(|k| all.contains_key(k));
-            draining.retain(|k, _| all.contains_key(k));
-            for (key, desired, state, idle_timeout, paused) in &managed {
-                let recreated = cache
-                    .managed(key)
-                    .is_some_and(|m| activity.forget_if_recreated(key, &m.uid));
-                if recreated {
+            for key in keys {
+                let Some(m) = cache.managed(key) else {
+                    // Deleted, or no longer annotated.
+                    activity.forget(key);
+                    memory.forget(key);
+                    continue;
+                };
+                if cache.is_closing(key) {
+                    // A committed sleep waits for the cache to show 0 replicas (an event), or
+                    // for its mark to expire (no event): look again then.
+                    memory.due.at(key, now.saturating_add(RETRY_MS));
+                    continue;
+                }
+                let (desired, state, idle_timeout, paused) =
+                    (m.desired, m.state(), m.spec.idle_timeout, m.spec.paused);
+                let (uid, version) = (m.uid.clone(), m.resource_version.clone());
+                if activity.forget_if_recreated(key, &uid) {
                     // Deleted and created again: nothing of the old one's drain carries over.
-                    draining.remove(key);
+                    memory.draining.remove(key);
                     changed |= cache.set_draining(key, false);
                 }
-                if *state != State::Awake {
+                let awake = state == State::Awake;
+                if !awake {
                     // The idle clock starts when it is awake again, however it woke (a wake,
                     // or replicas set by hand).
-                    activity.touch(key, now);
+                    activity.hold(key);
                 }
                 let facts = Facts {
                     now,
-                    last_active: activity.last_active(key, now),
-                    idle_timeout: *idle_timeout,
-                    paused: *paused,
-                    awake: *state == State::Awake,
-                    draining_since: draining.get(key).copied(),
+                    last_active: if awake {
+                        activity.last_active(key, now)
+                    } else {
+                        now
+                    },
+                    idle_timeout,
+                    paused,
+                    awake,
+                    draining_since: memory.draining.get(key).copied(),
                     drain_period: self.drain_period,
                 };
-                match decide(facts) {
+                let step = decide(facts);
+                if let Some(at) = next_look(facts, step) {
+                    memory.due.at(key, at);
+                }
+                match step {
                     Step::Stay => {}
                     Step::Drain => {
                         tracing::info!(deployment = %key, idle_ms = now - facts.last_active, "idle: draining before sleep");
-                        draining.insert(key.clone(), now);
+                        memory.draining.insert(key.clone(), now);
                         changed |= cache.set_draining(key, true);
                         marks.push((key.clone(), "draining"));
                     }
                     Step::Undrain => {
-                        if *state == State::Awake {
+                        if awake {
                             tracing::info!(deployment = %key, "activity while draining: sleep cancelled");
                         }
-                        draining.remove(key);
+                        memory.draining.remove(key);
                         changed |= cache.set_draining(key, false);
-                        if *state == State::Awake {
+                        if awake {
                             marks.push((key.clone(), "awake"));
                         }
+                        // If the record of the drain stays, it is corrected then.
+                        memory.due.at(key, now.saturating_add(CORRECT_AFTER_MS));
                     }
                     Step::Sleep => {
                         // Committed, in the same lock as the decision: see Cache::set_closing.
                         cache.set_closing(key, true);
+                        memory.due.at(key, now.saturating_add(RETRY_MS));
                         // 0: asked to sleep (kubectl kzscaler sleep), not idle.
                         let idle_ms = if facts.last_active == 0 {
                             0
@@ -357,11 +425,7 @@ impl<S: Scaler> Sleeper<S> {
                         let last_request = activity
                             .last_request(key)
                             .map(|m| crate::clock::wall_of(m, now, crate::clock::wall_ms()));
-                        let version = cache
-                            .managed(key)
-                            .map(|m| m.resource_version.clone())
-                            .unwrap_or_default();
-                        to_sleep.push((key.clone(), *desired, idle_ms, last_request, version));
+                        to_sleep.push((key.clone(), desired, idle_ms, last_request, version));
                     }
                 }
             }
@@ -392,17 +456,18 @@ impl<S: Scaler> Sleeper<S> {
                 }
                 Err(e @ crate::Error::StaleSleep { .. }) => {
                     // Written to since the decision (a last-request record, a person, another
-                    // leader): decide again on the next pass, from what the watch brings. The
+                    // leader): decide again at the next look, from what the watch brings. The
                     // drain stays, so activity meanwhile still cancels it.
                     self.metrics.sleep("stale");
                     tracing::info!(deployment = %key, error = %e, "not put to sleep: deciding again");
                     self.cache.write().await.set_closing(&key, false);
+                    memory.due.at(&key, mono_ms());
                 }
                 Err(e) => {
                     self.metrics.sleep("failed");
                     let reason = e.metric_label();
                     tracing::warn!(deployment = %key, error = %e, reason, "could not put it to sleep; will retry after the idle timeout");
-                    draining.remove(&key);
+                    memory.draining.remove(&key);
                     if let Ok(mut a) = self.idle.activity.lock() {
                         a.touch(&key, mono_ms());
                     }
@@ -411,11 +476,253 @@ impl<S: Scaler> Sleeper<S> {
                         cache.set_closing(&key, false);
                         cache.set_draining(&key, false);
                     }
+                    // The next look schedules the retry from the clock just restarted.
+                    memory.due.at(&key, mono_ms());
                     self.changes.send_modify(|v| *v += 1);
                     let patch = serde_json::json!({ names::STATE: "awake" });
                     let _ = self.scaler.annotate(&key, patch, None).await;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activate::{Activator, Sleep, WakeRecord};
+    use crate::lease::Leadership;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Records sleeps; every write succeeds.
+    #[derive(Default)]
+    struct Recorder {
+        sleeps: Mutex<Vec<Key>>,
+        annotations: AtomicUsize,
+    }
+
+    impl Scaler for Recorder {
+        async fn scale(&self, _: &Key, _: u32) -> crate::Result<()> {
+            Ok(())
+        }
+        async fn record_wake(&self, _: &Key, _: &WakeRecord) {}
+        async fn sleep(&self, key: &Key, _: Sleep<'_>) -> crate::Result<()> {
+            if let Ok(mut s) = self.sleeps.lock() {
+                s.push(key.clone());
+            }
+            Ok(())
+        }
+        async fn annotate(
+            &self,
+            _: &Key,
+            _: serde_json::Value,
+            _: Option<Note>,
+        ) -> crate::Result<()> {
+            self.annotations.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn key(name: &str) -> Key {
+        Key {
+            namespace: "shop".into(),
+            name: name.into(),
+        }
+    }
+
+    /// Deployment `name` at `replicas`, idle timeout 1 s, with a Service whose slice lists a
+    /// ready endpoint when it has replicas.
+    fn apply(index: &mut crate::index::Index, name: &str, replicas: i32) {
+        let d = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name, "uid": format!("uid-{name}"),
+                         "annotations": {"kzscaler.io/scale-to-zero": "true",
+                                         "kzscaler.io/idle-timeout": "1s"}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}}},
+            "status": {"readyReplicas": replicas}
+        }))
+        .unwrap();
+        let s = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        let endpoints: Vec<_> = (0..replicas)
+            .map(|i| json!({"addresses": [format!("10.0.0.{i}")], "targetRef": {"name": format!("{name}-{i}")}, "conditions": {"ready": true}}))
+            .collect();
+        let e = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": format!("{name}-x"),
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": endpoints
+        }))
+        .unwrap();
+        index.apply_deployment(&d);
+        index.apply_service(&s);
+        index.apply_slice(&e);
+    }
+
+    struct Bed {
+        sleeper: Sleeper<Recorder>,
+        scaler: Arc<Recorder>,
+        memory: Memory,
+    }
+
+    impl Bed {
+        fn new(asleep: usize, awake: &[&str]) -> Self {
+            let mut cache = Cache::default();
+            for i in 0..asleep {
+                apply(cache.index_mut(), &format!("quiet-{i}"), 0);
+            }
+            for name in awake {
+                apply(cache.index_mut(), name, 1);
+            }
+            cache.publish();
+            let cache = Arc::new(RwLock::new(cache));
+            let scaler = Arc::new(Recorder::default());
+            let metrics = Arc::new(Metrics::default());
+            let (changes, rx) = watch::channel(0);
+            let activator = Activator::new(cache.clone(), rx, scaler.clone(), metrics.clone());
+            let (_, leadership) = watch::channel(Leadership {
+                leader: true,
+                holder: "me".into(),
+                until: None,
+            });
+            let sleeper = Sleeper {
+                cache,
+                changes,
+                scaler: scaler.clone(),
+                idle: Arc::new(Idle::default()),
+                drain_period: Duration::from_millis(300),
+                leadership,
+                metrics,
+                activator,
+            };
+            Self {
+                sleeper,
+                scaler,
+                memory: Memory::default(),
+            }
+        }
+
+        /// One round; how many Deployments it looked at.
+        async fn look(&mut self) -> u64 {
+            let before = looks(&self.sleeper.metrics);
+            self.sleeper.look(&mut self.memory).await;
+            looks(&self.sleeper.metrics) - before
+        }
+
+        fn slept(&self) -> Vec<Key> {
+            self.scaler.sleeps.lock().unwrap().clone()
+        }
+    }
+
+    fn looks(m: &Metrics) -> u64 {
+        let text = m.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix("kzscaler_sleeper_looks_total "))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_quiet_fleet_is_looked_at_once_then_only_what_changes_or_is_due() {
+        let mut bed = Bed::new(1_000, &["busy"]);
+        assert_eq!(
+            bed.look().await,
+            1_001,
+            "a new leader looks at everything once"
+        );
+        assert_eq!(bed.look().await, 0, "nothing changed, nothing due");
+
+        // The same objects again change nothing; one Deployment of the thousand changes:
+        // one look.
+        apply(bed.sleeper.cache.write().await.index_mut(), "quiet-3", 0);
+        let mut c = bed.sleeper.cache.write().await;
+        let d = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "quiet-7", "uid": "uid-quiet-7",
+                         "annotations": {"kzscaler.io/scale-to-zero": "true",
+                                         "kzscaler.io/idle-timeout": "5s"}},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "quiet-7"}},
+                     "template": {"metadata": {"labels": {"app": "quiet-7"}}}}
+        }))
+        .unwrap();
+        c.index_mut().apply_deployment(&d);
+        drop(c);
+        assert_eq!(bed.look().await, 1, "only the one that changed");
+
+        // The awake one comes due after its idle timeout, drains, then sleeps.
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        assert_eq!(bed.look().await, 1, "only the one due");
+        assert!(bed.sleeper.cache.read().await.is_draining(&key("busy")));
+        assert!(bed.slept().is_empty());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        bed.look().await;
+        assert_eq!(
+            bed.slept(),
+            vec![key("busy")],
+            "slept after the drain period"
+        );
+        assert_eq!(
+            bed.look().await,
+            1,
+            "the committed sleep is watched until it lands"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_woken_deployments_idle_clock_starts_when_it_is_awake() {
+        let mut bed = Bed::new(1, &[]);
+        bed.look().await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        // Woken by hand, long after the controller last looked at it.
+        apply(bed.sleeper.cache.write().await.index_mut(), "quiet-0", 1);
+        assert_eq!(bed.look().await, 1);
+        assert!(
+            !bed.sleeper.cache.read().await.is_draining(&key("quiet-0")),
+            "not idle since the controller last saw it asleep"
+        );
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        bed.look().await;
+        assert!(
+            bed.sleeper.cache.read().await.is_draining(&key("quiet-0")),
+            "idle for its timeout since it woke"
+        );
+    }
+
+    #[tokio::test]
+    async fn activity_while_draining_cancels_it_at_the_next_round() {
+        let mut bed = Bed::new(0, &["busy"]);
+        bed.look().await;
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        bed.look().await;
+        assert!(bed.sleeper.cache.read().await.is_draining(&key("busy")));
+        {
+            let cache = bed.sleeper.cache.read().await;
+            bed.sleeper.idle.touch_deployment(&cache, "shop", "busy");
+        }
+        bed.look().await;
+        assert!(!bed.sleeper.cache.read().await.is_draining(&key("busy")));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        bed.look().await;
+        assert!(bed.slept().is_empty(), "the drain was cancelled");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_deployment_leaves_nothing_behind() {
+        let mut bed = Bed::new(0, &["busy"]);
+        bed.look().await;
+        assert_eq!(bed.memory.due.len(), 1);
+        bed.sleeper
+            .cache
+            .write()
+            .await
+            .index_mut()
+            .delete_deployment("shop", "busy");
+        assert_eq!(bed.look().await, 1);
+        assert!(bed.memory.due.is_empty());
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        assert_eq!(bed.look().await, 0);
+        assert!(bed.slept().is_empty());
     }
 }
