@@ -1,8 +1,8 @@
 //! kzscaler's controller: the replica cache, coalesced activation, idle scale-down, leader
 //! election, and the HTTP API filters call.
 //!
-//! Where things are: `index.rs` keeps managed destinations current one API object at a time
-//! (pure); `cache.rs` publishes them as versioned snapshots and deltas;
+//! Where things are: `kzscaler_core::index` keeps managed destinations current one API object
+//! at a time (pure; shared with `kubectl kzscaler`); `cache.rs` publishes them as versioned snapshots and deltas;
 //! `activate.rs` wakes a Deployment once however many callers ask; `idle.rs` decides and
 //! `sleep.rs` acts on idle Deployments, when they change or `due.rs` says they are due; `lease.rs` elects the one replica that acts;
 //! `api.rs` is the HTTP API;
@@ -17,14 +17,13 @@ pub mod clock;
 pub mod due;
 pub mod error;
 pub mod idle;
-pub mod index;
 pub mod lease;
 pub mod metrics;
 pub mod run;
 pub mod sleep;
-pub mod virtualservice;
 pub mod wasmplugin;
 pub mod watch;
 
 pub use error::{Error, Result};
 pub use kzscaler_core::spec::{ManagedSpec, SpecError};
+pub use kzscaler_core::{index, virtualservice};

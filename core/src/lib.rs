@@ -7,13 +7,22 @@
 //!   webhook ── writes labels and annotations (names), checks annotations (spec)
 //! ```
 //!
-//! It depends on nothing heavier than `serde`, so the Wasm filter can use it.
+//! It depends on nothing heavier than `serde`, so the Wasm filter can use it. The feature
+//! `index` adds the index of managed destinations (`index`, `managed`, `virtualservice`, over
+//! `k8s-openapi` types), where Service↔Deployment matching and a Deployment's state are
+//! decided once for the controller and `kubectl kzscaler` alike.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod duration;
+#[cfg(feature = "index")]
+pub mod index;
+#[cfg(feature = "index")]
+pub mod managed;
 pub mod names;
 pub mod spec;
+#[cfg(feature = "index")]
+pub mod virtualservice;
 pub mod wire;
 
 /// What `--version` prints for every kzscaler binary: the workspace version and the git commit

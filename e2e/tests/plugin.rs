@@ -120,7 +120,8 @@ async fn status_explain_and_actions_match_golden_output() -> anyhow::Result<()> 
         ],
     )
     .await?;
-    // A value only the controller writes, so admission lets it through; kzscaler ignores it.
+    // A value only the controller writes, so admission lets it through; kzscaler ignores the
+    // value (a warning) and still manages the Deployment.
     create_managed(
         &ns,
         "broken",
@@ -160,7 +161,17 @@ async fn status_explain_and_actions_match_golden_output() -> anyhow::Result<()> 
     assert_eq!(rows[0]["idleTimeout"], "7m");
     assert_eq!(rows[1]["lastWake"]["endpointReadyMs"], 75);
     let yaml = plugin(&bed, &["status", "-n", n, "-o", "yaml"]).await?;
-    assert!(yaml.stdout.contains("state: invalid"), "{}", yaml.stdout);
+    // The controller manages `broken` and ignores only the bad count: so does the plugin
+    // (they share the index).
+    assert!(
+        yaml.stdout.contains("state: awake")
+            && yaml
+                .stdout
+                .contains("- 'annotation kzscaler.io/replicas-before-sleep: \"lots\""),
+        "{}",
+        yaml.stdout
+    );
+    assert!(!yaml.stdout.contains("state: invalid"), "{}", yaml.stdout);
 
     let explain = plugin(&bed, &["explain", "batch", "-n", n]).await?;
     assert!(explain.ok, "{}", explain.stderr);

@@ -165,13 +165,13 @@ pub async fn status(scope: &Scope, output: Option<Output>) -> anyhow::Result<()>
     for f in view::footers(&rows, namespaces.as_deref(), &pods) {
         println!("{}", view::footer_line(&f));
     }
-    for r in rows.iter().filter(|r| r.error.is_some()) {
-        println!(
-            "error: {}/{}: {}",
-            r.namespace,
-            r.name,
-            r.error.as_deref().unwrap_or_default()
-        );
+    for r in &rows {
+        if let Some(e) = &r.error {
+            println!("error: {}/{}: {e}", r.namespace, r.name);
+        }
+        for w in &r.warnings {
+            println!("warning: {}/{}: {w}", r.namespace, r.name);
+        }
     }
     Ok(())
 }
@@ -182,11 +182,13 @@ async fn managed(scope: &Scope, name: &str) -> anyhow::Result<(Api<Deployment>, 
     let Some(d) = api.get_opt(name).await? else {
         bail!("no Deployment {name:?} in namespace {:?}", scope.namespace);
     };
-    let (svcs, hpas) = tokio::try_join!(
+    // The whole namespace: whether a Service matches it depends on the other Deployments.
+    let (deps, svcs, hpas) = tokio::try_join!(
+        list::<Deployment>(scope),
         list::<Service>(scope),
         list::<HorizontalPodAutoscaler>(scope)
     )?;
-    let Some(row) = view::row(&d, &svcs, &hpas) else {
+    let Some(row) = view::row_of(name, &deps, &svcs, &hpas) else {
         bail!(
             "Deployment {:?} in namespace {:?} is not managed by kzscaler (annotate it {}=\"true\")",
             name,

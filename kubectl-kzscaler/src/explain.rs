@@ -95,6 +95,9 @@ pub fn explain(row: &Row, events: &[EventLine], now: Timestamp) -> String {
             row.services.join(", ")
         }
     ));
+    for w in &row.warnings {
+        out.push_str(&format!("  Warning: {w}.\n"));
+    }
     if events.is_empty() {
         out.push_str("  Events: none.\n");
     } else {
@@ -140,6 +143,7 @@ mod tests {
                 max: 5,
             }),
             error: None,
+            warnings: Vec::new(),
         }
     }
 

@@ -1,7 +1,10 @@
 //! What `status` and `explain` show, computed from API objects alone (pure: no I/O here).
+//! What is managed, which Services match, and what a wake scales to come from the
+//! controller's own index (`kzscaler_core::index`), so the two never disagree.
 //!
 //! ```text
-//!  Deployments, Services, HPAs, Pods, Namespaces ──▶ rows() / footer() ──▶ table.rs or JSON/YAML
+//!  Deployments, Services, HPAs ──▶ Index ──▶ rows() ─┐
+//!  Pods, Namespaces ────────────────────────▶ footers() ──▶ table.rs or JSON/YAML
 //! ```
 
 use std::collections::BTreeMap;
@@ -10,7 +13,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kzscaler_core::{ManagedSpec, format_duration, names};
+use kzscaler_core::index::Index;
+use kzscaler_core::managed::{Key, Managed, state_of};
+use kzscaler_core::wire::State;
+use kzscaler_core::{format_duration, names};
 use serde::Serialize;
 
 use crate::age;
@@ -44,12 +50,13 @@ pub struct Row {
     /// `kzscaler.io/replicas-before-sleep`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas_before_sleep: Option<String>,
-    /// Replicas a wake scales to (as the controller computes it).
+    /// Replicas a wake scales to (as the controller computes it; 0 when it ignores the
+    /// Deployment).
     pub wake_replicas: u32,
     /// `kzscaler.io/last-wake`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_wake: Option<Wake>,
-    /// Services that select its pods.
+    /// Services matched to it: its destinations (as the controller matches them).
     pub services: Vec<String>,
     /// An HPA targeting it: `name (min..max)`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,6 +64,10 @@ pub struct Row {
     /// Why kzscaler ignores it, when its annotations are wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kzscaler ignores about it while managing it: a bad value, a Service selecting
+    /// other managed Deployments too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The phases of the last wake, in ms from the first request.
@@ -126,18 +137,17 @@ fn annotations(d: &Deployment) -> BTreeMap<String, String> {
     d.metadata.annotations.clone().unwrap_or_default()
 }
 
-/// The state as kubectl kzscaler shows it.
+/// The state as kubectl kzscaler shows it: the controller's rule for a Deployment
+/// ([`state_of`], over its ready replicas here), with the drain it recorded.
 pub fn state(desired: i32, ready: i32, recorded: Option<&str>, invalid: bool) -> &'static str {
     if invalid {
-        "invalid"
-    } else if desired == 0 {
-        "asleep"
-    } else if ready == 0 {
-        "waking"
-    } else if recorded == Some("draining") {
-        "draining"
-    } else {
-        "awake"
+        return "invalid";
+    }
+    match state_of(desired, usize::try_from(ready).unwrap_or(0)) {
+        State::Asleep => "asleep",
+        State::Waking => "waking",
+        _ if recorded == Some("draining") => "draining",
+        _ => "awake",
     }
 }
 
@@ -148,6 +158,27 @@ fn concerns_kzscaler(a: &BTreeMap<String, String>) -> bool {
         && a.keys().any(|k| k == names::SCALE_TO_ZERO)
 }
 
+/// The index the controller keeps, over these objects: the one place that decides what is
+/// managed, which Services match which Deployment, and what a wake scales to.
+fn index(
+    deployments: &[Deployment],
+    services: &[Service],
+    hpas: &[HorizontalPodAutoscaler],
+) -> Index {
+    // The plugin lists no EndpointSlices: its state reads the Deployment's ready replicas.
+    let mut index = Index::new("cluster.local", None);
+    for d in deployments {
+        index.apply_deployment(d);
+    }
+    for h in hpas {
+        index.apply_hpa(h);
+    }
+    for s in services {
+        index.apply_service(s);
+    }
+    index
+}
+
 /// Rows for the Deployments kzscaler manages (or would, but for an annotation error), sorted
 /// by namespace and name.
 pub fn rows(
@@ -155,63 +186,70 @@ pub fn rows(
     services: &[Service],
     hpas: &[HorizontalPodAutoscaler],
 ) -> Vec<Row> {
+    let index = index(deployments, services, hpas);
     let mut out: Vec<Row> = deployments
         .iter()
-        .filter_map(|d| row(d, services, hpas))
+        .filter_map(|d| row(d, &index, hpas))
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     out
 }
 
-/// The row of one Deployment, if kzscaler concerns it.
-pub fn row(d: &Deployment, services: &[Service], hpas: &[HorizontalPodAutoscaler]) -> Option<Row> {
+/// The row of the Deployment `name` among `deployments` (its whole namespace: whether a
+/// Service matches it depends on the others), if kzscaler concerns it.
+pub fn row_of(
+    name: &str,
+    deployments: &[Deployment],
+    services: &[Service],
+    hpas: &[HorizontalPodAutoscaler],
+) -> Option<Row> {
+    let d = deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name))?;
+    row(d, &index(deployments, services, hpas), hpas)
+}
+
+/// The row of one Deployment, as the index sees it.
+fn row(d: &Deployment, index: &Index, hpas: &[HorizontalPodAutoscaler]) -> Option<Row> {
     let a = annotations(d);
     if !concerns_kzscaler(&a) {
         return None;
     }
-    let namespace = d.metadata.namespace.clone().unwrap_or_default();
-    let name = d.metadata.name.clone().unwrap_or_default();
-    let (spec, mut error) = match ManagedSpec::from_annotations(&a) {
-        Ok(Some(s)) => (Some(s), None),
-        Ok(None) => return None,
-        Err(e) => (None, Some(e.to_string())),
+    let key = Key {
+        namespace: d.metadata.namespace.clone().unwrap_or_default(),
+        name: d.metadata.name.clone().unwrap_or_default(),
     };
-    // Written by the controller; a bad value makes it ignore the annotation (with an Event).
-    let before_sleep = kzscaler_core::spec::replicas_before_sleep(&a);
-    if error.is_none()
-        && let Err(e) = &before_sleep
-    {
-        error = Some(e.to_string());
-    }
+    let managed = index.managed().get(&key);
+    let problem = index.problem("Deployment", &key).map(|p| p.message.clone());
+    let (error, warnings) = match (managed, problem) {
+        (None, None) => return None,
+        (None, Some(p)) => (Some(p), Vec::new()),
+        // Managed, with a value it ignores (a bad count before sleep) or a Service it
+        // ignores (one selecting several managed Deployments).
+        (Some(_), p) => (
+            None,
+            p.into_iter()
+                .chain(
+                    index
+                        .ignored_services_of(&key)
+                        .into_iter()
+                        .map(|p| p.message.clone()),
+                )
+                .collect(),
+        ),
+    };
+    let spec = managed.map(|m| &m.spec);
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let ready = d
         .status
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    let template_labels = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
-    let mut svc: Vec<String> = services
-        .iter()
-        .filter(|s| s.metadata.namespace.as_deref() == Some(namespace.as_str()))
-        .filter(|s| {
-            let sel = s.spec.as_ref().and_then(|sp| sp.selector.clone());
-            sel.is_some_and(|sel| {
-                !sel.is_empty() && sel.iter().all(|(k, v)| template_labels.get(k) == Some(v))
-            })
-        })
-        .filter_map(|s| s.metadata.name.clone())
-        .collect();
-    svc.sort();
     let hpa = hpas
         .iter()
-        .filter(|h| h.metadata.namespace.as_deref() == Some(namespace.as_str()))
+        .filter(|h| h.metadata.namespace.as_deref() == Some(key.namespace.as_str()))
         .find(|h| {
-            h.spec.scale_target_ref.kind == "Deployment" && h.spec.scale_target_ref.name == name
+            h.spec.scale_target_ref.kind == "Deployment" && h.spec.scale_target_ref.name == key.name
         })
         .map(|h| Hpa {
             name: h.metadata.name.clone().unwrap_or_default(),
@@ -228,29 +266,23 @@ pub fn row(d: &Deployment, services: &[Service], hpas: &[HorizontalPodAutoscaler
         ),
         ready,
         desired,
-        idle_timeout: spec
-            .as_ref()
-            .map_or("-".to_owned(), |s| dur(s.idle_timeout)),
-        wake_timeout: spec
-            .as_ref()
-            .map_or("-".to_owned(), |s| dur(s.wake_timeout)),
-        paused: spec.as_ref().is_some_and(|s| s.paused),
+        idle_timeout: spec.map_or("-".to_owned(), |s| dur(s.idle_timeout)),
+        wake_timeout: spec.map_or("-".to_owned(), |s| dur(s.wake_timeout)),
+        paused: spec.is_some_and(|s| s.paused),
         last_request: a.get(names::LAST_REQUEST).cloned(),
         slept_at: a.get(names::SLEPT_AT).cloned(),
         replicas_before_sleep: a.get(names::REPLICAS_BEFORE_SLEEP).cloned(),
-        wake_replicas: kzscaler_core::spec::wake_replicas(
-            hpa.as_ref().and_then(|h| u32::try_from(h.min).ok()),
-            before_sleep.ok().flatten(),
-            spec.as_ref().and_then(|s| s.wake_replicas),
-        ),
+        // What the controller would scale to; an ignored Deployment is not woken.
+        wake_replicas: managed.map_or(0, Managed::wake_replicas),
         last_wake: a
             .get(names::LAST_WAKE)
             .and_then(|v| serde_json::from_str(v).ok()),
-        services: svc,
+        services: index.services_of(&key).to_vec(),
         hpa,
         error,
-        namespace,
-        name,
+        warnings,
+        namespace: key.namespace,
+        name: key.name,
     })
 }
 
@@ -458,6 +490,81 @@ mod tests {
         assert_eq!((web.state, web.idle_timeout.as_str()), ("awake", "7m"));
         assert_eq!(web.services, ["web"]);
         assert_eq!(web.last_wake.as_ref().map(Wake::total_ms), Some(70));
+    }
+
+    fn hpa(name: &str, target: &str, min: i32) -> HorizontalPodAutoscaler {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+                     "minReplicas": min, "maxReplicas": 9}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_service_selecting_two_managed_deployments_is_ignored_for_both_as_the_controller_does() {
+        let managed = json!({"kzscaler.io/scale-to-zero": "true"});
+        let mut api = deployment("api", 1, 1, managed.clone());
+        let mut worker = deployment("worker", 1, 1, managed);
+        for (d, role) in [(&mut api, "api"), (&mut worker, "worker")] {
+            let labels = &mut d
+                .spec
+                .as_mut()
+                .unwrap()
+                .template
+                .metadata
+                .as_mut()
+                .unwrap()
+                .labels;
+            *labels = Some(BTreeMap::from([
+                ("tier".to_owned(), "back".to_owned()),
+                ("role".to_owned(), role.to_owned()),
+            ]));
+        }
+        let tier = service("tier", "unused");
+        let mut tier = tier;
+        tier.spec.as_mut().unwrap().selector =
+            Some(BTreeMap::from([("tier".to_owned(), "back".to_owned())]));
+        let mut own = service("api", "unused");
+        own.spec.as_mut().unwrap().selector =
+            Some(BTreeMap::from([("role".to_owned(), "api".to_owned())]));
+        let rows = rows(&[api, worker], &[tier, own], &[]);
+        assert_eq!(
+            rows[0].services,
+            ["api"],
+            "the ambiguous Service is not api's"
+        );
+        assert!(rows[1].services.is_empty());
+        for r in &rows {
+            assert_eq!(r.state, "awake", "{r:?}");
+            assert!(
+                r.warnings.len() == 1 && r.warnings[0].contains("Service tier selects 2"),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_count_before_sleep_is_a_warning_on_a_managed_deployment_not_an_error() {
+        let d = deployment(
+            "web",
+            1,
+            1,
+            json!({"kzscaler.io/scale-to-zero": "true", "kzscaler.io/replicas-before-sleep": "lots"}),
+        );
+        let rows = rows(&[d], &[service("web", "web")], &[]);
+        assert_eq!(rows[0].state, "awake");
+        assert_eq!(rows[0].error, None);
+        assert!(rows[0].warnings[0].contains("\"lots\""), "{:?}", rows[0]);
+        assert_eq!(rows[0].wake_replicas, 1);
+    }
+
+    #[test]
+    fn a_wake_scales_to_the_largest_hpa_minimum_as_the_controller_computes_it() {
+        let d = deployment("web", 0, 0, json!({"kzscaler.io/scale-to-zero": "true"}));
+        let hpas = [hpa("small", "web", 2), hpa("large", "web", 4)];
+        let rows = rows(&[d], &[], &hpas);
+        assert_eq!(rows[0].wake_replicas, 4);
     }
 
     #[test]

@@ -22,14 +22,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Resource;
-use kzscaler_core::cluster::outbound_cluster;
-use kzscaler_core::names::{self, SERVICE_NAME_LABEL};
-use kzscaler_core::spec::{ManagedSpec, replicas_before_sleep};
-use kzscaler_core::wire::{Destination, RouteTimeouts};
+use kube_core::Resource;
 
-use crate::cache::{Key, Managed, Problem, endpoint_identity, state_of};
+use crate::cluster::outbound_cluster;
+use crate::managed::{Key, Managed, Problem, endpoint_identity, state_of};
+use crate::names::{self, SERVICE_NAME_LABEL};
+use crate::spec::{ManagedSpec, replicas_before_sleep};
 use crate::virtualservice::{Routes, VirtualService};
+use crate::wire::{Destination, RouteTimeouts};
 
 /// Labels or a selector, sorted by key: a few pairs, where a map would allocate a whole node.
 type Labels = Box<[(String, String)]>;
@@ -215,7 +215,7 @@ impl Index {
         }
     }
 
-    /// An index of these objects, all namespaces in scope (tests, and the plugin's view).
+    /// An index of these objects, all namespaces in scope (tests, and `kubectl kzscaler`).
     pub fn from_objects(
         deployments: &[std::sync::Arc<Deployment>],
         services: &[std::sync::Arc<Service>],
@@ -280,6 +280,54 @@ impl Index {
     /// The identities of the ready endpoints of a Service.
     pub fn service_ready(&self, namespace: &str, service: &str) -> Option<&BTreeSet<String>> {
         self.namespaces.get(namespace)?.ready.get(service)
+    }
+
+    /// The Services matched to a managed Deployment (its destinations come from them), sorted.
+    pub fn services_of(&self, key: &Key) -> &[String] {
+        self.namespaces
+            .get(&key.namespace)
+            .and_then(|ns| ns.services_of.get(&key.name))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The problem of an object, if it has one: `kind` is `Deployment` or `Service`.
+    pub fn problem(&self, kind: &'static str, key: &Key) -> Option<&Problem> {
+        self.problems.get(&(kind, key.clone())).map(|(p, _)| p)
+    }
+
+    /// The problems of the Services that select a managed Deployment's pods but are ignored
+    /// (they select other managed Deployments too), sorted by Service.
+    pub fn ignored_services_of(&self, key: &Key) -> Vec<&Problem> {
+        let Some(ns) = self.namespaces.get(&key.namespace) else {
+            return Vec::new();
+        };
+        let Some(labels) = ns.deployments.get(&key.name).and_then(Dep::matchable) else {
+            return Vec::new();
+        };
+        let mut names: Vec<&String> = labels
+            .iter()
+            .filter_map(|pair| ns.services_by_label.get(pair))
+            .flatten()
+            .filter(|s| {
+                ns.services
+                    .get(*s)
+                    .is_some_and(|svc| selects(&svc.selector, labels))
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                self.problem(
+                    "Service",
+                    &Key {
+                        namespace: key.namespace.clone(),
+                        name: name.clone(),
+                    },
+                )
+            })
+            .collect()
     }
 
     /// The cluster names of a Deployment's destinations.

@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::Resource;
-use kzscaler_core::wire::{RouteTimeout, RouteTimeouts};
+use kube_core::Resource;
+
+use crate::wire::{RouteTimeout, RouteTimeouts};
 use serde::{Deserialize, Serialize};
 
 /// `networking.istio.io/v1` VirtualService: its metadata and its spec as found.
@@ -97,7 +98,7 @@ impl Routes {
                 timeout_ms: route
                     .get("timeout")
                     .and_then(serde_json::Value::as_str)
-                    .and_then(|t| kzscaler_core::parse_duration(t).ok())
+                    .and_then(|t| crate::parse_duration(t).ok())
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             })
             .collect();
