@@ -518,11 +518,20 @@ impl Worker {
                         || (act.endpoints_seen >= SIGHTINGS_BEFORE_RESUME
                             && now.saturating_sub(act.first_seen_ms) >= SETTLE_MS)
                     {
+                        if !act.releasing {
+                            // Once per wake; the cold path's phases are read from these
+                            // lines (hack/bench.sh).
+                            log::info!(
+                                "kzscaler: {cluster}: resuming held requests, {} ms after the endpoint was seen",
+                                now.saturating_sub(act.first_seen_ms)
+                            );
+                        }
                         act.releasing = true;
                         act.release(host, held, released, cluster, limits.release_window);
                     } else {
                         if act.endpoints_seen == 0 {
                             act.first_seen_ms = now;
+                            log::info!("kzscaler: {cluster}: endpoint seen in this Envoy");
                         }
                         act.endpoints_seen = act.endpoints_seen.saturating_add(1);
                     }
@@ -673,6 +682,7 @@ impl Worker {
                 {
                     act.endpoints_seen = 1;
                     act.first_seen_ms = now;
+                    log::info!("kzscaler: {cluster}: endpoint seen in this Envoy");
                 }
             }
             (Some(404), Some(_)) => {

@@ -22,6 +22,7 @@ use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use kzscaler_core::wire::State;
 use kzscaler_e2e::fixtures::service;
@@ -132,6 +133,25 @@ async fn load(addr: &str, host: &str, conns: usize, secs: f64) -> anyhow::Result
         total.latencies_us.extend(s.latencies_us);
     }
     Ok(total)
+}
+
+/// The log of a private mesh's caller: pilot-agent's, with its Envoy's (the filter's lines
+/// at info level).
+fn caller_log(bed: &TestBed, mesh: &PrivateMesh) -> PathBuf {
+    bed.state_dir
+        .join("kubelet")
+        .join(&mesh.namespace)
+        .join("caller")
+        .join("pilot-agent.log")
+}
+
+/// When the filter logged `what` about `cluster` at or after `since`: Envoy's lines start
+/// with an RFC 3339 time.
+fn logged_at(log: &str, cluster: &str, what: &str, since: Timestamp) -> Option<Timestamp> {
+    log.lines()
+        .filter(|l| l.contains(cluster) && l.contains(what))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<Timestamp>().ok())
+        .find(|t| *t >= since)
 }
 
 /// The Envoy a private mesh's caller runs: in its pilot-agent's process group (the kubelet
@@ -334,8 +354,12 @@ async fn main() -> anyhow::Result<()> {
         args.wakes
     );
     let kz = &setups[2].1;
+    let log_file = caller_log(&bed, kz);
     let mut overhead_ms = Vec::new();
     let mut total_ms = Vec::new();
+    // endpoint visible → filter sees it → resumed → response, per wake.
+    let mut phases: [Vec<f64>; 3] = Default::default();
+    let mut unphased = 0;
     for i in 0..args.wakes {
         ns.api::<Deployment>()
             .patch_scale(
@@ -374,6 +398,7 @@ async fn main() -> anyhow::Result<()> {
             })
         };
         let start = Instant::now();
+        let since = Timestamp::now();
         let r = bed
             .get_from(
                 &kz.envoy,
@@ -383,12 +408,39 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
         let done = Instant::now();
+        let done_wall = Timestamp::now();
         anyhow::ensure!(r.status == 200, "wake {i}: {} {}", r.status, r.body);
         let visible = watcher
             .await?
             .context("the endpoint never showed in the caller's /clusters")?;
         overhead_ms.push(done.saturating_duration_since(visible).as_secs_f64() * 1000.0);
         total_ms.push(done.duration_since(start).as_secs_f64() * 1000.0);
+        // The same instants on the wall clock, where Envoy's log lines are.
+        let visible_wall = done_wall
+            .checked_sub(k8s_openapi::jiff::SignedDuration::try_from(
+                done.saturating_duration_since(visible),
+            )?)
+            .unwrap_or(done_wall);
+        let mut seen_resumed = None;
+        for _ in 0..40 {
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+            let seen = logged_at(&log, &web, "endpoint seen in this Envoy", since);
+            let resumed = logged_at(&log, &web, "resuming held requests", since);
+            if let (Some(s), Some(r)) = (seen, resumed) {
+                seen_resumed = Some((s, r));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ms = |a: Timestamp, b: Timestamp| b.duration_since(a).as_secs_f64() * 1000.0;
+        match seen_resumed {
+            Some((seen, resumed)) => {
+                phases[0].push(ms(visible_wall, seen));
+                phases[1].push(ms(seen, resumed));
+                phases[2].push(ms(resumed, done_wall));
+            }
+            None => unphased += 1,
+        }
     }
     let pct = |v: &mut Vec<f64>, p: f64| {
         v.sort_by(f64::total_cmp);
@@ -408,6 +460,33 @@ async fn main() -> anyhow::Result<()> {
         pct(&mut total_ms, 0.9),
         pct(&mut total_ms, 1.0)
     );
+    if phases[0].is_empty() {
+        println!(
+            "\nNo phases: the filter's lines were not in {}",
+            log_file.display()
+        );
+    } else {
+        println!(
+            "\nThe first row in phases ({} wakes; {unphased} without the filter's lines), from the \
+             filter's own log lines (Envoy's clock, 1 ms resolution: a phase can read -1 ms):\n",
+            phases[0].len()
+        );
+        println!("| phase | p50 ms | p90 ms | max ms |");
+        println!("|---|---|---|---|");
+        let names = [
+            "endpoint visible in /clusters → the filter sees it (a hold tick)",
+            "seen → resumed (settle: 2 sightings and 20 ms, against 503s)",
+            "resumed → response (routing, the backend, the answer)",
+        ];
+        for (name, v) in names.iter().zip(phases.iter_mut()) {
+            println!(
+                "| {name} | {:.1} | {:.1} | {:.1} |",
+                pct(v, 0.5),
+                pct(v, 0.9),
+                pct(v, 1.0)
+            );
+        }
+    }
     drop(setups);
     ns.cleanup().await
 }
