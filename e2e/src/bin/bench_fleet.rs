@@ -425,6 +425,7 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     let pid = child.id().context("controller pid")?;
+    let run_started = Instant::now();
     let controller = Proc { child, pid, tick };
     let base = format!("http://{addr}");
     let mut connector = HttpConnector::new();
@@ -630,8 +631,10 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
     ));
     let mut activate_ms = Vec::new();
     let mut activate_failed = 0;
+    let mut activated = Vec::new();
     let asleep: Vec<usize> = (0..args.deployments).filter(|d| !up[*d]).collect();
     for d in asleep.iter().take(args.activations) {
+        activated.push(*d);
         let body = json!({"cluster": format!("outbound|80||app-{d}.{name}.svc.cluster.local"), "deadline_ms": 30_000});
         let at = Instant::now();
         match post(&http, &format!("{base}/v1/activate"), body.to_string()).await {
@@ -648,6 +651,28 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
                     "    activate of app-{d} failed after {:.1}s: {what}",
                     at.elapsed().as_secs_f64()
                 );
+            }
+        }
+    }
+    // Where each wake's time went, as the controller recorded it on the Deployment (written
+    // once the endpoint is ready: give the last one a moment).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut wake_phases: [Vec<f64>; 3] = Default::default();
+    for d in &activated {
+        let dep = deps.get(&format!("app-{d}")).await?;
+        let record = dep
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(kzscaler_core::names::LAST_WAKE))
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
+        let Some(r) = record else { continue };
+        for (i, field) in ["scale_ms", "pod_ready_ms", "endpoint_ready_ms"]
+            .iter()
+            .enumerate()
+        {
+            if let Some(ms) = r.get(field).and_then(serde_json::Value::as_f64) {
+                wake_phases[i].push(ms);
             }
         }
     }
@@ -723,6 +748,19 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
                 .map_or("n/a".to_owned(), |s| format!("≤ {:.2} ms", s * 1000.0))
         );
     }
+    // The sleeper looks at what changed, is due or drains; a pass over everything four times
+    // a second would be 4 × N per second.
+    let looks: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kzscaler_sleeper_looks_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN);
+    let run_secs = run_started.elapsed().as_secs_f64();
+    println!(
+        "| controller: Deployments the sleeper looked at, whole run | {looks:.0} ({:.1}/s; a pass over all 4×/s would be {:.0}/s) |",
+        looks / run_secs.max(1e-9),
+        4.0 * args.deployments as f64
+    );
     println!();
     println!("| per sidecar | delta long poll | full poll (v1, 1/s) | ratio |");
     println!("|---|---|---|---|");
@@ -756,6 +794,26 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         percentile(&mut activate_ms.clone(), 0.5),
         percentile(&mut activate_ms, 0.99),
     );
+    println!();
+    println!(
+        "| wake phases as the controller recorded them (kzscaler.io/last-wake), from the first activate | p50 | max | wakes |"
+    );
+    println!("|---|---|---|---|");
+    for (name, v) in [
+        "scale PATCH returned",
+        "a pod ready (kube-controller-manager, scheduler, kwok)",
+        "a ready endpoint (EndpointSlice controller) and the watch",
+    ]
+    .iter()
+    .zip(wake_phases.iter_mut())
+    {
+        let n = v.len();
+        println!(
+            "| {name} | {:.0} ms | {:.0} ms | {n} |",
+            percentile(&mut v.clone(), 0.5),
+            percentile(v, 1.0)
+        );
+    }
     Ok(())
 }
 
