@@ -190,6 +190,13 @@ impl Activity {
         self.uids.clear();
     }
 
+    /// Whether anything is kept about a Deployment.
+    pub fn knows(&self, key: &Key) -> bool {
+        self.last.contains_key(key)
+            || self.requests.contains_key(key)
+            || self.uids.contains_key(key)
+    }
+
     /// Forgets a Deployment that is no longer managed.
     pub fn forget(&mut self, key: &Key) {
         self.last.remove(key);

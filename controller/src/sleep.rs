@@ -163,6 +163,7 @@ impl<S: Scaler> Sleeper<S> {
             a.clear();
         }
         memory.mismatched.clear();
+        memory.acted.clear();
         memory.due.clear();
         let mut changed = false;
         {
@@ -406,9 +407,10 @@ impl<S: Scaler> Sleeper<S> {
                         changed |= cache.set_draining(key, false);
                         if awake {
                             marks.push((key.clone(), "awake"));
+                            // If that write fails and the record of the drain stays, the next
+                            // look starts the correction's clock.
+                            memory.due.at(key, now);
                         }
-                        // If the record of the drain stays, it is corrected then.
-                        memory.due.at(key, now.saturating_add(CORRECT_AFTER_MS));
                     }
                     Step::Sleep => {
                         // Committed, in the same lock as the decision: see Cache::set_closing.
@@ -493,13 +495,25 @@ mod tests {
     use crate::activate::{Activator, Sleep, WakeRecord};
     use crate::lease::Leadership;
     use serde_json::json;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
-    /// Records sleeps; every write succeeds.
+    /// Records sleeps and annotation writes; while `failing`, both fail.
     #[derive(Default)]
     struct Recorder {
         sleeps: Mutex<Vec<Key>>,
-        annotations: AtomicUsize,
+        annotations: Mutex<Vec<(Key, serde_json::Value)>>,
+        failing: AtomicBool,
+    }
+
+    fn refused(what: &str) -> crate::Error {
+        crate::Error::kube(
+            what.to_owned(),
+            kube::Error::Api(Box::new(kube::core::Status {
+                code: 500,
+                message: "etcdserver: request timed out".into(),
+                ..Default::default()
+            })),
+        )
     }
 
     impl Scaler for Recorder {
@@ -511,15 +525,23 @@ mod tests {
             if let Ok(mut s) = self.sleeps.lock() {
                 s.push(key.clone());
             }
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(refused("sleeping"));
+            }
             Ok(())
         }
         async fn annotate(
             &self,
-            _: &Key,
-            _: serde_json::Value,
+            key: &Key,
+            patch: serde_json::Value,
             _: Option<Note>,
         ) -> crate::Result<()> {
-            self.annotations.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut a) = self.annotations.lock() {
+                a.push((key.clone(), patch));
+            }
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(refused("annotating"));
+            }
             Ok(())
         }
     }
@@ -531,13 +553,23 @@ mod tests {
         }
     }
 
-    /// Deployment `name` at `replicas`, idle timeout 1 s, with a Service whose slice lists a
-    /// ready endpoint when it has replicas.
-    fn apply(index: &mut crate::index::Index, name: &str, replicas: i32) {
+    /// Deployment `name` at `replicas` with an idle timeout of `idle` and `annotations`, with a
+    /// Service whose slice lists a ready endpoint per replica.
+    fn apply_with(
+        index: &mut crate::index::Index,
+        name: &str,
+        replicas: i32,
+        idle: &str,
+        annotations: serde_json::Value,
+    ) {
+        let mut ann =
+            json!({"kzscaler.io/scale-to-zero": "true", "kzscaler.io/idle-timeout": idle});
+        if let (Some(a), Some(extra)) = (ann.as_object_mut(), annotations.as_object()) {
+            a.extend(extra.clone());
+        }
         let d = serde_json::from_value(json!({
             "metadata": {"namespace": "shop", "name": name, "uid": format!("uid-{name}"),
-                         "annotations": {"kzscaler.io/scale-to-zero": "true",
-                                         "kzscaler.io/idle-timeout": "1s"}},
+                         "annotations": ann},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name}}}},
             "status": {"readyReplicas": replicas}
@@ -563,28 +595,44 @@ mod tests {
         index.apply_slice(&e);
     }
 
+    /// [`apply_with`] an idle timeout of 1 s.
+    fn apply(index: &mut crate::index::Index, name: &str, replicas: i32) {
+        apply_with(index, name, replicas, "1s", json!({}));
+    }
+
     struct Bed {
         sleeper: Sleeper<Recorder>,
         scaler: Arc<Recorder>,
+        leader: watch::Sender<Leadership>,
         memory: Memory,
     }
 
     impl Bed {
+        /// `asleep` Deployments at 0 replicas and `awake` ones at 1, all with a 1 s idle
+        /// timeout; this replica leads.
         fn new(asleep: usize, awake: &[&str]) -> Self {
+            Self::with(|index| {
+                for i in 0..asleep {
+                    apply(index, &format!("quiet-{i}"), 0);
+                }
+                for name in awake {
+                    apply(index, name, 1);
+                }
+            })
+        }
+
+        fn with(objects: impl FnOnce(&mut crate::index::Index)) -> Self {
             let mut cache = Cache::default();
-            for i in 0..asleep {
-                apply(cache.index_mut(), &format!("quiet-{i}"), 0);
-            }
-            for name in awake {
-                apply(cache.index_mut(), name, 1);
-            }
+            objects(cache.index_mut());
             cache.publish();
+            // What a new leader looks at is everything, not what the index just loaded.
+            cache.take_touched();
             let cache = Arc::new(RwLock::new(cache));
             let scaler = Arc::new(Recorder::default());
             let metrics = Arc::new(Metrics::default());
             let (changes, rx) = watch::channel(0);
             let activator = Activator::new(cache.clone(), rx, scaler.clone(), metrics.clone());
-            let (_, leadership) = watch::channel(Leadership {
+            let (leader, leadership) = watch::channel(Leadership {
                 leader: true,
                 holder: "me".into(),
                 until: None,
@@ -602,6 +650,7 @@ mod tests {
             Self {
                 sleeper,
                 scaler,
+                leader,
                 memory: Memory::default(),
             }
         }
@@ -613,8 +662,34 @@ mod tests {
             looks(&self.sleeper.metrics) - before
         }
 
+        /// Applies objects as the watch would, and publishes them.
+        async fn change(&self, objects: impl FnOnce(&mut crate::index::Index)) {
+            let mut cache = self.sleeper.cache.write().await;
+            objects(cache.index_mut());
+            cache.publish();
+        }
+
+        async fn draining(&self, name: &str) -> bool {
+            self.sleeper.cache.read().await.is_draining(&key(name))
+        }
+
         fn slept(&self) -> Vec<Key> {
             self.scaler.sleeps.lock().unwrap().clone()
+        }
+
+        /// The state annotations written, in order.
+        fn states_written(&self) -> Vec<String> {
+            self.scaler
+                .annotations
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|(_, p)| p.get(names::STATE)?.as_str().map(str::to_owned))
+                .collect()
+        }
+
+        fn fail(&self, failing: bool) {
+            self.scaler.failing.store(failing, Ordering::SeqCst);
         }
     }
 
@@ -627,7 +702,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_quiet_fleet_is_looked_at_once_then_only_what_changes_or_is_due() {
-        let mut bed = Bed::new(1_000, &["busy"]);
+        // `busy` idles for 3 s: a stalled test machine must not make it due early.
+        let mut bed = Bed::with(|index| {
+            for i in 0..1_000 {
+                apply(index, &format!("quiet-{i}"), 0);
+            }
+            apply_with(index, "busy", 1, "3s", json!({}));
+        });
         assert_eq!(
             bed.look().await,
             1_001,
@@ -637,24 +718,17 @@ mod tests {
 
         // The same objects again change nothing; one Deployment of the thousand changes:
         // one look.
-        apply(bed.sleeper.cache.write().await.index_mut(), "quiet-3", 0);
-        let mut c = bed.sleeper.cache.write().await;
-        let d = serde_json::from_value(json!({
-            "metadata": {"namespace": "shop", "name": "quiet-7", "uid": "uid-quiet-7",
-                         "annotations": {"kzscaler.io/scale-to-zero": "true",
-                                         "kzscaler.io/idle-timeout": "5s"}},
-            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "quiet-7"}},
-                     "template": {"metadata": {"labels": {"app": "quiet-7"}}}}
-        }))
-        .unwrap();
-        c.index_mut().apply_deployment(&d);
-        drop(c);
+        bed.change(|index| {
+            apply(index, "quiet-3", 0);
+            apply_with(index, "quiet-7", 0, "5s", json!({}));
+        })
+        .await;
         assert_eq!(bed.look().await, 1, "only the one that changed");
 
         // The awake one comes due after its idle timeout, drains, then sleeps.
-        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        tokio::time::sleep(Duration::from_millis(3_050)).await;
         assert_eq!(bed.look().await, 1, "only the one due");
-        assert!(bed.sleeper.cache.read().await.is_draining(&key("busy")));
+        assert!(bed.draining("busy").await);
         assert!(bed.slept().is_empty());
         tokio::time::sleep(Duration::from_millis(350)).await;
         bed.look().await;
@@ -663,29 +737,56 @@ mod tests {
             vec![key("busy")],
             "slept after the drain period"
         );
-        assert_eq!(
-            bed.look().await,
-            1,
-            "the committed sleep is watched until it lands"
-        );
+        // The watch brings the 0: the drain mark goes, and nothing is looked at any more.
+        bed.change(|index| apply_with(index, "busy", 0, "3s", json!({})))
+            .await;
+        assert_eq!(bed.look().await, 1);
+        assert!(!bed.draining("busy").await);
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        // The committed sleep's own check comes due, now moot; then nothing is.
+        bed.look().await;
+        assert!(bed.memory.due.is_empty(), "asleep: nothing due");
+        assert_eq!(bed.look().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_becomes_leader_looks_at_everything_once() {
+        let mut bed = Bed::new(50, &["busy"]);
+        bed.leader.send_modify(|l| l.leader = false);
+        assert_eq!(bed.look().await, 0, "a follower looks at nothing");
+        bed.change(|index| apply(index, "quiet-3", 1)).await;
+        assert_eq!(bed.look().await, 0);
+        bed.leader.send_modify(|l| l.leader = true);
+        assert_eq!(bed.look().await, 51);
+        assert_eq!(bed.look().await, 0);
     }
 
     #[tokio::test]
     async fn a_woken_deployments_idle_clock_starts_when_it_is_awake() {
-        let mut bed = Bed::new(1, &[]);
+        let mut bed = Bed::with(|index| apply_with(index, "web", 1, "2s", json!({})));
         bed.look().await;
-        tokio::time::sleep(Duration::from_millis(1_100)).await;
-        // Woken by hand, long after the controller last looked at it.
-        apply(bed.sleeper.cache.write().await.index_mut(), "quiet-0", 1);
+        // Put to sleep (by hand): its clock is held from here.
+        bed.change(|index| apply_with(index, "web", 0, "2s", json!({})))
+            .await;
+        bed.look().await;
+        // A request wakes it: recorded, but the clock stays held while it wakes.
+        {
+            let cache = bed.sleeper.cache.read().await;
+            bed.sleeper.idle.touch_deployment(&cache, "shop", "web");
+        }
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        // Awake 2.1 s after the clock last ran and after the request.
+        bed.change(|index| apply_with(index, "web", 1, "2s", json!({})))
+            .await;
         assert_eq!(bed.look().await, 1);
         assert!(
-            !bed.sleeper.cache.read().await.is_draining(&key("quiet-0")),
-            "not idle since the controller last saw it asleep"
+            !bed.draining("web").await,
+            "idle from when it woke, not from before it slept nor from the request"
         );
-        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        tokio::time::sleep(Duration::from_millis(2_050)).await;
         bed.look().await;
         assert!(
-            bed.sleeper.cache.read().await.is_draining(&key("quiet-0")),
+            bed.draining("web").await,
             "idle for its timeout since it woke"
         );
     }
@@ -696,31 +797,87 @@ mod tests {
         bed.look().await;
         tokio::time::sleep(Duration::from_millis(1_050)).await;
         bed.look().await;
-        assert!(bed.sleeper.cache.read().await.is_draining(&key("busy")));
+        assert!(bed.draining("busy").await);
         {
             let cache = bed.sleeper.cache.read().await;
             bed.sleeper.idle.touch_deployment(&cache, "shop", "busy");
         }
         bed.look().await;
-        assert!(!bed.sleeper.cache.read().await.is_draining(&key("busy")));
+        assert!(!bed.draining("busy").await);
         tokio::time::sleep(Duration::from_millis(350)).await;
         bed.look().await;
         assert!(bed.slept().is_empty(), "the drain was cancelled");
+        assert_eq!(bed.states_written(), ["draining", "awake"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_sleep_is_tried_again_after_a_new_idle_timeout() {
+        let mut bed = Bed::new(0, &["busy"]);
+        bed.look().await;
+        bed.fail(true);
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        bed.look().await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        bed.look().await;
+        assert_eq!(bed.slept().len(), 1, "tried once");
+        assert!(
+            !bed.draining("busy").await,
+            "the drain ends with the failure"
+        );
+        bed.fail(false);
+        bed.look().await;
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        bed.look().await;
+        assert!(bed.draining("busy").await, "idle again: drains again");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        bed.look().await;
+        assert_eq!(bed.slept().len(), 2, "and sleeps");
+    }
+
+    #[tokio::test]
+    async fn a_state_set_outside_is_corrected_after_a_second_and_retried_when_the_write_fails() {
+        let mut bed = Bed::with(|index| {
+            apply_with(
+                index,
+                "web",
+                1,
+                "1h",
+                json!({"kzscaler.io/state": "asleep"}),
+            );
+        });
+        bed.fail(true);
+        bed.look().await;
+        assert!(bed.states_written().is_empty(), "not before a second");
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        bed.look().await;
+        assert_eq!(bed.states_written(), ["awake"], "tried, and refused");
+        bed.fail(false);
+        bed.look().await;
+        assert_eq!(bed.states_written().len(), 1, "retried a second later");
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        bed.look().await;
+        assert_eq!(bed.states_written(), ["awake", "awake"]);
     }
 
     #[tokio::test]
     async fn a_deleted_deployment_leaves_nothing_behind() {
         let mut bed = Bed::new(0, &["busy"]);
         bed.look().await;
-        assert_eq!(bed.memory.due.len(), 1);
-        bed.sleeper
-            .cache
-            .write()
-            .await
-            .index_mut()
-            .delete_deployment("shop", "busy");
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
+        bed.look().await;
+        assert!(bed.memory.draining.contains_key(&key("busy")));
+        bed.change(|index| index.delete_deployment("shop", "busy"))
+            .await;
         assert_eq!(bed.look().await, 1);
-        assert!(bed.memory.due.is_empty());
+        assert!(bed.memory.due.is_empty() && bed.memory.draining.is_empty());
+        assert!(
+            !bed.sleeper
+                .idle
+                .activity
+                .lock()
+                .unwrap()
+                .knows(&key("busy"))
+        );
         tokio::time::sleep(Duration::from_millis(1_050)).await;
         assert_eq!(bed.look().await, 0);
         assert!(bed.slept().is_empty());
