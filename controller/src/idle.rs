@@ -102,10 +102,6 @@ pub fn corrected_state(
     }
 }
 
-/// A clock held while the Deployment is not awake: it starts at the first look that finds it
-/// awake, however it woke (a wake, or replicas set by hand).
-const HELD: u64 = u64::MAX;
-
 /// Last activity per Deployment. A Deployment first seen now counts as active now, so a
 /// restarted controller never puts anything to sleep before a whole idle timeout.
 #[derive(Debug, Default)]
@@ -120,17 +116,20 @@ pub struct Activity {
 impl Activity {
     /// Records a request (reported by a filter) now.
     pub fn request(&mut self, key: &Key, now: u64) {
-        // A request to a Deployment that is not awake (it wakes it) leaves the clock held:
-        // idleness counts from when it is awake.
-        if self.last.get(key) != Some(&HELD) {
-            self.last.insert(key.clone(), now);
+        // Only a running clock moves: a Deployment that is not awake (the request wakes it)
+        // has none, and idleness counts from when it is awake.
+        if let Some(at) = self.last.get_mut(key) {
+            *at = now;
         }
         self.requests.insert(key.clone(), now);
     }
 
-    /// Holds the clock of a Deployment that is not awake; see [`HELD`].
+    /// Holds the clock of a Deployment that is not awake: nothing is kept for it, and its
+    /// clock starts at the first [`Activity::last_active`] that finds it awake, however it
+    /// woke (a wake, or replicas set by hand). A sleeping fleet costs no memory here.
     pub fn hold(&mut self, key: &Key) {
-        self.touch(key, HELD);
+        self.last.remove(key);
+        self.uids.remove(key);
     }
 
     /// The last real request seen, if any.
@@ -150,11 +149,7 @@ impl Activity {
 
     /// Last activity, starting the clock if unknown.
     pub fn last_active(&mut self, key: &Key, now: u64) -> u64 {
-        match self.last.get_mut(key) {
-            Some(at) if *at == HELD => {
-                *at = now;
-                now
-            }
+        match self.last.get(key) {
             Some(at) => *at,
             None => {
                 self.last.insert(key.clone(), now);

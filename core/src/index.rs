@@ -215,12 +215,29 @@ impl Index {
         }
     }
 
-    /// An index of these objects, all namespaces in scope (tests, and `kubectl kzscaler`).
+    /// An index of these objects, all namespaces in scope (tests).
     pub fn from_objects(
         deployments: &[std::sync::Arc<Deployment>],
         services: &[std::sync::Arc<Service>],
         slices: &[std::sync::Arc<EndpointSlice>],
         hpas: &[std::sync::Arc<HorizontalPodAutoscaler>],
+        domain: &str,
+    ) -> Self {
+        Self::from_refs(
+            deployments.iter().map(|d| &**d),
+            services.iter().map(|s| &**s),
+            slices.iter().map(|s| &**s),
+            hpas.iter().map(|h| &**h),
+            domain,
+        )
+    }
+
+    /// An index of these objects, all namespaces in scope (`kubectl kzscaler`).
+    pub fn from_refs<'a>(
+        deployments: impl IntoIterator<Item = &'a Deployment>,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        hpas: impl IntoIterator<Item = &'a HorizontalPodAutoscaler>,
         domain: &str,
     ) -> Self {
         let mut index = Self::new(domain, None);

@@ -166,17 +166,7 @@ fn index(
     hpas: &[HorizontalPodAutoscaler],
 ) -> Index {
     // The plugin lists no EndpointSlices: its state reads the Deployment's ready replicas.
-    let mut index = Index::new("cluster.local", None);
-    for d in deployments {
-        index.apply_deployment(d);
-    }
-    for h in hpas {
-        index.apply_hpa(h);
-    }
-    for s in services {
-        index.apply_service(s);
-    }
-    index
+    Index::from_refs(deployments, services, [], hpas, "cluster.local")
 }
 
 /// Rows for the Deployments kzscaler manages (or would, but for an annotation error), sorted

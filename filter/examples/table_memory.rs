@@ -1,0 +1,87 @@
+//! What the filter's table of N destinations (default 10,000) costs in memory: builds the
+//! snapshot the controller would serve, parses it as the filter does, and prints the growth of
+//! this process's resident memory, and its peak while parsing (the body, the table and what
+//! parsing holds, at once).
+//! Native pointers and `String`s are twice the size of wasm32's, so this is an upper bound of
+//! what the table takes in the Wasm VM's linear memory.
+//! `cargo run --release -p kzscaler-filter --example table_memory -- 10000`.
+
+use kzscaler_core::wire::{Destination, State};
+use kzscaler_filter::table::Table;
+
+/// `VmRSS` and `VmHWM` of this process, in KB.
+fn memory_kb() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000);
+    let ns = "kzscaler-fleet-12345";
+    // Written as the controller serializes it, one destination at a time: nothing larger than
+    // the body is ever held, so the peak below is the parse's.
+    let mut body =
+        br#"{"version":1764000000000000,"term":1764000000000000,"destinations":["#.to_vec();
+    for i in 0..n {
+        if i > 0 {
+            body.push(b',');
+        }
+        let d = Destination {
+            cluster: format!("outbound|80||app-{i}.{ns}.svc.cluster.local"),
+            namespace: ns.to_owned(),
+            service: format!("app-{i}"),
+            deployment: format!("app-{i}"),
+            state: State::Asleep,
+            wake_timeout_ms: 60_000,
+            ignore_paths: Vec::new(),
+        };
+        if serde_json::to_writer(&mut body, &d).is_err() {
+            eprintln!("could not write destination {i}");
+            std::process::exit(1);
+        }
+    }
+    body.extend_from_slice(b"]}");
+    let (rss_before, _) = memory_kb();
+    let started = std::time::Instant::now();
+    let table = match Table::parse(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("the snapshot did not parse: {e}");
+            std::process::exit(1);
+        }
+    };
+    let parse_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (rss_parsed, peak) = memory_kb();
+    let body_kb = body.len() / 1024;
+    drop(body);
+    let (rss_kept, _) = memory_kb();
+    let present = (0..n)
+        .filter(|i| {
+            table
+                .get(&format!("outbound|80||app-{i}.{ns}.svc.cluster.local"))
+                .is_some()
+        })
+        .count();
+    println!(
+        "| destinations | snapshot body | table kept (RSS growth, body dropped) | per destination | peak while parsing (RSS growth) | parse |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {present} of {n} | {body_kb} KB | {:.1} MB | {:.0} B | {:.1} MB | {parse_ms:.1} ms |",
+        rss_kept.saturating_sub(rss_before) as f64 / 1024.0,
+        rss_kept.saturating_sub(rss_before) as f64 * 1024.0 / n.max(1) as f64,
+        // The body is in the VM too: the HTTP call's answer is copied into it.
+        peak.max(rss_parsed).saturating_sub(rss_before) as f64 / 1024.0 + body_kb as f64 / 1024.0,
+    );
+}
