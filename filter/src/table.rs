@@ -51,18 +51,22 @@ pub struct Table {
     pub version: u64,
     /// The controller's term of that version (0: a controller that gives no deltas).
     pub term: u64,
-    by_cluster: FastMap<String, Entry>,
+    // Every name is kept once, as an `Rc<str>` shared by the maps that need it: at 10,000
+    // destinations a copy per map was most of the VM's memory (`examples/table_memory.rs`).
+    /// Keyed by the entry's own `cluster`.
+    by_cluster: FastMap<Rc<str>, Entry>,
     /// Each destination's workload (`<namespace>/<deployment>`), and how many destinations
     /// each workload has: a workload goes when its last destination does.
-    workload_of: FastMap<String, String>,
-    workload_count: FastMap<String, usize>,
+    workload_of: FastMap<Rc<str>, Rc<str>>,
+    workload_count: FastMap<Rc<str>, usize>,
     /// The same entries by namespace, Service and port (their key in `by_cluster`): Istio
     /// names one Service port in several ways (a DestinationRule subset in the third field,
     /// a cluster domain other than the controller's), and each must find its destination.
-    by_service: FastMap<String, FastMap<String, FastMap<u16, String>>>,
+    /// A Service has a port or two: a list, not a map.
+    by_service: FastMap<String, FastMap<String, Vec<(u16, Rc<str>)>>>,
     /// Managed Deployments as `<namespace>/<deployment>`, for inbound counting; the entry's
     /// `cluster` is the counter key `inbound|<namespace>/<deployment>`.
-    by_workload: FastMap<String, Entry>,
+    by_workload: FastMap<Rc<str>, Entry>,
     /// VirtualServices' route timeouts by `<namespace>/<name>`.
     route_timeouts: FastMap<String, RouteTimeouts>,
     /// Destinations of the last parse that did not parse, and the first reason.
@@ -191,9 +195,7 @@ impl Table {
             && let Some(services) = self.by_service.get_mut(c.namespace)
         {
             if let Some(ports) = services.get_mut(c.service) {
-                if ports.get(&c.port).is_some_and(|k| k == cluster) {
-                    ports.remove(&c.port);
-                }
+                ports.retain(|(port, k)| !(*port == c.port && &**k == cluster));
                 if ports.is_empty() {
                     services.remove(c.service);
                 }
@@ -203,12 +205,12 @@ impl Table {
             }
         }
         if let Some(workload) = self.workload_of.remove(cluster)
-            && let Some(n) = self.workload_count.get_mut(&workload)
+            && let Some(n) = self.workload_count.get_mut(&*workload)
         {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.workload_count.remove(&workload);
-                self.by_workload.remove(&workload);
+                self.workload_count.remove(&*workload);
+                self.by_workload.remove(&*workload);
             }
         }
     }
@@ -217,30 +219,43 @@ impl Table {
         if d.state == State::Unknown {
             self.unknown_states += 1;
         }
-        let workload = format!("{}/{}", d.namespace, d.deployment);
-        self.workload_of.insert(d.cluster.clone(), workload.clone());
+        let cluster: Rc<str> = Rc::from(d.cluster.as_str());
+        let name = format!("{}/{}", d.namespace, d.deployment);
+        // The workload's one copy, if another destination of it has it already.
+        let workload: Rc<str> = match self.workload_count.get_key_value(name.as_str()) {
+            Some((w, _)) => w.clone(),
+            None => Rc::from(name.as_str()),
+        };
+        self.workload_of.insert(cluster.clone(), workload.clone());
         *self.workload_count.entry(workload.clone()).or_default() += 1;
+        // The counter key: kept from an entry the workload had already.
+        let inbound = match self.by_workload.get(&*workload) {
+            Some(e) => e.cluster.clone(),
+            None => Rc::from(format!("{INBOUND_PREFIX}{workload}").as_str()),
+        };
         self.by_workload.insert(
-            workload.clone(),
+            workload,
             Entry {
-                cluster: Rc::from(format!("{INBOUND_PREFIX}{workload}").as_str()),
+                cluster: inbound,
                 state: d.state,
                 wake_timeout_ms: d.wake_timeout_ms,
                 ignore_paths: d.ignore_paths.clone(),
             },
         );
         if let Some(c) = ClusterName::try_parse(&d.cluster) {
-            self.by_service
+            let ports = self
+                .by_service
                 .entry(c.namespace.to_owned())
                 .or_default()
                 .entry(c.service.to_owned())
-                .or_default()
-                .insert(c.port, d.cluster.clone());
+                .or_default();
+            ports.retain(|(port, _)| *port != c.port);
+            ports.push((c.port, cluster.clone()));
         }
         self.by_cluster.insert(
-            d.cluster.clone(),
+            cluster.clone(),
             Entry {
-                cluster: Rc::from(d.cluster.as_str()),
+                cluster,
                 state: d.state,
                 wake_timeout_ms: d.wake_timeout_ms,
                 ignore_paths: d.ignore_paths,
@@ -270,12 +285,13 @@ impl Table {
             return Some(e);
         }
         let c = ClusterName::try_parse(cluster)?;
-        let key = self
+        let (_, key) = self
             .by_service
             .get(c.namespace)?
             .get(c.service)?
-            .get(&c.port)?;
-        self.by_cluster.get(key)
+            .iter()
+            .find(|(port, _)| *port == c.port)?;
+        self.by_cluster.get(&**key)
     }
 
     /// The timeout of the route a request took, from the route's `istio.config` metadata
@@ -480,7 +496,8 @@ mod tests {
             .collect();
         v.extend(t.by_service.iter().flat_map(|(ns, s)| {
             s.iter().map(move |(svc, p)| {
-                let sorted: std::collections::BTreeMap<_, _> = p.iter().collect();
+                let sorted: std::collections::BTreeMap<_, _> =
+                    p.iter().map(|(port, k)| (port, k)).collect();
                 format!("{ns}/{svc} {sorted:?}")
             })
         }));
