@@ -44,6 +44,9 @@ impl Entry {
     }
 }
 
+/// A Service's ports and the cluster name of each.
+type Ports = Vec<(u16, Rc<str>)>;
+
 /// Managed destinations by cluster name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
@@ -63,7 +66,7 @@ pub struct Table {
     /// names one Service port in several ways (a DestinationRule subset in the third field,
     /// a cluster domain other than the controller's), and each must find its destination.
     /// A Service has a port or two: a list, not a map.
-    by_service: FastMap<String, FastMap<String, Vec<(u16, Rc<str>)>>>,
+    by_service: FastMap<String, FastMap<String, Ports>>,
     /// Managed Deployments as `<namespace>/<deployment>`, for inbound counting; the entry's
     /// `cluster` is the counter key `inbound|<namespace>/<deployment>`.
     by_workload: FastMap<Rc<str>, Entry>,
