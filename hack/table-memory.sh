@@ -25,8 +25,9 @@ cargo build --release -p kzscaler-filter --example table_memory --target wasm32-
 step "wasmtime (PyPI, cached in a venv)"
 venv=${KZSCALER_CACHE_DIR:-$HOME/.cache/kzscaler}/tools/wasmtime-py-50.0.1
 if [[ ! -x $venv/bin/python ]]; then
-  python3 -m venv "$venv.tmp" >>"$log" 2>&1 && "$venv.tmp/bin/pip" install -q wasmtime==50.0.1 >>"$log" 2>&1 ||
-    fail "wasmtime" "$log" "pip install wasmtime failed"
+  rm -rf "$venv.tmp"
+  python3 -m venv "$venv.tmp" >>"$log" 2>&1 || fail "wasmtime" "$log" "python3 -m venv failed"
+  "$venv.tmp/bin/pip" install -q wasmtime==50.0.1 >>"$log" 2>&1 || fail "wasmtime" "$log" "pip install wasmtime failed"
   mv "$venv.tmp" "$venv"
 fi
 "$REPO_ROOT/target/release/examples/table_memory" "$n" 2>/dev/null
