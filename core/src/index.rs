@@ -118,6 +118,20 @@ fn unlink(map: &mut HashMap<(String, String), Vec<String>>, pair: &(String, Stri
 }
 
 impl Ns {
+    /// The Services whose selector selects `labels` (a name may come more than once): a
+    /// Service is listed under its selector's first pair, which such labels have.
+    fn services_selecting<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = &'a String> {
+        labels
+            .iter()
+            .filter_map(|pair| self.services_by_label.get(pair))
+            .flatten()
+            .filter(|name| {
+                self.services
+                    .get(*name)
+                    .is_some_and(|svc| selects(&svc.selector, labels))
+            })
+    }
+
     fn is_empty(&self) -> bool {
         self.deployments.is_empty()
             && self.services.is_empty()
@@ -321,16 +335,7 @@ impl Index {
         let Some(labels) = ns.deployments.get(&key.name).and_then(Dep::matchable) else {
             return Vec::new();
         };
-        let mut names: Vec<&String> = labels
-            .iter()
-            .filter_map(|pair| ns.services_by_label.get(pair))
-            .flatten()
-            .filter(|s| {
-                ns.services
-                    .get(*s)
-                    .is_some_and(|svc| selects(&svc.selector, labels))
-            })
-            .collect();
+        let mut names: Vec<&String> = ns.services_selecting(labels).collect();
         names.sort();
         names.dedup();
         names
@@ -541,22 +546,8 @@ impl Index {
             .flatten()
             .cloned()
             .collect();
-        // A Service selecting these labels is listed under its first pair, one of them.
-        let candidates = old
-            .into_iter()
-            .chain(new)
-            .flat_map(|l| l.iter())
-            .filter_map(|pair| ns.services_by_label.get(pair))
-            .flatten();
-        for name in candidates {
-            let Some(svc) = ns.services.get(name) else {
-                continue;
-            };
-            if old.is_some_and(|l| selects(&svc.selector, l))
-                || new.is_some_and(|l| selects(&svc.selector, l))
-            {
-                affected.insert(name.clone());
-            }
+        for labels in old.into_iter().chain(new) {
+            affected.extend(ns.services_selecting(labels).cloned());
         }
         for s in &affected {
             self.rematch_service(&key.namespace, s);
