@@ -151,13 +151,6 @@ pub fn state(desired: i32, ready: i32, recorded: Option<&str>, invalid: bool) ->
     }
 }
 
-/// Whether a Deployment is kzscaler's business: managed, or with kzscaler settings that are
-/// wrong (so the user sees why nothing happens).
-fn concerns_kzscaler(a: &BTreeMap<String, String>) -> bool {
-    a.get(names::SCALE_TO_ZERO).map(|v| v.trim()) != Some("false")
-        && a.keys().any(|k| k == names::SCALE_TO_ZERO)
-}
-
 /// The index the controller keeps, over these objects: the one place that decides what is
 /// managed, which Services match which Deployment, and what a wake scales to.
 fn index(
@@ -201,16 +194,14 @@ pub fn row_of(
 
 /// The row of one Deployment, as the index sees it.
 fn row(d: &Deployment, index: &Index, hpas: &[HorizontalPodAutoscaler]) -> Option<Row> {
-    let a = annotations(d);
-    if !concerns_kzscaler(&a) {
-        return None;
-    }
     let key = Key {
         namespace: d.metadata.namespace.clone().unwrap_or_default(),
         name: d.metadata.name.clone().unwrap_or_default(),
     };
     let managed = index.managed().get(&key);
     let problem = index.problem("Deployment", &key).map(|p| p.message.clone());
+    // Kzscaler's business: managed, or with kzscaler settings that are wrong (so the user
+    // sees why nothing happens); the index decides both.
     let (error, warnings) = match (managed, problem) {
         (None, None) => return None,
         (None, Some(p)) => (Some(p), Vec::new()),
@@ -228,6 +219,7 @@ fn row(d: &Deployment, index: &Index, hpas: &[HorizontalPodAutoscaler]) -> Optio
                 .collect(),
         ),
     };
+    let a = annotations(d);
     let spec = managed.map(|m| &m.spec);
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let ready = d
