@@ -158,7 +158,8 @@ pub fn scale_patches(audit_log: &Path, namespace: &str, name: &str) -> anyhow::R
         .count())
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
+/// A free port on 127.0.0.1.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 

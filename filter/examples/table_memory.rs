@@ -66,7 +66,7 @@ fn main() {
     body.extend_from_slice(b"]}");
     let (rss_before, _) = memory_kb();
     let started = std::time::Instant::now();
-    let table = match Table::parse(&body) {
+    let table = match Table::parse(&body, None) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("the snapshot did not parse: {e}");

@@ -153,9 +153,6 @@ pub struct Worker {
     tokens: FastMap<u32, Rc<str>>,
     /// Activity counters, reported on tick.
     pub counters: Counters,
-    /// This pod's own Deployment as `<namespace>/<deployment>` (from Istio's node metadata),
-    /// read at the first inbound request; `Some(None)` when the node does not say.
-    pub own_workload: Option<Option<String>>,
 }
 
 /// Per managed cluster: requests since the last report, and requests in flight. A separate
@@ -283,7 +280,6 @@ impl Worker {
             clusters: FastMap::default(),
             tokens: FastMap::default(),
             counters: Counters::default(),
-            own_workload: None,
         }
     }
 

@@ -23,6 +23,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
         Box::new(Root {
             id,
+            own: None,
             config: None,
             worker: None,
             poll: Poll::default(),
@@ -126,10 +127,27 @@ struct Poll {
     /// This worker lost track of the deltas (too far behind, or one did not apply): it polls
     /// a full snapshot itself, whoever holds the poll lease.
     full_next: bool,
+    /// The VM's memory when last logged, in KB.
+    memory_kb: u64,
+}
+
+/// This VM's linear memory in KB: what Envoy holds for it. It only grows.
+fn vm_memory_kb() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        u64::try_from(core::arch::wasm32::memory_size::<0>()).unwrap_or(u64::MAX) * 64
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
 }
 
 struct Root {
     id: u32,
+    /// This pod's own Deployment, read from the node metadata at the first snapshot; the
+    /// table keeps only its workload entry.
+    own: Option<Option<String>>,
     config: Option<Rc<Config>>,
     worker: Option<Rc<RefCell<Worker>>>,
     poll: Poll,
@@ -228,17 +246,26 @@ impl Root {
                         }
                     }
                 }
-                Some(Stored::Full(version, body)) => match Table::parse(&body) {
-                    Ok(t) => {
-                        self.adopt(worker, version, t, &body, now);
-                        // Deltas stored since that snapshot may follow.
-                        self.poll.adopted.retry();
+                Some(Stored::Full(version, body)) => {
+                    self.table_for_own(worker);
+                    let replaced = worker.borrow_mut().table.replace(&body, |v| v == version);
+                    match replaced {
+                        // A slot being rewritten holds another version: poll for ourselves.
+                        Ok((_, false)) => {
+                            self.poll.full_next = true;
+                            return;
+                        }
+                        Ok((_, true)) => {
+                            self.adopt(worker, version, &body, now);
+                            // Deltas stored since that snapshot may follow.
+                            self.poll.adopted.retry();
+                        }
+                        Err(e) => {
+                            self.warn(now, &format!("ignoring the stored snapshot {version}: {e}"));
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        self.warn(now, &format!("ignoring the stored snapshot {version}: {e}"));
-                        return;
-                    }
-                },
+                }
                 Some(Stored::Lost) => {
                     self.poll.full_next = true;
                     return;
@@ -249,6 +276,11 @@ impl Root {
 
     /// The table moved to `version` by a delta: no ETag (there is no full body to hash);
     /// the next poll asks for the delta since this version.
+    /// This pod's own Deployment, read from the node metadata once.
+    fn own(&mut self) -> Option<String> {
+        self.own.get_or_insert_with(own_workload).clone()
+    }
+
     fn adopted_delta(&mut self, worker: &RefCell<Worker>, version: u64, now: u64) {
         let w = worker.borrow();
         if let Some(msg) = w.table.degraded()
@@ -259,17 +291,27 @@ impl Root {
         }
         self.poll.adopted.adopt(version);
         self.poll.etag = None;
+        self.log_memory_growth(&w.table);
     }
 
-    fn adopt(
-        &mut self,
-        worker: &RefCell<Worker>,
-        version: u64,
-        table: Table,
-        body: &[u8],
-        now: u64,
-    ) {
-        if let Some(msg) = table.degraded()
+    /// Logs this VM's memory when a table made it grow: how much a sidecar pays for the
+    /// fleet's size.
+    fn log_memory_growth(&mut self, table: &Table) {
+        let kb = vm_memory_kb();
+        if kb > self.poll.memory_kb {
+            log::info!(
+                "kzscaler: this VM's memory grew to {kb} KB, with {} destinations at version {}",
+                table.len(),
+                table.version
+            );
+            self.poll.memory_kb = kb;
+        }
+    }
+
+    /// The worker's table was replaced in place by the full snapshot `body` of `version`.
+    fn adopt(&mut self, worker: &RefCell<Worker>, version: u64, body: &[u8], now: u64) {
+        let w = worker.borrow();
+        if let Some(msg) = w.table.degraded()
             && now.saturating_sub(self.poll.last_degraded_ms) >= 60_000
         {
             log::warn!("kzscaler: {msg}");
@@ -277,7 +319,17 @@ impl Root {
         }
         self.poll.adopted.adopt(version);
         self.poll.etag = Some(kzscaler_core::wire::snapshot_etag(version, body));
-        worker.borrow_mut().table = table;
+        self.log_memory_growth(&w.table);
+    }
+
+    /// Before the first full snapshot: the worker's table is made for this pod's own
+    /// Deployment (read once; the table keeps that one workload).
+    fn table_for_own(&mut self, worker: &RefCell<Worker>) {
+        let own = self.own();
+        let mut w = worker.borrow_mut();
+        if w.table.own() != own.as_deref() {
+            w.table = Table::new(own.as_deref());
+        }
     }
 
     /// One worker per poll period polls the controller: whoever wins the lease. It asks for
@@ -483,13 +535,19 @@ impl Root {
                     self.on_delta(&body, worker, now);
                     return;
                 }
-                match Table::parse(&body) {
-                    Ok(t) => {
+                self.table_for_own(worker);
+                let adopted = self.poll.adopted;
+                // An older answer (polls overlap) never replaces a newer table.
+                let replaced = worker
+                    .borrow_mut()
+                    .table
+                    .replace(&body, |v| adopted.is_newer(v));
+                match replaced {
+                    Ok((version, applied)) => {
                         self.poll.last_ok_ms = now;
-                        sync::publish(&mut EnvoyShared, t.version, &body);
-                        // An older answer (polls overlap) never replaces a newer table.
-                        if self.poll.adopted.is_newer(t.version) {
-                            self.adopt(worker, t.version, t, &body, now);
+                        sync::publish(&mut EnvoyShared, version, &body);
+                        if applied {
+                            self.adopt(worker, version, &body, now);
                         }
                     }
                     Err(e) => self.warn(now, &e),
@@ -565,7 +623,10 @@ impl RootContext for Root {
             .unwrap_or_default();
         match Config::parse(&bytes) {
             Ok(c) => {
-                log::info!("kzscaler filter configured: {c:?}");
+                log::info!(
+                    "kzscaler filter configured (VM memory {} KB): {c:?}",
+                    vm_memory_kb()
+                );
                 match &self.worker {
                     // Reconfigured: requests held so far stay held and are still driven.
                     Some(w) => w.borrow_mut().reconfigure(c.limits()),
@@ -686,10 +747,6 @@ impl request::Request for Request {
             .flatten()
             .unwrap_or_default();
         Some((config, name))
-    }
-
-    fn own_workload(&self) -> Option<String> {
-        own_workload()
     }
 
     fn now_ms(&self) -> u64 {

@@ -27,8 +27,6 @@ pub trait Request {
     fn num_endpoints(&self) -> Option<u64>;
     /// The route's `istio.config` metadata (its VirtualService) and its name.
     fn route(&self) -> Option<(Vec<u8>, Vec<u8>)>;
-    /// This pod's own Deployment as `<namespace>/<deployment>`, from the node metadata.
-    fn own_workload(&self) -> Option<String>;
     /// Now, on the worker's clock.
     fn now_ms(&self) -> u64;
 }
@@ -77,9 +75,9 @@ pub fn on_request_headers(worker: &mut Worker, request: &impl Request) -> Outcom
     let inbound = cluster.starts_with(INBOUND_PREFIX);
     let w = &mut *worker;
     let entry = if inbound {
-        // The inbound side of a pod: its requests are its own Deployment's activity.
-        let own = w.own_workload.get_or_insert_with(|| request.own_workload());
-        own.as_deref().and_then(|o| w.table.workload(o))
+        // The inbound side of a pod: its requests are its own Deployment's activity (the
+        // table keeps that one workload, named when it was parsed).
+        w.table.own_entry()
     } else {
         w.table.get(cluster)
     };
@@ -185,9 +183,6 @@ mod tests {
         fn route(&self) -> Option<(Vec<u8>, Vec<u8>)> {
             self.route.clone()
         }
-        fn own_workload(&self) -> Option<String> {
-            Some("shop/web".into())
-        }
         fn now_ms(&self) -> u64 {
             self.now
         }
@@ -229,6 +224,7 @@ mod tests {
                 "virtual_services":[{{"namespace":"shop","name":"web","routes":[{{"timeout_ms":2000}}]}}]}}"#
             )
             .as_bytes(),
+            Some("shop/web"),
         )
         .unwrap();
         w

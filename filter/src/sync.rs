@@ -4,17 +4,32 @@
 //! and the tick period. Plain Rust behind the small [`Shared`] trait, tested natively.
 //!
 //! ```text
-//!  worker A: poll ─▶ 200 v7 ─▶ publish(v7): CAS on "kzscaler.snapshot" = v7 ‖ body,
-//!                                           then the hint "kzscaler.snapshot.version" = 7
+//!  worker A: poll ─▶ 200 v7 ─▶ publish(v7): CAS "kzscaler.snapshot.stored" = 7 ‖ slot 1,
+//!                              the body as it came into "kzscaler.snapshot.slot.1",
+//!                              then the hint "kzscaler.snapshot.version" = 7
 //!  worker B: poll ─▶ 200 v6 (sent earlier, answered later) ─▶ publish(v6): v7 stored: no
-//!  every tick: hint > adopted? ─▶ read the blob once per hint ─▶ adopt if newer
+//!  every tick: hint > adopted? ─▶ read the stored body once per hint ─▶ adopt if newer
 //! ```
+//!
+//! The full snapshot is the largest thing a VM ever holds (about 1.9 MB at 10,000
+//! destinations), so it is never copied inside a VM: the body goes to shared data as it came
+//! from the controller (its version is in it), and the order of versions is kept by a small
+//! key beside it. Writing it in a slot of its own means no worker has to read the stored body
+//! to compare versions.
 
 use kzscaler_core::wire::{ActivityReport, ClusterCount, InboundCount};
 
 /// Shared data keys (shared by every worker of this VM).
-pub const SNAPSHOT_KEY: &str = "kzscaler.snapshot";
-/// The version of the snapshot stored under [`SNAPSHOT_KEY`]: cheap to read every tick.
+///
+/// The stored full snapshot: `version ‖ slot` (two little-endian u64), raised by CAS only to
+/// a newer version.
+pub const SNAPSHOT_STORED_KEY: &str = "kzscaler.snapshot.stored";
+/// Slots `kzscaler.snapshot.slot.<n>` of full snapshot bodies, as the controller sent them.
+pub const SNAPSHOT_SLOT_PREFIX: &str = "kzscaler.snapshot.slot.";
+/// Two slots: a publisher writes the one the stored version does not point at, and empties
+/// the other once its own is the stored one.
+pub const SNAPSHOT_SLOTS: u64 = 2;
+/// The newest version any worker has (a full snapshot or a delta): cheap to read every tick.
 pub const SNAPSHOT_VERSION_KEY: &str = "kzscaler.snapshot.version";
 /// Until when (ms, [`Clock`] time of the worker that took it) one worker polls.
 pub const POLL_LEASE_KEY: &str = "kzscaler.poll.lease";
@@ -81,28 +96,52 @@ pub fn u64_le(bytes: &[u8]) -> Option<u64> {
 /// something at least as new, or will on its next tick).
 const CAS_ATTEMPTS: usize = 4;
 
-/// Stores a snapshot of `version` for the other workers, unless one at least as new is
-/// stored: an older answer landing last never overwrites a newer one. Returns whether it
-/// stored it.
+/// The shared data key of a full snapshot slot.
+pub fn slot_key(slot: u64) -> String {
+    format!("{SNAPSHOT_SLOT_PREFIX}{}", slot % SNAPSHOT_SLOTS)
+}
+
+/// `(version, slot)` of [`SNAPSHOT_STORED_KEY`].
+fn stored_of(bytes: &[u8]) -> Option<(u64, u64)> {
+    Some((u64_le(bytes)?, u64_le(bytes.get(8..)?)?))
+}
+
+/// Stores the full snapshot `body` of `version` for the other workers, unless one at least as
+/// new is stored: an older answer landing last never overwrites a newer one. Returns whether
+/// it stored it. The body is stored as it is (no copy inside the VM).
 pub fn publish(shared: &mut impl Shared, version: u64, body: &[u8]) -> bool {
     for _ in 0..CAS_ATTEMPTS {
-        let Some((stored, cas)) = shared.get(SNAPSHOT_KEY) else {
+        let Some((stored, cas)) = shared.get(SNAPSHOT_STORED_KEY) else {
             return false;
         };
-        if stored
-            .as_deref()
-            .and_then(u64_le)
-            .is_some_and(|v| v >= version)
-        {
+        let previous = stored.as_deref().and_then(stored_of);
+        if previous.is_some_and(|(v, _)| v >= version) {
             return false;
         }
-        let mut blob = Vec::with_capacity(8 + body.len());
-        blob.extend_from_slice(&version.to_le_bytes());
-        blob.extend_from_slice(body);
-        if shared.set(SNAPSHOT_KEY, &blob, cas) {
-            raise_hint(shared, version);
-            return true;
+        let slot = previous.map_or(0, |(_, s)| (s + 1) % SNAPSHOT_SLOTS);
+        let mut claim = [0u8; 16];
+        claim[..8].copy_from_slice(&version.to_le_bytes());
+        claim[8..].copy_from_slice(&slot.to_le_bytes());
+        if !shared.set(SNAPSHOT_STORED_KEY, &claim, cas) {
+            continue;
         }
+        // The version is claimed; readers that come before the body is written find the
+        // slot's old body, see its version is not the stored one, and poll for themselves.
+        if !shared.set(&slot_key(slot), body, None) {
+            return false;
+        }
+        if let Some((_, old)) = previous
+            && old != slot
+            && shared
+                .get(SNAPSHOT_STORED_KEY)
+                .and_then(|(v, _)| v)
+                .is_some_and(|v| v == claim)
+        {
+            // Still the stored one: nobody needs the older body any more.
+            shared.set(&slot_key(old), &[], None);
+        }
+        raise_hint(shared, version);
+        return true;
     }
     false
 }
@@ -185,7 +224,8 @@ impl Adopted {
     }
 
     /// A stored snapshot newer than the one in use, as `(version, body)`, read at most once
-    /// per change of the stored version.
+    /// per change of the stored version. The body is the controller's: whoever parses it
+    /// checks that it is of `version` (a slot being rewritten holds another one).
     pub fn newer_stored(&mut self, shared: &impl Shared) -> Option<(u64, Vec<u8>)> {
         let (hint, _) = shared.get(SNAPSHOT_VERSION_KEY)?;
         let hint = u64_le(hint.as_deref()?)?;
@@ -193,16 +233,13 @@ impl Adopted {
             return None;
         }
         self.tried_hint = Some(hint);
-        let (blob, _) = shared.get(SNAPSHOT_KEY)?;
-        let blob = blob?;
-        let version = u64_le(&blob)?;
+        let (stored, _) = shared.get(SNAPSHOT_STORED_KEY)?;
+        let (version, slot) = stored_of(&stored?)?;
         if !self.is_newer(version) {
             return None;
         }
-        Some((
-            version,
-            blob.get(8..).map(<[u8]>::to_vec).unwrap_or_default(),
-        ))
+        let (body, _) = shared.get(&slot_key(slot))?;
+        Some((version, body.filter(|b| !b.is_empty())?))
     }
 }
 
@@ -384,7 +421,7 @@ mod tests {
 
     impl Shared for FakeShared {
         fn get(&self, key: &str) -> Option<(Option<Vec<u8>>, Option<u32>)> {
-            if key == SNAPSHOT_KEY {
+            if key.starts_with(SNAPSHOT_SLOT_PREFIX) {
                 self.blob_reads.set(self.blob_reads.get() + 1);
             }
             Some(match self.data.get(key) {
@@ -439,13 +476,39 @@ mod tests {
         publish(&mut shared, 5, b"five");
         // Another worker wrote between our read and our write: the CAS fails, and the retry
         // compares with what it wrote.
-        let (_, stale_cas) = shared.get(SNAPSHOT_KEY).unwrap();
+        let (_, stale_cas) = shared.get(SNAPSHOT_STORED_KEY).unwrap();
         publish(&mut shared, 9, b"nine");
-        assert!(!shared.set(SNAPSHOT_KEY, b"x", stale_cas));
+        assert!(!shared.set(SNAPSHOT_STORED_KEY, b"x", stale_cas));
         assert!(!publish(&mut shared, 8, b"eight"));
         assert!(publish(&mut shared, 10, b"ten"));
         let hint = shared.get(SNAPSHOT_VERSION_KEY).unwrap().0.unwrap();
         assert_eq!(u64_le(&hint), Some(10));
+    }
+
+    #[test]
+    fn publishing_reads_no_stored_body_and_leaves_only_the_newest_one() {
+        let mut shared = FakeShared::default();
+        for (v, body) in [
+            (5, &b"five"[..]),
+            (9, b"nine"),
+            (10, b"ten"),
+            (12, b"twelve"),
+        ] {
+            assert!(publish(&mut shared, v, body));
+        }
+        assert_eq!(
+            shared.blob_reads.get(),
+            0,
+            "no VM holds two bodies to publish one"
+        );
+        let bodies: Vec<&[u8]> = (0..SNAPSHOT_SLOTS)
+            .filter_map(|s| shared.data.get(&slot_key(s)))
+            .map(|(v, _)| v.as_slice())
+            .filter(|v| !v.is_empty())
+            .collect();
+        assert_eq!(bodies, vec![&b"twelve"[..]], "the older slot is emptied");
+        let mut a = Adopted::default();
+        assert_eq!(a.newer_stored(&shared), Some((12, b"twelve".to_vec())));
     }
 
     #[test]

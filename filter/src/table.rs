@@ -1,9 +1,13 @@
 //! The local copy of the controller's snapshot, indexed by outbound cluster name. Parsed once
 //! per snapshot change (on tick), never per request.
 
+use std::hash::Hasher;
 use std::rc::Rc;
 
-use crate::hash::FastMap;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as Slot;
+
+use crate::hash::{FastMap, FxHasher};
 
 use kzscaler_core::cluster::ClusterName;
 use kzscaler_core::wire::{Destination, INBOUND_PREFIX, RouteTimeouts, State, virtual_service_of};
@@ -44,32 +48,35 @@ impl Entry {
     }
 }
 
-/// A Service's ports and the cluster name of each.
-type Ports = Vec<(u16, Rc<str>)>;
-
 /// Managed destinations by cluster name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// At 10,000 destinations this is most of a VM's memory, which never shrinks, so it keeps
+/// each name once and no index it can do without (the filter logs its VM's memory when it
+/// grows; `kzscaler-bench-fleet` reads it):
+/// - the entries themselves are the hash table, found by their `cluster` (no key beside);
+/// - the Service index holds only the name, and finds it by the namespace, Service and port
+///   parsed from it;
+/// - of the workloads, only this pod's own is kept (its inbound requests count for it).
+#[derive(Debug, Clone, Default)]
 pub struct Table {
     /// The snapshot's version (sent back as `If-None-Match`, or as `since` for a delta).
     pub version: u64,
     /// The controller's term of that version (0: a controller that gives no deltas).
     pub term: u64,
-    // Every name is kept once, as an `Rc<str>` shared by the maps that need it: at 10,000
-    // destinations a copy per map was most of the VM's memory (`examples/table_memory.rs`).
-    /// Keyed by the entry's own `cluster`.
-    by_cluster: FastMap<Rc<str>, Entry>,
-    /// Each destination's workload (`<namespace>/<deployment>`), and how many destinations
-    /// each workload has: a workload goes when its last destination does.
-    workload_of: FastMap<Rc<str>, Rc<str>>,
-    workload_count: FastMap<Rc<str>, usize>,
-    /// The same entries by namespace, Service and port (their key in `by_cluster`): Istio
-    /// names one Service port in several ways (a DestinationRule subset in the third field,
-    /// a cluster domain other than the controller's), and each must find its destination.
-    /// A Service has a port or two: a list, not a map.
-    by_service: FastMap<String, FastMap<String, Ports>>,
-    /// Managed Deployments as `<namespace>/<deployment>`, for inbound counting; the entry's
-    /// `cluster` is the counter key `inbound|<namespace>/<deployment>`.
-    by_workload: FastMap<Rc<str>, Entry>,
+    /// The entries, hashed by their `cluster` ([`hash_name`]).
+    by_cluster: HashTable<Entry>,
+    /// The same entries' names, hashed by namespace, Service and port ([`hash_service`]):
+    /// Istio names one Service port in several ways (a DestinationRule subset in the third
+    /// field, a cluster domain other than the controller's), and each must find its
+    /// destination.
+    by_service: HashTable<Rc<str>>,
+    /// This pod's own Deployment, `<namespace>/<deployment>` (from its sidecar's node
+    /// metadata), when the table was made for one.
+    own: Option<Rc<str>>,
+    /// Its entry for inbound counting (`cluster` is the counter key
+    /// `inbound|<namespace>/<deployment>`), and its destinations: it goes with the last one.
+    own_entry: Option<Entry>,
+    own_clusters: Vec<Rc<str>>,
     /// VirtualServices' route timeouts by `<namespace>/<name>`.
     route_timeouts: FastMap<String, RouteTimeouts>,
     /// Destinations of the last parse that did not parse, and the first reason.
@@ -79,12 +86,100 @@ pub struct Table {
     unknown_states: usize,
 }
 
+/// The hash of a cluster name in [`Table`]'s entries.
+fn hash_name(name: &str) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(name.as_bytes());
+    h.finish()
+}
+
+/// The hash of a Service port in [`Table`]'s Service index.
+fn hash_service(c: &ClusterName<'_>) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(c.namespace.as_bytes());
+    h.write_u8(b'/');
+    h.write(c.service.as_bytes());
+    h.write_u16(c.port);
+    h.finish()
+}
+
+/// Whether a name in the Service index is of the Service port `c`.
+fn same_service(name: &str, c: &ClusterName<'_>) -> bool {
+    ClusterName::try_parse(name)
+        .is_some_and(|o| o.port == c.port && o.service == c.service && o.namespace == c.namespace)
+}
+
+impl PartialEq for Table {
+    /// Same snapshot, same lookups (the hash tables' order aside).
+    fn eq(&self, other: &Self) -> bool {
+        let entries_in = |a: &Self, b: &Self| {
+            a.by_cluster.len() == b.by_cluster.len()
+                && a.by_cluster.iter().all(|e| {
+                    b.by_cluster
+                        .find(hash_name(&e.cluster), |o| o == e)
+                        .is_some()
+                })
+        };
+        let names_in = |a: &Self, b: &Self| {
+            a.by_service.len() == b.by_service.len()
+                && a.by_service.iter().all(|n| {
+                    ClusterName::try_parse(n)
+                        .is_some_and(|c| b.by_service.find(hash_service(&c), |o| o == n).is_some())
+                })
+        };
+        self.version == other.version
+            && self.term == other.term
+            && entries_in(self, other)
+            && names_in(self, other)
+            && self.own == other.own
+            && self.own_entry == other.own_entry
+            && self.own_clusters.len() == other.own_clusters.len()
+            && self.route_timeouts == other.route_timeouts
+            && self.skipped == other.skipped
+            && self.first_skip == other.first_skip
+            && self.unknown_states == other.unknown_states
+    }
+}
+
+impl Eq for Table {}
+
 impl Table {
     /// Parses the snapshot JSON the controller serves. Each destination stands alone: one
     /// that does not parse is skipped and counted in [`Table::skipped`], one in a state this
     /// build does not know is kept as [`State::Unknown`] (never held), and the rest of the
     /// table applies. Only a body that is not a snapshot at all is an error.
-    pub fn parse(json: &[u8]) -> Result<Self, String> {
+    ///
+    /// `own` is this pod's Deployment (`<namespace>/<deployment>`), whose inbound requests
+    /// count as its activity when it is managed ([`Table::workload`]).
+    pub fn parse(json: &[u8], own: Option<&str>) -> Result<Self, String> {
+        let mut table = Self::new(own);
+        table.replace(json, |_| true)?;
+        Ok(table)
+    }
+
+    /// An empty table for this pod's own Deployment (`<namespace>/<deployment>`), if known.
+    pub fn new(own: Option<&str>) -> Self {
+        Self {
+            own: own.map(Rc::from),
+            ..Self::default()
+        }
+    }
+
+    /// The Deployment it was made for.
+    pub fn own(&self) -> Option<&str> {
+        self.own.as_deref()
+    }
+
+    /// Makes this table the full snapshot `json`, in place, if `accept` takes its version:
+    /// what stays keeps its memory, and no second table is built beside this one (a VM's
+    /// memory never shrinks). The result is the table [`Table::parse`] gives, for the same
+    /// own workload. Returns the snapshot's version and whether it was applied; a body that
+    /// is not a snapshot is an error and changes nothing.
+    pub fn replace(
+        &mut self,
+        json: &[u8],
+        accept: impl FnOnce(u64) -> bool,
+    ) -> Result<(u64, bool), String> {
         #[derive(serde::Deserialize)]
         struct Lenient<'a> {
             version: u64,
@@ -97,16 +192,48 @@ impl Table {
         }
         let raw: Lenient =
             serde_json::from_slice(json).map_err(|e| format!("snapshot is not valid: {e}"))?;
-        let mut table = Self {
-            version: raw.version,
-            term: raw.term,
-            ..Self::default()
-        };
-        table.set_route_timeouts(raw.virtual_services);
-        for value in raw.destinations {
-            table.upsert(value);
+        if !accept(raw.version) {
+            return Ok((raw.version, false));
         }
-        Ok(table)
+        self.version = raw.version;
+        self.term = raw.term;
+        self.skipped = 0;
+        self.first_skip = None;
+        self.route_timeouts.clear();
+        self.set_route_timeouts(raw.virtual_services);
+        // Sized once: a table that grows leaves its smaller arrays behind in the VM's memory.
+        let n = raw.destinations.len();
+        let additional = n.saturating_sub(self.by_cluster.len());
+        self.by_cluster
+            .reserve(additional, |e| hash_name(&e.cluster));
+        self.by_service.reserve(additional, |k| {
+            ClusterName::try_parse(k).map_or(0, |c| hash_service(&c))
+        });
+        // What was there and is not in the snapshot goes after: the names it has.
+        let mut seen: Option<HashTable<Rc<str>>> =
+            (!self.by_cluster.is_empty()).then(|| HashTable::with_capacity(n));
+        for value in raw.destinations {
+            if let Some(cluster) = self.upsert(value)
+                && let Some(seen) = seen.as_mut()
+            {
+                seen.insert_unique(hash_name(&cluster), cluster, |k| hash_name(k));
+            }
+        }
+        if let Some(seen) = seen {
+            let gone: Vec<Rc<str>> = self
+                .by_cluster
+                .iter()
+                .filter(|e| {
+                    seen.find(hash_name(&e.cluster), |k| *k == e.cluster)
+                        .is_none()
+                })
+                .map(|e| e.cluster.clone())
+                .collect();
+            for cluster in gone {
+                self.remove(&cluster);
+            }
+        }
+        Ok((raw.version, true))
     }
 
     /// Applies a delta the controller answered for this table's version, in place. A delta
@@ -164,12 +291,13 @@ impl Table {
         }
     }
 
-    /// Adds or replaces one destination; one that does not parse is skipped and counted.
-    fn upsert(&mut self, value: &serde_json::value::RawValue) {
+    /// Adds or replaces one destination, and gives its name; one that does not parse is
+    /// skipped and counted.
+    fn upsert(&mut self, value: &serde_json::value::RawValue) -> Option<Rc<str>> {
         match serde_json::from_str::<Destination>(value.get()) {
             Ok(d) => {
                 self.remove(&d.cluster);
-                self.insert(d);
+                Some(self.insert(d))
             }
             Err(e) => {
                 // What a full snapshot would give: the destination is gone, not left as it was.
@@ -182,88 +310,89 @@ impl Table {
                 }
                 self.skipped += 1;
                 self.first_skip.get_or_insert_with(|| e.to_string());
+                None
             }
         }
     }
 
-    /// Removes one destination, and its workload with its last destination.
+    /// Removes one destination, and this pod's own entry with its last destination.
     fn remove(&mut self, cluster: &str) {
-        let Some(old) = self.by_cluster.remove(cluster) else {
+        let Ok(found) = self
+            .by_cluster
+            .find_entry(hash_name(cluster), |e| &*e.cluster == cluster)
+        else {
             return;
         };
+        let (old, _) = found.remove();
         if old.state == State::Unknown {
             self.unknown_states = self.unknown_states.saturating_sub(1);
         }
         if let Some(c) = ClusterName::try_parse(cluster)
-            && let Some(services) = self.by_service.get_mut(c.namespace)
+            && let Ok(name) = self
+                .by_service
+                .find_entry(hash_service(&c), |k| &**k == cluster)
         {
-            if let Some(ports) = services.get_mut(c.service) {
-                ports.retain(|(port, k)| !(*port == c.port && &**k == cluster));
-                if ports.is_empty() {
-                    services.remove(c.service);
-                }
-            }
-            if services.is_empty() {
-                self.by_service.remove(c.namespace);
-            }
+            name.remove();
         }
-        if let Some(workload) = self.workload_of.remove(cluster)
-            && let Some(n) = self.workload_count.get_mut(&*workload)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.workload_count.remove(&*workload);
-                self.by_workload.remove(&*workload);
+        if let Some(at) = self.own_clusters.iter().position(|k| &**k == cluster) {
+            self.own_clusters.swap_remove(at);
+            if self.own_clusters.is_empty() {
+                self.own_entry = None;
             }
         }
     }
 
-    fn insert(&mut self, d: Destination) {
+    fn insert(&mut self, d: Destination) -> Rc<str> {
         if d.state == State::Unknown {
             self.unknown_states += 1;
         }
         let cluster: Rc<str> = Rc::from(d.cluster.as_str());
-        let name = format!("{}/{}", d.namespace, d.deployment);
-        // The workload's one copy, if another destination of it has it already.
-        let workload: Rc<str> = match self.workload_count.get_key_value(name.as_str()) {
-            Some((w, _)) => w.clone(),
-            None => Rc::from(name.as_str()),
-        };
-        self.workload_of.insert(cluster.clone(), workload.clone());
-        *self.workload_count.entry(workload.clone()).or_default() += 1;
-        // The counter key: kept from an entry the workload had already.
-        let inbound = match self.by_workload.get(&*workload) {
-            Some(e) => e.cluster.clone(),
-            None => Rc::from(format!("{INBOUND_PREFIX}{workload}").as_str()),
-        };
-        self.by_workload.insert(
-            workload,
-            Entry {
-                cluster: inbound,
+        let is_own = self.own.as_deref().and_then(|o| o.split_once('/'))
+            == Some((d.namespace.as_str(), d.deployment.as_str()));
+        if is_own && let Some(own) = self.own.clone() {
+            // The counter key: kept from the entry it had already.
+            let counter = match &self.own_entry {
+                Some(e) => e.cluster.clone(),
+                None => Rc::from(format!("{INBOUND_PREFIX}{own}").as_str()),
+            };
+            self.own_entry = Some(Entry {
+                cluster: counter,
                 state: d.state,
                 wake_timeout_ms: d.wake_timeout_ms,
                 ignore_paths: d.ignore_paths.clone(),
-            },
-        );
-        if let Some(c) = ClusterName::try_parse(&d.cluster) {
-            let ports = self
-                .by_service
-                .entry(c.namespace.to_owned())
-                .or_default()
-                .entry(c.service.to_owned())
-                .or_default();
-            ports.retain(|(port, _)| *port != c.port);
-            ports.push((c.port, cluster.clone()));
+            });
+            self.own_clusters.push(cluster.clone());
         }
-        self.by_cluster.insert(
-            cluster.clone(),
-            Entry {
-                cluster,
-                state: d.state,
-                wake_timeout_ms: d.wake_timeout_ms,
-                ignore_paths: d.ignore_paths,
-            },
-        );
+        if let Some(c) = ClusterName::try_parse(&d.cluster) {
+            let rehash = |k: &Rc<str>| ClusterName::try_parse(k).map_or(0, |c| hash_service(&c));
+            match self
+                .by_service
+                .entry(hash_service(&c), |k| same_service(k, &c), rehash)
+            {
+                Slot::Occupied(mut o) => *o.get_mut() = cluster.clone(),
+                Slot::Vacant(v) => {
+                    v.insert(cluster.clone());
+                }
+            }
+        }
+        let entry = Entry {
+            cluster: cluster.clone(),
+            state: d.state,
+            wake_timeout_ms: d.wake_timeout_ms,
+            ignore_paths: d.ignore_paths,
+        };
+        let rehash = |e: &Entry| hash_name(&e.cluster);
+        match self.by_cluster.entry(
+            hash_name(&entry.cluster),
+            |e| e.cluster == entry.cluster,
+            rehash,
+        ) {
+            Slot::Occupied(mut o) => *o.get_mut() = entry,
+            Slot::Vacant(v) => {
+                v.insert(entry);
+            }
+        }
+        cluster
     }
 
     /// What in the last parse did not apply, for a (rate-limited) log line; None when all did.
@@ -284,17 +413,20 @@ impl Table {
     /// usual path), else by the Service port it names, whatever its subset and domain.
     /// Allocates nothing.
     pub fn get(&self, cluster: &str) -> Option<&Entry> {
-        if let Some(e) = self.by_cluster.get(cluster) {
+        if let Some(e) = self.entry(cluster) {
             return Some(e);
         }
         let c = ClusterName::try_parse(cluster)?;
-        let (_, key) = self
+        let key = self
             .by_service
-            .get(c.namespace)?
-            .get(c.service)?
-            .iter()
-            .find(|(port, _)| *port == c.port)?;
-        self.by_cluster.get(&**key)
+            .find(hash_service(&c), |k| same_service(k, &c))?;
+        self.entry(key)
+    }
+
+    /// The entry of exactly this cluster name.
+    fn entry(&self, cluster: &str) -> Option<&Entry> {
+        self.by_cluster
+            .find(hash_name(cluster), |e| &*e.cluster == cluster)
     }
 
     /// The timeout of the route a request took, from the route's `istio.config` metadata
@@ -310,15 +442,27 @@ impl Table {
         self.route_timeouts.get(&key)?.timeout_ms(route)
     }
 
-    /// This pod's own Deployment (`<namespace>/<deployment>`), if managed: inbound requests
-    /// count as its activity.
+    /// This pod's own Deployment (`<namespace>/<deployment>`, as given to
+    /// [`Table::parse`]), if managed: inbound requests count as its activity.
     pub fn workload(&self, workload: &str) -> Option<&Entry> {
-        self.by_workload.get(workload)
+        self.own_entry
+            .as_ref()
+            .filter(|_| self.own.as_deref() == Some(workload))
+    }
+
+    /// This pod's own Deployment's entry, if it is managed.
+    pub fn own_entry(&self) -> Option<&Entry> {
+        self.own_entry.as_ref()
     }
 
     /// No managed destination at all: nothing to count or hold, not even a lookup.
     pub fn is_empty(&self) -> bool {
         self.by_cluster.is_empty()
+    }
+
+    /// Destinations in the table.
+    pub fn len(&self) -> usize {
+        self.by_cluster.len()
     }
 }
 
@@ -331,6 +475,7 @@ mod tests {
         let t = Table::parse(
             br#"{"version":3,"destinations":[{"cluster":"outbound|80||web.shop.svc.cluster.local",
             "namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":5000}]}"#,
+            Some("shop/web"),
         )
         .unwrap();
         assert_eq!(t.version, 3);
@@ -385,6 +530,7 @@ mod tests {
             br#"{"version":1,"destinations":[
             {"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":5000},
             {"cluster":"outbound|9090||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"awake","wake_timeout_ms":5000}]}"#,
+            None,
         )
         .unwrap();
         let found = |name: &str| t.get(name).map(|e| e.cluster.to_string());
@@ -423,6 +569,7 @@ mod tests {
             br#"{"version":2,"destinations":[],"virtual_services":[
             {"namespace":"shop","name":"web","routes":[{"name":"slow","timeout_ms":7000},{"timeout_ms":2000}]},
             {"broken":true}]}"#,
+            None,
         )
         .unwrap();
         let config = "/apis/networking.istio.io/v1/namespaces/shop/virtual-service/web";
@@ -444,9 +591,9 @@ mod tests {
 
     #[test]
     fn bad_snapshot_is_an_error_not_a_panic() {
-        assert!(Table::parse(b"{").is_err());
-        assert!(Table::parse(br#"{"version":1}"#).is_err());
-        assert!(Table::parse(b"\xff\xfe").is_err());
+        assert!(Table::parse(b"{", None).is_err());
+        assert!(Table::parse(br#"{"version":1}"#, None).is_err());
+        assert!(Table::parse(b"\xff\xfe", None).is_err());
     }
 
     #[test]
@@ -456,6 +603,7 @@ mod tests {
             {"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"hibernating","wake_timeout_ms":5000},
             {"cluster":1},
             {"cluster":"outbound|80||db.shop.svc.cluster.local","namespace":"shop","service":"db","deployment":"db","state":"asleep","wake_timeout_ms":5000,"new_field":true}]}"#,
+            None,
         )
         .unwrap();
         assert_eq!(t.version, 9);
@@ -477,7 +625,7 @@ mod tests {
             "{log}"
         );
         assert_eq!(
-            Table::parse(br#"{"version":1,"destinations":[]}"#)
+            Table::parse(br#"{"version":1,"destinations":[]}"#, None)
                 .unwrap()
                 .degraded(),
             None
@@ -494,17 +642,11 @@ mod tests {
     fn view(t: &Table) -> Vec<String> {
         let mut v: Vec<String> = t
             .by_cluster
-            .values()
+            .iter()
             .map(|e| format!("{} {:?}", e.cluster, e.state))
             .collect();
-        v.extend(t.by_service.iter().flat_map(|(ns, s)| {
-            s.iter().map(move |(svc, p)| {
-                let sorted: std::collections::BTreeMap<_, _> =
-                    p.iter().map(|(port, k)| (port, k)).collect();
-                format!("{ns}/{svc} {sorted:?}")
-            })
-        }));
-        v.extend(t.by_workload.keys().map(|w| format!("workload {w}")));
+        v.extend(t.by_service.iter().map(|k| format!("service port {k}")));
+        v.extend(t.own_entry.iter().map(|e| format!("own {}", e.cluster)));
         v.extend(
             t.route_timeouts
                 .iter()
@@ -537,11 +679,52 @@ mod tests {
             dest("db", 81, "db", "awake"),
             dest("api", 80, "web", "waking"),
         );
-        let mut t = Table::parse(old.as_bytes()).unwrap();
+        for own in [None, Some("shop/web"), Some("shop/old"), Some("shop/db")] {
+            let mut t = Table::parse(old.as_bytes(), own).unwrap();
+            t.apply_delta(delta.as_bytes()).unwrap();
+            let fresh = Table::parse(new.as_bytes(), own).unwrap();
+            assert_eq!(view(&t), view(&fresh), "own {own:?}");
+            assert_eq!(t, fresh, "own {own:?}");
+        }
+        let mut t = Table::parse(old.as_bytes(), Some("shop/old")).unwrap();
+        assert!(t.workload("shop/old").is_some());
         t.apply_delta(delta.as_bytes()).unwrap();
-        assert_eq!(view(&t), view(&Table::parse(new.as_bytes()).unwrap()));
         assert_eq!(t.workload("shop/old"), None, "its last destination went");
+        let mut t = Table::parse(old.as_bytes(), Some("shop/web")).unwrap();
+        t.apply_delta(delta.as_bytes()).unwrap();
         assert!(t.workload("shop/web").is_some(), "one of two remains");
+        assert_eq!(t.workload("shop/db"), None, "only this pod's own is kept");
+    }
+
+    #[test]
+    fn a_full_snapshot_replaces_a_table_in_place_as_a_fresh_parse_would() {
+        let old = format!(
+            r#"{{"version":10,"term":7,"destinations":[{},{},{},{},{{"cluster":1}}],"virtual_services":[{{"namespace":"shop","name":"web","routes":[{{"timeout_ms":1000}}]}}]}}"#,
+            dest("web", 80, "web", "asleep"),
+            dest("web", 81, "web", "asleep"),
+            dest("db", 80, "db", "hibernating"),
+            dest("old", 80, "old", "asleep"),
+        );
+        let new = format!(
+            r#"{{"version":20,"term":8,"destinations":[{},{},{},{}]}}"#,
+            dest("web", 80, "web", "waking"),
+            dest("db", 80, "db", "awake"),
+            dest("db", 81, "db", "awake"),
+            dest("api", 80, "web", "waking"),
+        );
+        for own in [None, Some("shop/web"), Some("shop/old"), Some("shop/db")] {
+            let mut t = Table::parse(old.as_bytes(), own).unwrap();
+            let before = t.clone();
+            assert_eq!(t.replace(new.as_bytes(), |v| v == 19), Ok((20, false)));
+            assert_eq!(t, before, "a version not accepted changes nothing");
+            assert!(t.replace(b"{not json", |_| true).is_err());
+            assert_eq!(t, before, "nor does a body that is not a snapshot");
+            assert_eq!(t.replace(new.as_bytes(), |v| v == 20), Ok((20, true)));
+            let fresh = Table::parse(new.as_bytes(), own).unwrap();
+            assert_eq!(view(&t), view(&fresh), "own {own:?}");
+            assert_eq!(t, fresh, "own {own:?}");
+            assert_eq!(t.degraded(), None, "the old snapshot's skips are forgotten");
+        }
     }
 
     #[test]
@@ -550,7 +733,7 @@ mod tests {
             r#"{{"version":10,"term":7,"destinations":[{}]}}"#,
             dest("web", 80, "web", "asleep")
         );
-        let mut t = Table::parse(old.as_bytes()).unwrap();
+        let mut t = Table::parse(old.as_bytes(), None).unwrap();
         let delta = br#"{"version":11,"term":7,"since":10,"upsert":[{"cluster":"outbound|80||web.shop.svc.cluster.local","state":7}]}"#;
         t.apply_delta(delta).unwrap();
         assert_eq!(t.get("outbound|80||web.shop.svc.cluster.local"), None);
@@ -566,7 +749,7 @@ mod tests {
             r#"{{"version":10,"term":7,"destinations":[{}]}}"#,
             dest("web", 80, "web", "asleep")
         );
-        let t = Table::parse(old.as_bytes()).unwrap();
+        let t = Table::parse(old.as_bytes(), None).unwrap();
         for (since, term, version) in [(9, 7, 11), (10, 8, 11), (10, 7, 10)] {
             let mut u = t.clone();
             let delta = format!(
@@ -588,7 +771,7 @@ mod tests {
         // Fuzzing: any bytes as a delta body are applied or refused, never a panic.
         #[test]
         fn any_delta_body_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
-            let mut t = Table::parse(br#"{"version":1,"term":1,"destinations":[]}"#).unwrap();
+            let mut t = Table::parse(br#"{"version":1,"term":1,"destinations":[]}"#, None).unwrap();
             let _ = t.apply_delta(&body);
         }
 
@@ -596,18 +779,18 @@ mod tests {
         // any cluster name is looked up without one.
         #[test]
         fn any_snapshot_body_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
-            let _ = Table::parse(&body);
+            let _ = Table::parse(&body, None);
         }
 
         #[test]
         fn any_route_metadata_is_looked_up_without_panic(config in "\\PC{0,80}|/apis/[a-z./0-9]{0,20}/namespaces/[a-z/]{0,10}/virtual-service/[a-z/]{0,8}", route in "\\PC{0,20}") {
-            let t = Table::parse(br#"{"version":1,"destinations":[],"virtual_services":[{"namespace":"a","name":"b","routes":[{"timeout_ms":5}]}]}"#).unwrap();
+            let t = Table::parse(br#"{"version":1,"destinations":[],"virtual_services":[{"namespace":"a","name":"b","routes":[{"timeout_ms":5}]}]}"#, None).unwrap();
             let _ = t.route_timeout_ms(&config, &route);
         }
 
         #[test]
         fn any_cluster_name_is_looked_up_without_panic(name in "\\PC{0,64}|outbound\\|[0-9]{0,6}\\|[a-z]{0,3}\\|[a-z.]{0,30}") {
-            let t = Table::parse(br#"{"version":1,"destinations":[{"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":5}]}"#).unwrap();
+            let t = Table::parse(br#"{"version":1,"destinations":[{"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":5}]}"#, None).unwrap();
             let _ = t.get(&name);
             let _ = t.workload(&name);
         }

@@ -15,7 +15,7 @@
 //! `If-None-Match` (API v1 as the filter used it before deltas), so the two are measured side by
 //! side. CPU is the controller process's own (user + system, from /proc), never wall time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +33,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kzscaler_core::wire::{Delta, Snapshot, State};
+use kzscaler_e2e::envoy::{CONTROLLER_CLUSTER, Standalone};
 use kzscaler_e2e::fixtures;
 use kzscaler_e2e::kz::{PRIVATE_LABEL, free_port};
 use kzscaler_e2e::testbed::TestBed;
@@ -171,7 +172,14 @@ struct Seen {
     changes: Vec<(String, State, Instant)>,
     /// Whether it has its first snapshot.
     synced: bool,
-    errors: u64,
+    /// Failed polls, by reason.
+    errors: BTreeMap<String, u64>,
+}
+
+impl Seen {
+    fn error(&mut self, reason: String) {
+        *self.errors.entry(reason).or_default() += 1;
+    }
 }
 
 /// A sidecar long-polling for deltas until `stop`.
@@ -189,8 +197,8 @@ async fn delta_sidecar(
         };
         let (status, _, body) = match get(&http, &url, None).await {
             Ok(r) => r,
-            Err(_) => {
-                seen.lock().await.errors += 1;
+            Err(e) => {
+                seen.lock().await.error(format!("{e:#}"));
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -208,8 +216,8 @@ async fn delta_sidecar(
                         }
                         since = Some((d.version, d.term));
                     }
-                    Err(_) => {
-                        s.errors += 1;
+                    Err(e) => {
+                        s.error(format!("a delta did not parse: {e}"));
                         since = None;
                     }
                 }
@@ -224,7 +232,10 @@ async fn delta_sidecar(
             }
             304 => {}
             _ => {
-                s.errors += 1;
+                s.error(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(body.get(..body.len().min(120)).unwrap_or_default())
+                ));
                 drop(s);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -263,7 +274,8 @@ async fn full_poller(
                 etag = e;
             }
             Ok((304, ..)) => {}
-            _ => seen.lock().await.errors += 1,
+            Ok((status, ..)) => seen.lock().await.error(format!("HTTP {status}")),
+            Err(e) => seen.lock().await.error(format!("{e:#}")),
         }
         tokio::time::sleep_until(next.into()).await;
     }
@@ -283,6 +295,7 @@ fn step(msg: &str) {
 
 /// One scale change made during the churn.
 struct Change {
+    deployment: String,
     cluster: String,
     up: bool,
     at: Instant,
@@ -314,6 +327,67 @@ fn staleness(changes: &[Change], seen: &[Seen]) -> (Vec<f64>, usize) {
     (out, missing)
 }
 
+/// Where staleness goes, per change (p50 and p99 of each part, ms):
+/// - the API server: PATCH → this process's own watch event with the new replicas (the
+///   controller's watch gets it at about the same time);
+/// - the controller: that event → the first sidecar to know (apply, publish, one answer);
+/// - the fan-out: the first sidecar → each other one (answers to all long polls, parsed by
+///   this one process).
+struct Split {
+    api: Vec<f64>,
+    controller: Vec<f64>,
+    fan_out: Vec<f64>,
+}
+
+fn split_staleness(changes: &[Change], watched: &[(String, i32, Instant)], seen: &[Seen]) -> Split {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut split = Split {
+        api: Vec::new(),
+        controller: Vec::new(),
+        fan_out: Vec::new(),
+    };
+    let learned_by: Vec<HashMap<&str, Vec<(State, Instant)>>> = seen
+        .iter()
+        .map(|s| {
+            let mut m: HashMap<&str, Vec<(State, Instant)>> = HashMap::new();
+            for (c, st, t) in &s.changes {
+                m.entry(c.as_str()).or_default().push((*st, *t));
+            }
+            m
+        })
+        .collect();
+    for ch in changes {
+        let watch = watched
+            .iter()
+            .filter(|(n, r, t)| *n == ch.deployment && (*r > 0) == ch.up && *t >= ch.at)
+            .map(|(_, _, t)| *t)
+            .min();
+        let learned: Vec<Instant> = learned_by
+            .iter()
+            .filter_map(|m| {
+                m.get(ch.cluster.as_str())?
+                    .iter()
+                    .filter(|(st, t)| *t >= ch.at && (*st != State::Asleep) == ch.up)
+                    .map(|(_, t)| *t)
+                    .min()
+            })
+            .collect();
+        let first = learned.iter().min().copied();
+        if let Some(w) = watch {
+            split.api.push(ms(w - ch.at));
+            if let Some(f) = first {
+                split.controller.push(ms(f.saturating_duration_since(w)));
+            }
+        }
+        if let Some(f) = first {
+            split
+                .fan_out
+                .extend(learned.iter().map(|t| ms(t.saturating_duration_since(f))));
+        }
+    }
+    split
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let bed = TestBed::connect().await?;
     let tick: f64 = kzscaler_e2e::process::clock_ticks()?;
@@ -340,25 +414,55 @@ async fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// Counts the namespace's Deployment watch events: what the controller receives.
-fn count_deployment_events(deps: Api<Deployment>) -> Arc<AtomicU64> {
+/// The namespace's Deployment watch events, as a watcher beside the controller's receives
+/// them: counted always, and while `recording` is set, each one's (name, spec.replicas, when)
+/// kept, so the churn's staleness can be split at the API server.
+struct DeploymentEvents {
+    count: Arc<AtomicU64>,
+    recording: Arc<AtomicBool>,
+    seen: Arc<std::sync::Mutex<Vec<(String, i32, Instant)>>>,
+}
+
+fn watch_deployment_events(deps: Api<Deployment>) -> DeploymentEvents {
     use kube::runtime::watcher;
-    let count = Arc::new(AtomicU64::new(0));
-    let c = count.clone();
+    let events = DeploymentEvents {
+        count: Arc::new(AtomicU64::new(0)),
+        recording: Arc::new(AtomicBool::new(false)),
+        seen: Arc::default(),
+    };
+    let (count, recording, seen) = (
+        events.count.clone(),
+        events.recording.clone(),
+        events.seen.clone(),
+    );
     tokio::spawn(async move {
-        let mut events = std::pin::pin!(watcher(deps, watcher::Config::default()));
-        while let Some(ev) = events.next().await {
-            if matches!(ev, Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_))) {
-                c.fetch_add(1, Ordering::Relaxed);
+        let mut stream = std::pin::pin!(watcher(deps, watcher::Config::default()));
+        while let Some(ev) = stream.next().await {
+            let at = Instant::now();
+            let d = match ev {
+                Ok(watcher::Event::Apply(d)) => d,
+                Ok(watcher::Event::Delete(_)) => {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                _ => continue,
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            if recording.load(Ordering::Relaxed)
+                && let (Some(name), Some(replicas)) =
+                    (d.metadata.name, d.spec.as_ref().and_then(|s| s.replicas))
+                && let Ok(mut v) = seen.lock()
+            {
+                v.push((name, replicas, at));
             }
         }
     });
-    count
+    events
 }
 
 async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::Result<()> {
     let deps = Api::<Deployment>::namespaced(bed.client.clone(), name);
-    let deployment_events = count_deployment_events(deps.clone());
+    let deployment_events = watch_deployment_events(deps.clone());
     let svcs = Api::<Service>::namespaced(bed.client.clone(), name);
     let created = AtomicU64::new(0);
     let started = Instant::now();
@@ -457,11 +561,41 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         synced.0.as_secs_f64()
     );
 
+    step("an Envoy with the filter (2 workers) follows the controller: its VMs' memory");
+    let envoy_dir = bed.state_dir.join("logs").join("bench-fleet-envoy");
+    std::fs::create_dir_all(&envoy_dir)?;
+    let envoy = Standalone::start(
+        &envoy_dir,
+        &json!({"controller_cluster": CONTROLLER_CLUSTER, "controller_authority": addr})
+            .to_string(),
+        2,
+        Some(addr.parse()?),
+    )?;
+    let t0 = Instant::now();
+    let vm_first = loop {
+        let memory = VmMemory::read(&envoy.log_text());
+        if memory.destinations >= args.deployments {
+            break memory;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "the filter in Envoy did not adopt {} destinations within 2 minutes; log: {}",
+                args.deployments,
+                envoy.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "    filter VM memory {} KB with {} destinations",
+        vm_first.grown_kb, vm_first.destinations
+    );
+
     step("kube-controller-manager settles the new Deployments (their ReplicaSets and status)");
     let replicasets =
         Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(bed.client.clone(), name);
     let c0 = controller.cpu_seconds()?;
-    let e0 = deployment_events.load(Ordering::Relaxed);
+    let e0 = deployment_events.count.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let want = args.deployments + UNRELATED;
     loop {
@@ -489,17 +623,17 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     // Their status updates trail the ReplicaSets.
-    let mut last = deployment_events.load(Ordering::Relaxed);
+    let mut last = deployment_events.count.load(Ordering::Relaxed);
     while t0.elapsed() < SETTLE_MAX {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = deployment_events.load(Ordering::Relaxed);
+        let now = deployment_events.count.load(Ordering::Relaxed);
         if now == last {
             break;
         }
         last = now;
     }
     let settle_secs = t0.elapsed().as_secs_f64();
-    let settle_events = deployment_events.load(Ordering::Relaxed) - e0;
+    let settle_events = deployment_events.count.load(Ordering::Relaxed) - e0;
     let settle_cpu = controller.cpu_seconds()? - c0;
 
     step(&format!("idle for {}s", args.seconds.min(5)));
@@ -512,7 +646,7 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         "unrelated changes: {}/s for {}s",
         args.unrelated_rate, args.seconds
     ));
-    let e0 = deployment_events.load(Ordering::Relaxed);
+    let e0 = deployment_events.count.load(Ordering::Relaxed);
     let c0 = controller.cpu_seconds()?;
     let t0 = Instant::now();
     let mut patches = 0u64;
@@ -533,7 +667,7 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
     let unrelated_secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let unrelated_cpu = controller.cpu_seconds()? - c0;
-    let events = deployment_events.load(Ordering::Relaxed) - e0;
+    let events = deployment_events.count.load(Ordering::Relaxed) - e0;
 
     step(&format!(
         "{} delta sidecars (long poll) and {} full pollers connect",
@@ -582,6 +716,8 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         args.churn, args.seconds
     ));
     let c0 = controller.cpu_seconds()?;
+    let own0 = kzscaler_e2e::process::cpu_seconds(std::process::id(), tick)?;
+    deployment_events.recording.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     let mut changes: Vec<Change> = Vec::new();
     let mut up: Vec<bool> = vec![false; args.deployments];
@@ -602,6 +738,7 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         .await?;
         up[d] = want;
         changes.push(Change {
+            deployment: format!("app-{d}"),
             cluster: format!("outbound|80||app-{d}.{name}.svc.cluster.local"),
             up: want,
             at,
@@ -613,6 +750,8 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
     // Let the last changes arrive (two full-poll periods).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let churn_cpu = controller.cpu_seconds()? - c0;
+    let own_cpu = kzscaler_e2e::process::cpu_seconds(std::process::id(), tick)? - own0;
+    deployment_events.recording.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     for t in &tasks {
         t.abort();
@@ -677,6 +816,8 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         }
     }
     let (rss_end, peak_end) = controller.memory_mb()?;
+    let vm_end = VmMemory::read(&envoy.log_text());
+    drop(envoy);
     let metrics = get(&http, &format!("{base}/metrics"), None).await?.2;
     let metrics = String::from_utf8_lossy(&metrics).into_owned();
     drop(controller.child);
@@ -686,9 +827,21 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         let n = seen.len().max(1) as f64;
         let bytes: u64 = seen.iter().map(|s| s.bytes).sum();
         let answers: u64 = seen.iter().map(|s| s.answers).sum();
-        let errors: u64 = seen.iter().map(|s| s.errors).sum();
+        let errors: u64 = seen.iter().flat_map(|s| s.errors.values()).sum();
         (bytes as f64 / n, answers as f64 / n, errors)
     };
+    let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+    for s in delta_seen.iter().chain(&full_seen) {
+        for (r, n) in &s.errors {
+            *reasons.entry(r.as_str()).or_default() += n;
+        }
+    }
+    let watched = deployment_events
+        .seen
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    let mut split = split_staleness(&changes, &watched, &delta_seen);
     let (d_bytes, d_answers, d_errors) = per(&delta_seen);
     let (f_bytes, f_answers, f_errors) = per(&full_seen);
     let n_changes = changes.len().max(1) as f64;
@@ -761,6 +914,10 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         looks / run_secs.max(1e-9),
         4.0 * args.deployments as f64
     );
+    println!(
+        "| filter VM memory in Envoy (largest VM of 2 workers and the main thread) | {} KB configured; {} KB after the first snapshot of {} destinations; {} KB at the end |",
+        vm_first.configured_kb, vm_first.grown_kb, vm_first.destinations, vm_end.grown_kb
+    );
     println!();
     println!("| per sidecar | delta long poll | full poll (v1, 1/s) | ratio |");
     println!("|---|---|---|---|");
@@ -784,6 +941,40 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
     );
     println!(
         "| changes never learned / errors | {d_missing} / {d_errors} | {f_missing} / {f_errors} | |"
+    );
+    for (reason, n) in &reasons {
+        println!("| error: {reason} | {n} | | |");
+    }
+    println!();
+    println!(
+        "| staleness of the delta long polls, where it goes ({} changes) | p50 | p99 |",
+        changes.len()
+    );
+    println!("|---|---|---|");
+    for (part, v) in [
+        (
+            "API server: PATCH → a watch event with the new replicas",
+            &mut split.api,
+        ),
+        (
+            "controller: that event → the first sidecar knows",
+            &mut split.controller,
+        ),
+        (
+            "fan-out: the first sidecar → each other one",
+            &mut split.fan_out,
+        ),
+    ] {
+        println!(
+            "| {part} | {:.0} ms | {:.0} ms |",
+            percentile(v, 0.5),
+            percentile(v, 0.99)
+        );
+    }
+    println!(
+        "| (this benchmark's own CPU during the churn, {} sidecars in one process) | {:.0} % of a core | |",
+        args.sidecars + args.full_pollers,
+        pct(own_cpu, churn_secs + 3.0)
     );
     println!();
     println!("| activate (a sleeping Deployment to a ready endpoint) | p50 | p99 | failed |");
@@ -815,6 +1006,43 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// What the filter's VMs logged of their memory (the largest VM).
+#[derive(Debug, Default)]
+struct VmMemory {
+    /// When configured, before any table.
+    configured_kb: u64,
+    /// The last growth logged, and the destinations then.
+    grown_kb: u64,
+    destinations: usize,
+}
+
+impl VmMemory {
+    fn read(log: &str) -> Self {
+        let number_after = |line: &str, key: &str| -> Option<u64> {
+            let at = line.find(key)? + key.len();
+            line[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        };
+        let mut m = Self::default();
+        for line in log.lines() {
+            if let Some(kb) = number_after(line, "kzscaler filter configured (VM memory ") {
+                m.configured_kb = m.configured_kb.max(kb);
+            }
+            if let Some(kb) = number_after(line, "this VM's memory grew to ")
+                && kb >= m.grown_kb
+            {
+                m.grown_kb = kb;
+                let n = number_after(line, " KB, with ").unwrap_or(0);
+                m.destinations = m.destinations.max(usize::try_from(n).unwrap_or(0));
+            }
+        }
+        m
+    }
 }
 
 /// The upper bound of the bucket holding the 99th percentile of
