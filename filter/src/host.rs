@@ -274,13 +274,13 @@ impl Root {
         }
     }
 
-    /// The table moved to `version` by a delta: no ETag (there is no full body to hash);
-    /// the next poll asks for the delta since this version.
     /// This pod's own Deployment, read from the node metadata once.
     fn own(&mut self) -> Option<String> {
         self.own.get_or_insert_with(own_workload).clone()
     }
 
+    /// The table moved to `version` by a delta: no ETag (there is no full body to hash);
+    /// the next poll asks for the delta since this version.
     fn adopted_delta(&mut self, worker: &RefCell<Worker>, version: u64, now: u64) {
         let w = worker.borrow();
         if let Some(msg) = w.table.degraded()
