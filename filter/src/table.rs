@@ -171,8 +171,8 @@ impl Table {
     }
 
     /// Makes this table the full snapshot `json`, in place, if `accept` takes its version:
-    /// what stays keeps its memory, and no second table is built beside this one (a VM's
-    /// memory never shrinks). The result is the table [`Table::parse`] gives, for the same
+    /// entries are rewritten one at a time (each freed one's memory serves the next), and no
+    /// second table is built beside this one (a VM's memory never shrinks). The result is the table [`Table::parse`] gives, for the same
     /// own workload. Returns the snapshot's version and whether it was applied; a body that
     /// is not a snapshot is an error and changes nothing.
     pub fn replace(
