@@ -93,6 +93,16 @@ fn hash_name(name: &str) -> u64 {
     h.finish()
 }
 
+/// The hash an entry is kept under.
+fn entry_hash(e: &Entry) -> u64 {
+    hash_name(&e.cluster)
+}
+
+/// The hash a name in the Service index is kept under (every name there parses).
+fn service_hash_of(name: &Rc<str>) -> u64 {
+    ClusterName::try_parse(name).map_or(0, |c| hash_service(&c))
+}
+
 /// The hash of a Service port in [`Table`]'s Service index.
 fn hash_service(c: &ClusterName<'_>) -> u64 {
     let mut h = FxHasher::default();
@@ -114,11 +124,9 @@ impl PartialEq for Table {
     fn eq(&self, other: &Self) -> bool {
         let entries_in = |a: &Self, b: &Self| {
             a.by_cluster.len() == b.by_cluster.len()
-                && a.by_cluster.iter().all(|e| {
-                    b.by_cluster
-                        .find(hash_name(&e.cluster), |o| o == e)
-                        .is_some()
-                })
+                && a.by_cluster
+                    .iter()
+                    .all(|e| b.by_cluster.find(entry_hash(e), |o| o == e).is_some())
         };
         let names_in = |a: &Self, b: &Self| {
             a.by_service.len() == b.by_service.len()
@@ -134,6 +142,10 @@ impl PartialEq for Table {
             && self.own == other.own
             && self.own_entry == other.own_entry
             && self.own_clusters.len() == other.own_clusters.len()
+            && self
+                .own_clusters
+                .iter()
+                .all(|k| other.own_clusters.contains(k))
             && self.route_timeouts == other.route_timeouts
             && self.skipped == other.skipped
             && self.first_skip == other.first_skip
@@ -150,7 +162,7 @@ impl Table {
     /// table applies. Only a body that is not a snapshot at all is an error.
     ///
     /// `own` is this pod's Deployment (`<namespace>/<deployment>`), whose inbound requests
-    /// count as its activity when it is managed ([`Table::workload`]).
+    /// count as its activity when it is managed ([`Table::own_entry`]).
     pub fn parse(json: &[u8], own: Option<&str>) -> Result<Self, String> {
         let mut table = Self::new(own);
         table.replace(json, |_| true)?;
@@ -172,8 +184,8 @@ impl Table {
 
     /// Makes this table the full snapshot `json`, in place, if `accept` takes its version:
     /// entries are rewritten one at a time (each freed one's memory serves the next), and no
-    /// second table is built beside this one (a VM's memory never shrinks). The result is the table [`Table::parse`] gives, for the same
-    /// own workload. Returns the snapshot's version and whether it was applied; a body that
+    /// second table is built beside this one (a VM's memory never shrinks). The result is the
+    /// table [`Table::parse`] gives, for the same own workload. Returns the snapshot's version and whether it was applied; a body that
     /// is not a snapshot is an error and changes nothing.
     pub fn replace(
         &mut self,
@@ -204,11 +216,8 @@ impl Table {
         // Sized once: a table that grows leaves its smaller arrays behind in the VM's memory.
         let n = raw.destinations.len();
         let additional = n.saturating_sub(self.by_cluster.len());
-        self.by_cluster
-            .reserve(additional, |e| hash_name(&e.cluster));
-        self.by_service.reserve(additional, |k| {
-            ClusterName::try_parse(k).map_or(0, |c| hash_service(&c))
-        });
+        self.by_cluster.reserve(additional, entry_hash);
+        self.by_service.reserve(additional, service_hash_of);
         // What was there and is not in the snapshot goes after: the names it has.
         let mut seen: Option<HashTable<Rc<str>>> =
             (!self.by_cluster.is_empty()).then(|| HashTable::with_capacity(n));
@@ -223,10 +232,7 @@ impl Table {
             let gone: Vec<Rc<str>> = self
                 .by_cluster
                 .iter()
-                .filter(|e| {
-                    seen.find(hash_name(&e.cluster), |k| *k == e.cluster)
-                        .is_none()
-                })
+                .filter(|e| seen.find(entry_hash(e), |k| *k == e.cluster).is_none())
                 .map(|e| e.cluster.clone())
                 .collect();
             for cluster in gone {
@@ -364,10 +370,9 @@ impl Table {
             self.own_clusters.push(cluster.clone());
         }
         if let Some(c) = ClusterName::try_parse(&d.cluster) {
-            let rehash = |k: &Rc<str>| ClusterName::try_parse(k).map_or(0, |c| hash_service(&c));
             match self
                 .by_service
-                .entry(hash_service(&c), |k| same_service(k, &c), rehash)
+                .entry(hash_service(&c), |k| same_service(k, &c), service_hash_of)
             {
                 Slot::Occupied(mut o) => *o.get_mut() = cluster.clone(),
                 Slot::Vacant(v) => {
@@ -381,11 +386,10 @@ impl Table {
             wake_timeout_ms: d.wake_timeout_ms,
             ignore_paths: d.ignore_paths,
         };
-        let rehash = |e: &Entry| hash_name(&e.cluster);
         match self.by_cluster.entry(
             hash_name(&entry.cluster),
             |e| e.cluster == entry.cluster,
-            rehash,
+            entry_hash,
         ) {
             Slot::Occupied(mut o) => *o.get_mut() = entry,
             Slot::Vacant(v) => {
@@ -442,15 +446,8 @@ impl Table {
         self.route_timeouts.get(&key)?.timeout_ms(route)
     }
 
-    /// This pod's own Deployment (`<namespace>/<deployment>`, as given to
-    /// [`Table::parse`]), if managed: inbound requests count as its activity.
-    pub fn workload(&self, workload: &str) -> Option<&Entry> {
-        self.own_entry
-            .as_ref()
-            .filter(|_| self.own.as_deref() == Some(workload))
-    }
-
-    /// This pod's own Deployment's entry, if it is managed.
+    /// This pod's own Deployment's entry (the one given to [`Table::parse`]), if it is
+    /// managed: inbound requests count as its activity.
     pub fn own_entry(&self) -> Option<&Entry> {
         self.own_entry.as_ref()
     }
@@ -472,12 +469,9 @@ mod tests {
 
     #[test]
     fn parses_the_controllers_snapshot() {
-        let t = Table::parse(
-            br#"{"version":3,"destinations":[{"cluster":"outbound|80||web.shop.svc.cluster.local",
-            "namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":5000}]}"#,
-            Some("shop/web"),
-        )
-        .unwrap();
+        let json = br#"{"version":3,"destinations":[{"cluster":"outbound|80||web.shop.svc.cluster.local",
+            "namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":5000}]}"#;
+        let t = Table::parse(json, Some("shop/web")).unwrap();
         assert_eq!(t.version, 3);
         assert_eq!(
             t.get("outbound|80||web.shop.svc.cluster.local"),
@@ -490,11 +484,15 @@ mod tests {
         );
         assert_eq!(t.get("outbound|80||db.shop.svc.cluster.local"), None);
         assert_eq!(
-            t.workload("shop/web").map(|e| &*e.cluster),
+            t.own_entry().map(|e| &*e.cluster),
             Some("inbound|shop/web"),
             "its pods' inbound requests count for it"
         );
-        assert_eq!(t.workload("shop/db"), None);
+        assert_eq!(
+            Table::parse(json, Some("shop/db")).unwrap().own_entry(),
+            None,
+            "a pod of an unmanaged Deployment counts nothing"
+        );
         assert!(!t.is_empty());
         assert!(Table::default().is_empty());
     }
@@ -687,13 +685,16 @@ mod tests {
             assert_eq!(t, fresh, "own {own:?}");
         }
         let mut t = Table::parse(old.as_bytes(), Some("shop/old")).unwrap();
-        assert!(t.workload("shop/old").is_some());
+        assert!(t.own_entry().is_some());
         t.apply_delta(delta.as_bytes()).unwrap();
-        assert_eq!(t.workload("shop/old"), None, "its last destination went");
+        assert_eq!(t.own_entry(), None, "its last destination went");
         let mut t = Table::parse(old.as_bytes(), Some("shop/web")).unwrap();
         t.apply_delta(delta.as_bytes()).unwrap();
-        assert!(t.workload("shop/web").is_some(), "one of two remains");
-        assert_eq!(t.workload("shop/db"), None, "only this pod's own is kept");
+        assert_eq!(
+            t.own_entry().map(|e| &*e.cluster),
+            Some("inbound|shop/web"),
+            "one of two remains, and only this pod's own is kept"
+        );
     }
 
     #[test]
@@ -792,7 +793,6 @@ mod tests {
         fn any_cluster_name_is_looked_up_without_panic(name in "\\PC{0,64}|outbound\\|[0-9]{0,6}\\|[a-z]{0,3}\\|[a-z.]{0,30}") {
             let t = Table::parse(br#"{"version":1,"destinations":[{"cluster":"outbound|80||web.shop.svc.cluster.local","namespace":"shop","service":"web","deployment":"web","state":"asleep","wake_timeout_ms":5}]}"#, None).unwrap();
             let _ = t.get(&name);
-            let _ = t.workload(&name);
         }
     }
 }

@@ -301,25 +301,45 @@ struct Change {
     at: Instant,
 }
 
-/// Staleness of every (change, sidecar): from the PATCH to the sidecar learning a state of
-/// that direction for that cluster. A change never learned counts as missing.
-fn staleness(changes: &[Change], seen: &[Seen]) -> (Vec<f64>, usize) {
+/// When each sidecar learned each change (`[change][sidecar]`): the first time it saw a state
+/// of that direction for that cluster after the PATCH; None if it never did.
+fn learned(changes: &[Change], seen: &[Seen]) -> Vec<Vec<Option<Instant>>> {
+    let by_sidecar: Vec<HashMap<&str, Vec<(State, Instant)>>> = seen
+        .iter()
+        .map(|s| {
+            let mut m: HashMap<&str, Vec<(State, Instant)>> = HashMap::new();
+            for (c, st, t) in &s.changes {
+                m.entry(c.as_str()).or_default().push((*st, *t));
+            }
+            m
+        })
+        .collect();
+    changes
+        .iter()
+        .map(|ch| {
+            by_sidecar
+                .iter()
+                .map(|m| {
+                    m.get(ch.cluster.as_str())?
+                        .iter()
+                        .filter(|(st, t)| *t >= ch.at && (*st != State::Asleep) == ch.up)
+                        .map(|(_, t)| *t)
+                        .min()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Staleness of every (change, sidecar): from the PATCH to the sidecar learning it. A change
+/// never learned counts as missing.
+fn staleness(changes: &[Change], learned: &[Vec<Option<Instant>>]) -> (Vec<f64>, usize) {
     let mut out = Vec::new();
     let mut missing = 0;
-    for s in seen {
-        let mut by_cluster: HashMap<&str, Vec<(State, Instant)>> = HashMap::new();
-        for (c, st, t) in &s.changes {
-            by_cluster.entry(c.as_str()).or_default().push((*st, *t));
-        }
-        for ch in changes {
-            let learned = by_cluster.get(ch.cluster.as_str()).and_then(|v| {
-                v.iter()
-                    .filter(|(st, t)| *t >= ch.at && (*st != State::Asleep) == ch.up)
-                    .map(|(_, t)| *t)
-                    .min()
-            });
-            match learned {
-                Some(t) => out.push((t - ch.at).as_secs_f64() * 1000.0),
+    for (ch, by_sidecar) in changes.iter().zip(learned) {
+        for t in by_sidecar {
+            match t {
+                Some(t) => out.push((*t - ch.at).as_secs_f64() * 1000.0),
                 None => missing += 1,
             }
         }
@@ -339,39 +359,24 @@ struct Split {
     fan_out: Vec<f64>,
 }
 
-fn split_staleness(changes: &[Change], watched: &[(String, i32, Instant)], seen: &[Seen]) -> Split {
+fn split_staleness(
+    changes: &[Change],
+    watched: &[(String, i32, Instant)],
+    learned: &[Vec<Option<Instant>>],
+) -> Split {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut split = Split {
         api: Vec::new(),
         controller: Vec::new(),
         fan_out: Vec::new(),
     };
-    let learned_by: Vec<HashMap<&str, Vec<(State, Instant)>>> = seen
-        .iter()
-        .map(|s| {
-            let mut m: HashMap<&str, Vec<(State, Instant)>> = HashMap::new();
-            for (c, st, t) in &s.changes {
-                m.entry(c.as_str()).or_default().push((*st, *t));
-            }
-            m
-        })
-        .collect();
-    for ch in changes {
+    for (ch, by_sidecar) in changes.iter().zip(learned) {
         let watch = watched
             .iter()
             .filter(|(n, r, t)| *n == ch.deployment && (*r > 0) == ch.up && *t >= ch.at)
             .map(|(_, _, t)| *t)
             .min();
-        let learned: Vec<Instant> = learned_by
-            .iter()
-            .filter_map(|m| {
-                m.get(ch.cluster.as_str())?
-                    .iter()
-                    .filter(|(st, t)| *t >= ch.at && (*st != State::Asleep) == ch.up)
-                    .map(|(_, t)| *t)
-                    .min()
-            })
-            .collect();
+        let learned: Vec<Instant> = by_sidecar.iter().flatten().copied().collect();
         let first = learned.iter().min().copied();
         if let Some(w) = watch {
             split.api.push(ms(w - ch.at));
@@ -841,12 +846,13 @@ async fn measure(args: &Args, bed: &TestBed, name: &str, tick: f64) -> anyhow::R
         .lock()
         .map(|v| v.clone())
         .unwrap_or_default();
-    let mut split = split_staleness(&changes, &watched, &delta_seen);
+    let d_learned = learned(&changes, &delta_seen);
+    let mut split = split_staleness(&changes, &watched, &d_learned);
     let (d_bytes, d_answers, d_errors) = per(&delta_seen);
     let (f_bytes, f_answers, f_errors) = per(&full_seen);
     let n_changes = changes.len().max(1) as f64;
-    let (mut d_stale, d_missing) = staleness(&changes, &delta_seen);
-    let (mut f_stale, f_missing) = staleness(&changes, &full_seen);
+    let (mut d_stale, d_missing) = staleness(&changes, &d_learned);
+    let (mut f_stale, f_missing) = staleness(&changes, &learned(&changes, &full_seen));
     let pct = |cpu: f64, secs: f64| 100.0 * cpu / secs.max(1e-9);
     println!();
     println!(
